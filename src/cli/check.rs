@@ -1,0 +1,99 @@
+//! `tagbridge check`: validate, then say what the configuration will do.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::mapping::plan::{ModbusTransport, SourcePlan, TagMapPlan};
+use crate::reading::{Number, Reading, Value};
+
+/// Event Hubs throughput unit: 1 000 events/s or 1 MB/s of ingress, whichever is reached first.
+const TU_EVENTS_PER_S: f64 = 1000.0;
+const TU_BYTES_PER_S: f64 = 1_048_576.0;
+
+pub fn check(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
+    let plans = match super::load(config, paths) {
+        Ok((_, plans)) => plans,
+        Err(report) => {
+            eprint!("{}", report.render());
+            eprintln!(
+                "{} error(s); nothing was started.",
+                report.diagnostics.len()
+            );
+            return ExitCode::from(super::EXIT_INVALID);
+        }
+    };
+    print!("{}", summary(&plans));
+    ExitCode::SUCCESS
+}
+
+/// What `check` prints for valid tag maps.
+pub fn summary(plans: &[TagMapPlan]) -> String {
+    let mut out = String::new();
+    let (mut tags, mut rate, mut bytes_rate) = (0usize, 0.0f64, 0.0f64);
+    for plan in plans {
+        let plan_rate: f64 = plan.tags.iter().map(|t| per_second(t.interval)).sum();
+        let plan_bytes: f64 = plan
+            .tags
+            .iter()
+            .map(|t| per_second(t.interval) * event_bytes(t))
+            .sum();
+        let disabled = if plan.disabled > 0 {
+            format!(" ({} disabled)", plan.disabled)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{}: {}, {} tags{disabled}, up to {plan_rate:.1} readings/s\n",
+            plan.path.display(),
+            describe(&plan.source),
+            plan.tags.len()
+        ));
+        tags += plan.tags.len();
+        rate += plan_rate;
+        bytes_rate += plan_bytes;
+    }
+    let units = (rate / TU_EVENTS_PER_S)
+        .max(bytes_rate / TU_BYTES_PER_S)
+        .ceil()
+        .max(1.0);
+    let avg = if rate > 0.0 { bytes_rate / rate } else { 0.0 };
+    out.push_str(&format!(
+        "total: {} sources, {tags} tags, up to {rate:.1} readings/s, {:.1} KB/s at ~{avg:.0} B/event; \
+         at one reading per event that needs {units} Event Hubs throughput unit(s)\n",
+        plans.len(),
+        bytes_rate / 1024.0,
+    ));
+    out
+}
+
+fn per_second(interval: Duration) -> f64 {
+    1.0 / interval.as_secs_f64().max(0.001)
+}
+
+/// Size of one event for this tag with a typical 8-digit value.
+fn event_bytes(tag: &crate::mapping::TagPlan) -> f64 {
+    let sample = Reading {
+        sensor_id: tag.sensor_id.clone(),
+        timestamp: chrono::Utc::now(),
+        value: Value::Number(Number::float(12345.678).unwrap_or(Number::Int(0))),
+        extra: tag.extra.clone(),
+    };
+    sample.to_json().len() as f64
+}
+
+fn describe(source: &SourcePlan) -> String {
+    match source {
+        SourcePlan::OpcUa(o) => format!(
+            "OPC UA {} ({:?}/{:?})",
+            o.endpoint, o.security_policy, o.security_mode
+        ),
+        SourcePlan::Modbus(m) => match &m.transport {
+            ModbusTransport::Tcp(a) => format!("Modbus TCP {a}"),
+            ModbusTransport::RtuOverTcp(a) => format!("Modbus RTU over TCP {a}"),
+            ModbusTransport::Serial { port, baud, .. } => {
+                format!("Modbus RTU {port} at {baud} baud")
+            }
+        },
+    }
+}

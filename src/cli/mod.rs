@@ -1,0 +1,215 @@
+//! The `tagbridge` command line. The binary edge: errors here are `anyhow`, and each command
+//! maps to an exit code: 0 ok, 1 runtime failure, 2 invalid configuration.
+
+mod check;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::gateway::LogFormat;
+use crate::config::{self, Report};
+use crate::mapping::TagMapPlan;
+
+/// Invalid configuration.
+pub const EXIT_INVALID: u8 = 2;
+/// Runtime failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Reads PLC tags over OPC UA and Modbus and streams them to Azure Event Hubs.
+#[derive(Debug, Parser)]
+#[command(name = "tagbridge", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until Ctrl-C or SIGTERM.
+    Run {
+        /// The gateway configuration.
+        #[arg(short, long, default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Validate tag maps (and gateway.yaml) and print what they will read.
+    ///
+    /// Exits 0 when everything is valid, 2 with every error as file:line:column otherwise.
+    Check {
+        /// A gateway configuration whose tag maps to check.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Tag map files or directories.
+        paths: Vec<PathBuf>,
+    },
+    /// Write the JSON Schemas for gateway.yaml and tag maps (for editor completion).
+    Schema {
+        /// Directory to write `gateway.schema.json` and `tag-map.schema.json` into.
+        #[arg(long, default_value = "schema")]
+        dir: PathBuf,
+        /// Do not write; exit 1 if the files differ from what this version generates.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = cli.log_format.unwrap_or_default();
+    match cli.command {
+        Command::Run { config } => run(&config, format),
+        Command::Check { config, paths } => check::check(config.as_deref(), &paths),
+        Command::Schema { dir, check } => schema(&dir, check),
+    }
+}
+
+/// Loads gateway.yaml (if given) and the tag maps it names plus `extra`, all checked.
+pub(crate) fn load(
+    config_path: Option<&Path>,
+    extra: &[PathBuf],
+) -> Result<(Option<config::GatewayConfig>, Vec<TagMapPlan>), Report> {
+    let mut paths = Vec::new();
+    let mut gateway = None;
+    if let Some(path) = config_path {
+        let cfg = config::load_gateway(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let listed = cfg.tag_maps.paths();
+        paths.extend(config::expand_tag_map_paths(
+            listed.iter().map(Path::new),
+            base,
+        )?);
+        gateway = Some(cfg);
+    }
+    paths.extend(config::expand_tag_map_paths(
+        extra.iter().map(PathBuf::as_path),
+        Path::new(""),
+    )?);
+    if paths.is_empty() {
+        let mut report = Report::default();
+        report.push(
+            config::Problem::new(config::Pos::default(), "no tag maps given")
+                .with_hint("name files or folders, or -c gateway.yaml")
+                .in_file(Path::new(".")),
+        );
+        return Err(report);
+    }
+    let plans = crate::mapping::load_all(&paths)?;
+    Ok((gateway, plans))
+}
+
+fn run(config_path: &Path, format: LogFormat) -> ExitCode {
+    let (gateway, plans) = match load(Some(config_path), &[]) {
+        Ok(loaded) => loaded,
+        Err(report) => {
+            eprint!("{}", report.render());
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let Some(gateway) = gateway else {
+        return ExitCode::from(EXIT_INVALID);
+    };
+    let telemetry = &gateway.telemetry;
+    crate::telemetry::init_logging(
+        telemetry.log_format.unwrap_or(format),
+        telemetry.log_level.as_deref().unwrap_or("info"),
+    );
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let sink = match &gateway.sink {
+        config::gateway::SinkSpec::Stdout {} => crate::runtime::SinkTarget::Stdout,
+        config::gateway::SinkSpec::File { path } => {
+            crate::runtime::SinkTarget::File(base.join(path))
+        }
+        config::gateway::SinkSpec::Eventhub(_) => {
+            tracing::error!(message = "The Event Hub sink is not available in this build yet; use `sink: {stdout: {}}` or `file`.");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    if gateway.spool.dir.is_some() || gateway.spool.max_bytes.is_some() {
+        tracing::warn!(message = "The durable spool is not available in this build yet; readings go straight to the sink.");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(message = "Cannot start the async runtime.", %error);
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        crate::runtime::run(plans, sink, shutdown).await
+    });
+    match result {
+        Ok(summary) => {
+            tracing::info!(
+                message = "Gateway stopped.",
+                delivered = summary.delivered,
+                non_finite = summary.mapping.non_finite
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(message = "Gateway failed.", %error);
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(message = "Cannot listen for SIGTERM; Ctrl-C still stops the gateway.", %error);
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!(message = "Stopping: draining what is in flight.");
+    token.cancel();
+}
+
+fn schema(dir: &Path, check: bool) -> ExitCode {
+    let mut drift = false;
+    for (name, text) in config::schema::all() {
+        let path = dir.join(name);
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                eprintln!(
+                    "{} differs from what this version generates; run `tagbridge schema --dir {}`",
+                    path.display(),
+                    dir.display()
+                );
+                drift = true;
+            }
+            continue;
+        }
+        if let Err(error) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, text)) {
+            eprintln!("cannot write {}: {error}", path.display());
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        println!("wrote {}", path.display());
+    }
+    if drift {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

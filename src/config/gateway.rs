@@ -1,0 +1,156 @@
+//! `gateway.yaml`: where the tag maps are, where readings go, the spool and telemetry.
+//!
+//! Secrets are referenced, never written here: a connection string comes from an environment
+//! variable or a file (`connection_string_env`, `connection_string_file`).
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::de::Spanned;
+use super::duration::Span;
+
+/// The gateway's configuration.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Tag map files or directories (every `*.yaml`/`*.yml` inside), relative to this file.
+    pub tag_maps: Spanned<PathList>,
+    /// Where readings go.
+    pub sink: SinkSpec,
+    /// The on-disk queue between the tag maps and the sink.
+    #[serde(default)]
+    pub spool: SpoolSpec,
+    /// Logs and metrics.
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
+}
+
+/// One path or a list of paths.
+#[derive(Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(untagged)]
+pub enum PathList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl PathList {
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            PathList::One(p) => vec![p.as_str()],
+            PathList::Many(ps) => ps.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PathList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PathsVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for PathsVisitor {
+            type Value = PathList;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a path or a list of paths")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PathList, E> {
+                Ok(PathList::One(v.to_string()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PathList, A::Error> {
+                let mut paths = Vec::new();
+                while let Some(p) = seq.next_element::<String>()? {
+                    paths.push(p);
+                }
+                Ok(PathList::Many(paths))
+            }
+        }
+
+        deserializer.deserialize_any(PathsVisitor)
+    }
+}
+
+/// Where readings are delivered.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkSpec {
+    /// JSON lines on standard output (logs go to standard error).
+    Stdout {},
+    /// JSON lines appended to a file.
+    File {
+        /// The file, relative to gateway.yaml.
+        path: String,
+    },
+    /// An Azure Event Hub.
+    Eventhub(EventHubSpec),
+}
+
+/// An Azure Event Hub and how to authenticate to it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventHubSpec {
+    /// Environment variable holding a send-only SAS connection string.
+    pub connection_string_env: Option<String>,
+    /// File holding the connection string (e.g. `/run/credentials/tagbridge.service/hub`).
+    pub connection_string_file: Option<String>,
+    /// The hub name, when the connection string has no `EntityPath`.
+    pub hub: Option<String>,
+    /// `amqp` (TLS on 5671, default), `amqp_ws` (WebSockets on 443) or `https`.
+    pub transport: Option<Transport>,
+    /// An extra CA certificate (PEM) to trust besides the system roots.
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Amqp,
+    AmqpWs,
+    Https,
+}
+
+/// The durable queue between the tag maps and the sink.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSpec {
+    /// Directory for spool segments. Default `spool/` beside gateway.yaml.
+    pub dir: Option<String>,
+    /// Largest size on disk, in bytes. Default 1 GiB.
+    pub max_bytes: Option<u64>,
+    /// What to drop when full: `drop_oldest` (default) or `drop_newest`.
+    pub when_full: Option<WhenFull>,
+    /// How often to fsync: a duration such as `100ms`, or `always`, or `never` (tests only).
+    pub fsync: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    DropOldest,
+    DropNewest,
+}
+
+/// Logs and metrics.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySpec {
+    /// `human` (default) or `json`. Logs always go to standard error.
+    pub log_format: Option<LogFormat>,
+    /// A tracing filter, e.g. `info` or `tagbridge=debug`. Default `info`.
+    pub log_level: Option<String>,
+    /// Prometheus metrics address. Default `127.0.0.1:9898`.
+    pub metrics: Option<String>,
+    /// How often to log a one-line summary. Default 1m.
+    pub summary_every: Option<Span>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}

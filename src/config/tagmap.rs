@@ -1,0 +1,344 @@
+//! The tag map file as written: one file per source, a list of tags, defaults and extra fields.
+//!
+//! These types mirror the YAML one to one and carry positions ([`Spanned`]) where checks after
+//! parsing need to point at a value. They are deliberately flat (no tagged enums per tag) so that
+//! every error lands on the key that caused it. [`crate::mapping::compile`] turns them into the
+//! validated plan that the runtime uses.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::de::{Items, Spanned};
+use super::duration::Span;
+
+/// A tag map: which tags to read from one OPC UA server or one Modbus connection, and the
+/// `sensor_id` each reading carries.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagMapFile {
+    /// The server or device this file reads: `opcua:` or `modbus:`.
+    pub source: Spanned<SourceSpec>,
+    /// Settings that apply to every tag of this file unless the tag sets its own.
+    #[serde(default)]
+    pub defaults: TagDefaults,
+    /// Extra fields added to every reading of this file, e.g. `site: plant-a`. They never
+    /// replace `sensor_id`, `timestamp` or `value`.
+    #[serde(default)]
+    pub fields: BTreeMap<Spanned<String>, serde_json::Value>,
+    /// The tags to read.
+    pub tags: Items<Spanned<TagSpec>>,
+}
+
+/// Where the tags of this file come from.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSpec {
+    /// An OPC UA server, read through subscriptions.
+    #[serde(rename = "opcua")]
+    OpcUa(OpcUaSourceSpec),
+    /// A Modbus device or gateway, polled.
+    Modbus(ModbusSourceSpec),
+}
+
+/// An OPC UA server.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpcUaSourceSpec {
+    /// The server's endpoint URL, e.g. `opc.tcp://10.0.0.5:4840`.
+    pub endpoint: Spanned<String>,
+    /// Security policy. Must be chosen explicitly; `none` sends everything in clear text.
+    pub security_policy: Option<SecurityPolicy>,
+    /// Security mode; `sign_and_encrypt` unless the policy is `none`.
+    pub security_mode: Option<SecurityMode>,
+    /// How the gateway logs in. Anonymous when absent.
+    pub user: Option<OpcUaUser>,
+    /// How often the server sends collected changes. Default 1s.
+    pub publishing_interval: Option<Span>,
+    /// Directory holding the gateway's certificate and the trusted/rejected server certificates.
+    pub pki_dir: Option<String>,
+    /// Trust the server's certificate the first time it is seen. Off by default: an operator
+    /// should move the certificate into `trusted/` after checking it.
+    #[serde(default)]
+    pub trust_on_first_use: bool,
+}
+
+/// OPC UA security policies the gateway can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityPolicy {
+    None,
+    Basic256Sha256,
+    #[serde(rename = "aes128_sha256_rsaoaep")]
+    Aes128Sha256RsaOaep,
+    #[serde(rename = "aes256_sha256_rsapss")]
+    Aes256Sha256RsaPss,
+}
+
+/// OPC UA message security modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityMode {
+    None,
+    Sign,
+    SignAndEncrypt,
+}
+
+/// How the gateway identifies itself to an OPC UA server.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum OpcUaUser {
+    /// No user identity.
+    Anonymous,
+    /// A user name and a password read from the environment or a file.
+    Username {
+        username: String,
+        /// Environment variable holding the password.
+        password_env: Option<String>,
+        /// File holding the password (e.g. a systemd credential).
+        password_file: Option<String>,
+    },
+    /// An X.509 user certificate and its private key (PEM or DER files).
+    Certificate { cert: String, key: String },
+}
+
+/// A Modbus connection: TCP, RTU over a serial line, or RTU framed over TCP.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusSourceSpec {
+    /// Modbus TCP: `host:port`, e.g. `10.0.0.7:502`.
+    pub tcp: Option<Spanned<String>>,
+    /// RTU frames over a TCP connection (serial device servers): `host:port`.
+    pub rtu_over_tcp: Option<Spanned<String>>,
+    /// RTU over a serial port.
+    pub serial: Option<Spanned<SerialSpec>>,
+    /// Unit id (slave address) for tags that do not set their own. Default 1.
+    pub unit: Option<u8>,
+    /// How long to wait for a response. Default 1s.
+    pub timeout: Option<Span>,
+    /// Largest number of unused registers one read may span to join two tags. Default 8.
+    pub max_gap: Option<u16>,
+}
+
+/// Serial line settings for Modbus RTU.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSpec {
+    /// The device, e.g. `/dev/ttyUSB0`.
+    pub port: String,
+    /// Baud rate. Default 9600.
+    pub baud: Option<u32>,
+    /// Parity. Default `even`, as the Modbus serial line spec asks.
+    pub parity: Option<Parity>,
+    /// Data bits. Default 8.
+    pub data_bits: Option<u8>,
+    /// Stop bits. Default 1.
+    pub stop_bits: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// Settings shared by the tags of one file.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagDefaults {
+    /// Modbus: how often to poll. OPC UA: how often the server samples. Default 1s.
+    pub interval: Option<Span>,
+    /// Modbus unit id. Overrides the source's `unit`.
+    pub unit: Option<u8>,
+    /// Modbus data type.
+    #[serde(rename = "type")]
+    pub data_type: Option<DataType>,
+    /// Modbus byte and word order of multi-register values.
+    pub order: Option<WordOrder>,
+    /// Suppress changes smaller than this (in scaled units). Default 0: only equal values are
+    /// suppressed.
+    pub deadband: Option<f64>,
+    /// Re-send an unchanged value this often, so consumers see the tag is alive.
+    pub heartbeat: Option<Span>,
+    /// Round numbers to this many decimals.
+    pub decimals: Option<u8>,
+    /// Set to false to keep the tags in the file but not read them.
+    pub enabled: Option<bool>,
+}
+
+/// One tag: where to read it, what to call it, and how to transform its value.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagSpec {
+    /// The name readings carry, unique across all tag maps, e.g. `compressor-7:vibe_x`.
+    pub sensor_id: Spanned<String>,
+    /// Set to false to keep the tag in the file but not read it.
+    pub enabled: Option<bool>,
+
+    /// OPC UA: the node id, e.g. `ns=2;s=Line1/Compressor7/VibeX` or `ns=3;i=1001`.
+    pub node: Option<Spanned<String>>,
+
+    /// Modbus: the table, with `address`.
+    pub table: Option<Spanned<Table>>,
+    /// Modbus: 0-based address within `table`, as sent on the wire (holding register 40001 is
+    /// `table: holding_register, address: 0`).
+    pub address: Option<Spanned<u16>>,
+    /// Modbus: the 1-based reference printed in PLC manuals (00001 coils, 10001 discrete
+    /// inputs, 30001 input registers, 40001 holding registers; six digits also accepted).
+    /// Use either this or `table` + `address`.
+    pub modicon: Option<Spanned<String>>,
+    /// Modbus: unit id (slave address) of this tag.
+    pub unit: Option<u8>,
+    /// Modbus: how the registers hold the value. Default `uint16` for registers, `bool` for bits.
+    #[serde(rename = "type")]
+    pub data_type: Option<Spanned<DataType>>,
+    /// Modbus: byte and word order of 32- and 64-bit values. Default `ABCD` (big endian).
+    pub order: Option<WordOrder>,
+    /// Modbus: read one bit (0 = least significant) of a register as a boolean.
+    pub bit: Option<Spanned<u8>>,
+    /// Modbus: number of registers holding a `string` (two ASCII characters each).
+    pub length: Option<Spanned<u16>>,
+
+    /// Modbus: poll interval. OPC UA: sampling interval.
+    pub interval: Option<Span>,
+    /// Multiply the raw value by this.
+    pub scale: Option<Spanned<f64>>,
+    /// Add this after scaling.
+    pub offset: Option<f64>,
+    /// Map raw numbers or booleans to state strings, e.g. `{0: Stopped, 1: Running, 2: Fault}`.
+    pub states: Option<BTreeMap<StateKey, String>>,
+    /// Suppress changes smaller than this (in scaled units).
+    pub deadband: Option<Spanned<f64>>,
+    /// Re-send an unchanged value this often.
+    pub heartbeat: Option<Span>,
+    /// Round the value to this many decimals.
+    pub decimals: Option<Spanned<u8>>,
+    /// Extra fields on this tag's readings, e.g. `unit: mm/s`.
+    #[serde(default)]
+    pub fields: BTreeMap<Spanned<String>, serde_json::Value>,
+}
+
+/// Modbus data tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    /// Read/write bits (function 1).
+    Coil,
+    /// Read-only bits (function 2).
+    DiscreteInput,
+    /// Read-only 16-bit registers (function 4).
+    InputRegister,
+    /// Read/write 16-bit registers (function 3).
+    HoldingRegister,
+}
+
+impl Table {
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::DiscreteInput)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Coil => "coil",
+            Table::DiscreteInput => "discrete_input",
+            Table::InputRegister => "input_register",
+            Table::HoldingRegister => "holding_register",
+        }
+    }
+}
+
+/// How a Modbus value is laid out in registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DataType {
+    Bool,
+    Int16,
+    Uint16,
+    Int32,
+    Uint32,
+    Int64,
+    Uint64,
+    Float32,
+    Float64,
+    /// ASCII text, two characters per register, `length` registers.
+    String,
+}
+
+impl DataType {
+    /// Registers one value occupies (strings: per `length`).
+    pub fn registers(self) -> u16 {
+        match self {
+            DataType::Bool | DataType::Int16 | DataType::Uint16 | DataType::String => 1,
+            DataType::Int32 | DataType::Uint32 | DataType::Float32 => 2,
+            DataType::Int64 | DataType::Uint64 | DataType::Float64 => 4,
+        }
+    }
+}
+
+/// Byte and word order of multi-register values, named by where bytes A (most significant)
+/// to D land. For 64-bit values the same names apply word-wise: `ABCD` = ABCDEFGH (big endian),
+/// `DCBA` = HGFEDCBA (little endian), `CDAB` = GHEFCDAB (words swapped), `BADC` = BADCFEHG
+/// (bytes swapped in each word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, JsonSchema)]
+pub enum WordOrder {
+    #[default]
+    #[serde(alias = "ABCDEFGH")]
+    ABCD,
+    #[serde(alias = "GHEFCDAB")]
+    CDAB,
+    #[serde(alias = "BADCFEHG")]
+    BADC,
+    #[serde(alias = "HGFEDCBA")]
+    DCBA,
+}
+
+/// A raw value that a `states` entry maps: an integer or a boolean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[schemars(with = "String")]
+pub enum StateKey {
+    Int(i64),
+    Bool(bool),
+}
+
+impl<'de> Deserialize<'de> for StateKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = StateKey;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer or true/false as a state key")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StateKey, E> {
+                Ok(StateKey::Int(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StateKey, E> {
+                i64::try_from(v)
+                    .map(StateKey::Int)
+                    .map_err(|_| E::custom(format!("state key {v} is too large")))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<StateKey, E> {
+                Ok(StateKey::Bool(v))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StateKey, E> {
+                match v {
+                    "true" => Ok(StateKey::Bool(true)),
+                    "false" => Ok(StateKey::Bool(false)),
+                    _ => v.parse().map(StateKey::Int).map_err(|_| {
+                        E::custom(format!("state key `{v}` is not an integer or true/false"))
+                    }),
+                }
+            }
+        }
+
+        deserializer.deserialize_any(KeyVisitor)
+    }
+}

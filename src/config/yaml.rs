@@ -1,0 +1,309 @@
+//! A YAML document as a tree in which every node knows where it starts.
+//!
+//! Built from `saphyr-parser` events. Keeping positions on every node (rather than only on the
+//! first error, as serde YAML crates do) is what lets the loader report every problem of a file
+//! at once, each at its own line and column. Anchors and aliases are resolved by copying; a
+//! key written twice in one mapping is a problem, not a silent overwrite.
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+use super::diagnostic::{Pos, Problem};
+
+/// One YAML node and where it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub pos: Pos,
+    pub kind: NodeKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeKind {
+    /// A scalar's text. `plain` is false for quoted and block scalars, which are always strings.
+    Scalar {
+        text: String,
+        plain: bool,
+    },
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    /// The scalar's text, if this node is a scalar.
+    pub fn as_scalar(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Scalar { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+
+    /// True for `~`, `null`, an empty value, or an empty document.
+    pub fn is_null(&self) -> bool {
+        matches!(&self.kind, NodeKind::Scalar { text, plain: true } if is_null_text(text))
+    }
+
+    /// A short description for "expected X, found Y" messages.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            NodeKind::Scalar { .. } if self.is_null() => "nothing".to_string(),
+            NodeKind::Scalar { text, .. } => format!("`{text}`"),
+            NodeKind::Seq(_) => "a list".to_string(),
+            NodeKind::Map(_) => "a mapping".to_string(),
+        }
+    }
+}
+
+pub(crate) fn is_null_text(text: &str) -> bool {
+    matches!(text, "" | "~" | "null" | "Null" | "NULL")
+}
+
+fn pos_of(span: &Span) -> Pos {
+    Pos {
+        line: span.start.line() as u32,
+        col: span.start.col() as u32 + 1,
+    }
+}
+
+/// Parses one YAML document. Syntax errors are fatal for the file (the tree after them cannot be
+/// trusted); duplicate keys are collected and the parse goes on.
+pub fn parse(text: &str) -> Result<(Node, Vec<Problem>), Problem> {
+    let mut builder = Builder {
+        anchors: HashMap::new(),
+        problems: Vec::new(),
+    };
+    let mut parser = Parser::new_from_str(text);
+    let mut root = None;
+    loop {
+        let (event, span) = next(&mut parser)?;
+        match event {
+            Event::StreamStart | Event::DocumentStart(_) | Event::DocumentEnd | Event::Nothing => {}
+            Event::StreamEnd => break,
+            other => {
+                if root.is_some() {
+                    return Err(Problem::new(
+                        pos_of(&span),
+                        "a tag map or config file holds one YAML document",
+                    )
+                    .with_hint(
+                        "remove the second `---` and what follows, or split it into its own file",
+                    ));
+                }
+                root = Some(builder.node(&mut parser, other, span)?);
+            }
+        }
+    }
+    let root = root.unwrap_or(Node {
+        pos: Pos { line: 1, col: 1 },
+        kind: NodeKind::Scalar {
+            text: String::new(),
+            plain: true,
+        },
+    });
+    Ok((root, builder.problems))
+}
+
+fn next<'a>(
+    parser: &mut Parser<'a, saphyr_parser::StrInput<'a>>,
+) -> Result<(Event<'a>, Span), Problem> {
+    match parser.next_event() {
+        Some(Ok(ok)) => Ok(ok),
+        Some(Err(e)) => {
+            let m = e.marker();
+            let pos = Pos {
+                line: m.line() as u32,
+                col: m.col() as u32 + 1,
+            };
+            Err(Problem::new(pos, format!("YAML syntax: {}", e.info()))
+                .with_hint(syntax_hint(e.info())))
+        }
+        None => Err(Problem::new(Pos::default(), "unexpected end of YAML")),
+    }
+}
+
+fn syntax_hint(info: &str) -> &'static str {
+    if info.contains("tab") {
+        "YAML indents with spaces; replace the tab characters"
+    } else if info.contains("mapping values are not allowed") {
+        "a value containing `: ` must be quoted, or the line is indented too far"
+    } else {
+        "check the indentation and quoting on this line and the one before"
+    }
+}
+
+struct Builder {
+    anchors: HashMap<usize, Node>,
+    problems: Vec<Problem>,
+}
+
+impl Builder {
+    fn node<'a>(
+        &mut self,
+        parser: &mut Parser<'a, saphyr_parser::StrInput<'a>>,
+        event: Event<'a>,
+        span: Span,
+    ) -> Result<Node, Problem> {
+        let pos = pos_of(&span);
+        let (node, anchor) = match event {
+            Event::Scalar(text, style, anchor, tag) => {
+                // An explicit `!!str` tag makes a plain scalar a string, as quoting does.
+                let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix == "str");
+                let plain = style == ScalarStyle::Plain && !is_str_tag;
+                (
+                    Node {
+                        pos,
+                        kind: NodeKind::Scalar {
+                            text: text.into_owned(),
+                            plain,
+                        },
+                    },
+                    anchor,
+                )
+            }
+            Event::SequenceStart(anchor, _) => {
+                let mut items = Vec::new();
+                loop {
+                    let (event, span) = next(parser)?;
+                    if matches!(event, Event::SequenceEnd) {
+                        break;
+                    }
+                    items.push(self.node(parser, event, span)?);
+                }
+                (
+                    Node {
+                        pos,
+                        kind: NodeKind::Seq(items),
+                    },
+                    anchor,
+                )
+            }
+            Event::MappingStart(anchor, _) => {
+                let mut entries: Vec<(Node, Node)> = Vec::new();
+                loop {
+                    let (event, span) = next(parser)?;
+                    if matches!(event, Event::MappingEnd) {
+                        break;
+                    }
+                    let key = self.node(parser, event, span)?;
+                    let (event, span) = next(parser)?;
+                    let value = self.node(parser, event, span)?;
+                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.kind == key.kind) {
+                        self.problems.push(
+                            Problem::new(
+                                key.pos,
+                                format!("key {} is written twice in this mapping", key.describe()),
+                            )
+                            .with_hint(format!("the first one is at line {}", first.pos.line)),
+                        );
+                        continue;
+                    }
+                    entries.push((key, value));
+                }
+                (
+                    Node {
+                        pos,
+                        kind: NodeKind::Map(entries),
+                    },
+                    anchor,
+                )
+            }
+            Event::Alias(id) => {
+                return match self.anchors.get(&id) {
+                    Some(node) => Ok(Node {
+                        pos,
+                        ..node.clone()
+                    }),
+                    None => Err(Problem::new(
+                        pos,
+                        "alias refers to an anchor that is not defined before it",
+                    )),
+                };
+            }
+            other => {
+                return Err(Problem::new(
+                    pos,
+                    format!("unexpected YAML event {other:?}"),
+                ))
+            }
+        };
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        Ok(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(node: &Node) -> (&str, Pos) {
+        (node.as_scalar().unwrap(), node.pos)
+    }
+
+    #[test]
+    fn positions_are_one_based() {
+        let (root, problems) = parse("a: 1\nlist:\n  - x: 'q'\n").unwrap();
+        assert!(problems.is_empty());
+        let NodeKind::Map(entries) = &root.kind else {
+            panic!("not a map")
+        };
+        assert_eq!(scalar(&entries[0].0), ("a", Pos { line: 1, col: 1 }));
+        assert_eq!(scalar(&entries[0].1), ("1", Pos { line: 1, col: 4 }));
+        let NodeKind::Seq(items) = &entries[1].1.kind else {
+            panic!("not a seq")
+        };
+        let NodeKind::Map(inner) = &items[0].kind else {
+            panic!("not a map")
+        };
+        assert_eq!(inner[0].1.pos, Pos { line: 3, col: 8 });
+        assert_eq!(
+            inner[0].1.kind,
+            NodeKind::Scalar {
+                text: "q".into(),
+                plain: false
+            }
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_and_first_wins() {
+        let (root, problems) = parse("a: 1\nb: 2\na: 3\n").unwrap();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].pos, Pos { line: 3, col: 1 });
+        assert_eq!(
+            problems[0].message,
+            "key `a` is written twice in this mapping"
+        );
+        let NodeKind::Map(entries) = &root.kind else {
+            panic!("not a map")
+        };
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].1.as_scalar(), Some("1"));
+    }
+
+    #[test]
+    fn aliases_copy_the_anchored_node() {
+        let (root, _) = parse("base: &b {x: 1}\ncopy: *b\n").unwrap();
+        let NodeKind::Map(entries) = &root.kind else {
+            panic!("not a map")
+        };
+        assert_eq!(entries[0].1.kind, entries[1].1.kind);
+        assert_eq!(entries[1].1.pos.line, 2);
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_position() {
+        let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(err.message.starts_with("YAML syntax:"), "{}", err.message);
+        assert!(err.pos.line >= 1);
+        let tab = parse("a:\n\tb: 1\n").unwrap_err();
+        assert_eq!(tab.pos.line, 2, "{tab:?}");
+    }
+
+    #[test]
+    fn empty_document_is_null() {
+        let (root, _) = parse("# only a comment\n").unwrap();
+        assert!(root.is_null());
+    }
+}

@@ -1,0 +1,11 @@
+//! The mapping stage: compiles tag maps into plans, then turns each [`crate::source::Sample`]
+//! into a [`crate::reading::Reading`] (rename, states, scale, deadband, heartbeat).
+
+pub mod compile;
+pub mod plan;
+pub mod stage;
+pub mod transform;
+
+pub use compile::{compile, load_all};
+pub use plan::{SourcePlan, TagMapPlan, TagPlan};
+pub use stage::{Mapper, MappingCounters};

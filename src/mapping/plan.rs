@@ -1,0 +1,144 @@
+//! The validated, resolved form of a tag map: what the runtime sees. Every value here has been
+//! checked (addresses in range, node ids parsed, intervals positive, names unique).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::tagmap::{
+    DataType, Parity, SecurityMode, SecurityPolicy, StateKey, Table, WordOrder,
+};
+
+/// One tag map, ready to run.
+#[derive(Debug, Clone)]
+pub struct TagMapPlan {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub source: SourcePlan,
+    /// Enabled tags only; a [`crate::source::Sample`]'s `tag` indexes this list.
+    pub tags: Vec<TagPlan>,
+    /// Tags present in the file with `enabled: false`.
+    pub disabled: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourcePlan {
+    OpcUa(OpcUaPlan),
+    Modbus(ModbusPlan),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpcUaPlan {
+    pub endpoint: String,
+    pub security_policy: SecurityPolicy,
+    pub security_mode: SecurityMode,
+    pub user: UserPlan,
+    pub publishing_interval: Duration,
+    pub pki_dir: Option<PathBuf>,
+    pub trust_on_first_use: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserPlan {
+    Anonymous,
+    /// The password is read when connecting, so a rotated secret needs no reload.
+    Username {
+        username: String,
+        password: SecretSource,
+    },
+    Certificate {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+/// Where a secret is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusPlan {
+    pub transport: ModbusTransport,
+    pub timeout: Duration,
+    /// Unused registers one read may span to join two tags.
+    pub max_gap: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModbusTransport {
+    Tcp(String),
+    RtuOverTcp(String),
+    Serial {
+        port: String,
+        baud: u32,
+        parity: Parity,
+        data_bits: u8,
+        stop_bits: u8,
+    },
+}
+
+/// One enabled tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagPlan {
+    pub sensor_id: Arc<str>,
+    pub address: TagAddress,
+    /// Modbus poll interval, or OPC UA sampling interval.
+    pub interval: Duration,
+    pub transform: Transform,
+    /// Extra JSON members for every reading, pre-encoded with a leading comma, or empty.
+    pub extra: Arc<str>,
+    /// Line in the tag map, for logs that point back at the file.
+    pub line: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TagAddress {
+    /// An OPC UA node id in its canonical text form (`ns=2;s=…`).
+    OpcUa {
+        node: String,
+    },
+    Modbus(ModbusAddress),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModbusAddress {
+    pub unit: u8,
+    pub table: Table,
+    /// 0-based address of the first register or bit.
+    pub address: u16,
+    pub data_type: DataType,
+    pub order: WordOrder,
+    /// For `bool` read from a register: which bit, 0 = least significant.
+    pub bit: Option<u8>,
+    /// For `string`: number of registers.
+    pub length: u16,
+}
+
+impl ModbusAddress {
+    /// Registers (or bits) this tag reads, starting at `address`.
+    pub fn count(&self) -> u16 {
+        if self.table.is_bits() {
+            1
+        } else if self.data_type == DataType::String {
+            self.length
+        } else {
+            self.data_type.registers()
+        }
+    }
+}
+
+/// What the mapping stage does to each value of a tag.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Transform {
+    pub scale: Option<f64>,
+    pub offset: Option<f64>,
+    pub states: Option<BTreeMap<StateKey, Arc<str>>>,
+    /// Suppress changes smaller than this; 0 suppresses only equal values.
+    pub deadband: f64,
+    pub heartbeat: Option<Duration>,
+    pub decimals: Option<u8>,
+}

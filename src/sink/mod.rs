@@ -1,0 +1,6 @@
+//! Sinks: where readings leave the gateway. JSON lines on stdout or in a file for dry runs;
+//! the Event Hub sink arrives with its own issue.
+
+pub mod lines;
+
+pub use lines::LinesSink;

@@ -1,0 +1,63 @@
+//! Sources: one adapter per protocol, each turning a tag map into reads of a real device and
+//! emitting [`Sample`]s. An adapter owns its connections; a dead device never stalls another.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+/// A value as the device gave it, before the tag map's transforms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawValue {
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Text(Arc<str>),
+}
+
+/// One value of one tag at one time. `tag` indexes [`crate::mapping::TagMapPlan::tags`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub tag: usize,
+    pub timestamp: DateTime<Utc>,
+    pub value: RawValue,
+}
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::mapping::{SourcePlan, TagMapPlan};
+
+/// Samples travel in batches (one poll cycle, one publish response): one channel send per batch.
+pub type SampleBatch = Vec<Sample>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{protocol} sources are not available in this build yet ({path})")]
+    NotAvailable {
+        protocol: &'static str,
+        path: String,
+    },
+}
+
+/// Starts the adapter for one tag map. It sends sample batches on `tx` (waiting when the
+/// mapping stage is behind) until `cancel` fires, then drops `tx`.
+pub fn spawn(
+    plan: &TagMapPlan,
+    _tx: mpsc::Sender<SampleBatch>,
+    _cancel: CancellationToken,
+    _tracker: &TaskTracker,
+) -> Result<(), SourceError> {
+    let path = plan.path.display().to_string();
+    match &plan.source {
+        SourcePlan::OpcUa(_) => Err(SourceError::NotAvailable {
+            protocol: "OPC UA",
+            path,
+        }),
+        SourcePlan::Modbus(_) => Err(SourceError::NotAvailable {
+            protocol: "Modbus",
+            path,
+        }),
+    }
+}

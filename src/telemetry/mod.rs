@@ -1,0 +1,19 @@
+//! Logs (and later metrics and health). Logs always go to standard error, so standard output
+//! can carry readings.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::gateway::LogFormat;
+
+/// Installs the global subscriber. `RUST_LOG` overrides `level` when set. Calling it twice is
+/// harmless (the second call does nothing), which keeps tests that start a gateway simple.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
