@@ -735,6 +735,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Items<T> {
 }
 
 impl<T: JsonSchema> JsonSchema for Items<T> {
+    fn inline_schema() -> bool {
+        true
+    }
+
     fn schema_name() -> std::borrow::Cow<'static, str> {
         Vec::<T>::schema_name()
     }

@@ -1,0 +1,9 @@
+//! End-to-end tests: one binary (each test binary re-links ~1 GB), one module per capability.
+//! Every test starts what it needs in-process on ephemeral loopback ports, and waits for
+//! conditions with deadlines, never for fixed sleeps.
+
+/// Shared helpers: Python peers, waiting with deadlines, running the CLI.
+mod support;
+
+/// `tagbridge check` and `tagbridge schema` on shipped and broken tag maps.
+mod check_cli;
