@@ -12,6 +12,7 @@
 //! [`Spanned<T>`] records where a value was written, for checks that run after parsing.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
 
 use schemars::JsonSchema;
@@ -21,25 +22,94 @@ use serde::Deserialize;
 use super::diagnostic::{did_you_mean, Pos, Problem};
 use super::yaml::{is_null_text, Node, NodeKind};
 
+/// What deserializing a document found.
+#[derive(Debug)]
+pub struct Parsed<T> {
+    /// The value, when the shape allowed one; with problems it lacks the parts that failed.
+    pub value: Option<T>,
+    pub problems: Vec<Problem>,
+    /// Keys whose values failed and were left out of `value`: checks after parsing skip what
+    /// contains them, since what is left would only produce echoes of the same mistake.
+    pub dropped: Vec<Pos>,
+}
+
 /// Deserializes `T` from `node`, returning the value when the shape allowed one and every
 /// problem found. A value with problems may miss the list elements that failed.
-pub fn from_node<T: DeserializeOwned>(node: &Node) -> (Option<T>, Vec<Problem>) {
-    let ctx = Ctx::default();
-    let value = match T::deserialize(NodeDe { node, ctx: &ctx }) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            ctx.record(e, node.pos);
-            None
+///
+/// Derived code abandons a struct at its first bad field, which would hide the problems of the
+/// fields after it. So each pass removes the entries whose values failed and runs again, until
+/// a pass fails no entry: every pass reveals what the previous one hid.
+pub fn from_node<T: DeserializeOwned>(node: &Node) -> Parsed<T> {
+    /// More passes than any config file has broken values; a guard, not a limit in practice.
+    const MAX_PASSES: usize = 64;
+    let mut tree = node.clone();
+    let mut pruned = HashSet::new();
+    let mut problems = Vec::new();
+    let mut dropped = Vec::new();
+    let mut value = None;
+    for _ in 0..MAX_PASSES {
+        let ctx = Ctx {
+            pruned: pruned.clone(),
+            ..Ctx::default()
+        };
+        value = match T::deserialize(NodeDe {
+            node: &tree,
+            ctx: &ctx,
+        }) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                ctx.record(e, tree.pos);
+                None
+            }
+        };
+        problems.extend(ctx.problems.into_inner());
+        let failed = ctx.failed_entries.into_inner();
+        if failed.is_empty() {
+            break;
         }
-    };
-    let mut problems = ctx.problems.into_inner();
+        for (map_pos, key_pos, key) in failed {
+            remove_entry(&mut tree, map_pos, key_pos);
+            dropped.push(key_pos);
+            pruned.insert((map_pos, key));
+        }
+    }
     problems.sort_by_key(|p| p.pos);
-    (value, problems)
+    problems.dedup();
+    Parsed {
+        value,
+        problems,
+        dropped,
+    }
+}
+
+/// Removes the entry whose key starts at `key_pos` from the mapping that starts at `map_pos`.
+fn remove_entry(node: &mut Node, map_pos: Pos, key_pos: Pos) {
+    if node.pos > map_pos || node.end < map_pos {
+        return;
+    }
+    match &mut node.kind {
+        NodeKind::Map(entries) => {
+            if node.pos == map_pos {
+                entries.retain(|(k, _)| k.pos != key_pos);
+            }
+            for (_, v) in entries.iter_mut() {
+                remove_entry(v, map_pos, key_pos);
+            }
+        }
+        NodeKind::Seq(items) => items
+            .iter_mut()
+            .for_each(|n| remove_entry(n, map_pos, key_pos)),
+        NodeKind::Scalar { .. } => {}
+    }
 }
 
 #[derive(Default)]
 struct Ctx {
     problems: RefCell<Vec<Problem>>,
+    /// Entries whose value failed in this pass: (mapping start, key start, key).
+    failed_entries: RefCell<Vec<(Pos, Pos, String)>>,
+    /// Entries removed by earlier passes: (mapping start, key). Their absence is no news.
+    pruned: HashSet<(Pos, String)>,
 }
 
 impl Ctx {
@@ -298,9 +368,11 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
                 items: items.iter(),
                 ctx: self.ctx,
             }),
-            NodeKind::Map(entries) => {
-                visitor.visit_map(MapDe::new(entries.iter().collect(), self.ctx))
-            }
+            NodeKind::Map(entries) => visitor.visit_map(MapDe::new(
+                self.node.pos,
+                entries.iter().collect(),
+                self.ctx,
+            )),
         };
         result.map_err(|e: Error| e.or_at(pos))
     }
@@ -422,7 +494,11 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         match &self.node.kind {
             NodeKind::Map(entries) => visitor
-                .visit_map(MapDe::new(entries.iter().collect(), self.ctx))
+                .visit_map(MapDe::new(
+                    self.node.pos,
+                    entries.iter().collect(),
+                    self.ctx,
+                ))
                 .map_err(|e: Error| e.or_at(self.node.pos)),
             _ => Err(self.mismatch("a mapping")),
         }
@@ -448,12 +524,16 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
             _ => return Err(self.mismatch("a mapping")),
         };
         let mut known = Vec::with_capacity(entries.len());
+        // Keys suggested for typos: a "missing key" for one of them would say the same twice.
+        let mut suggested = Vec::new();
         for entry in entries {
             let key = entry.0.as_scalar().unwrap_or_default();
             if fields.contains(&key) {
                 known.push(entry);
             } else {
-                let hint = did_you_mean(key, fields.iter().copied())
+                let suggestion = did_you_mean(key, fields.iter().copied());
+                suggested.extend(suggestion);
+                let hint = suggestion
                     .map(|s| format!("did you mean `{s}`?"))
                     .unwrap_or_else(|| format!("expected one of: {}", fields.join(", ")));
                 self.ctx.push(
@@ -463,8 +543,23 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
             }
         }
         visitor
-            .visit_map(MapDe::new(known, self.ctx))
-            .map_err(|e: Error| e.or_at(self.node.pos))
+            .visit_map(MapDe::new(self.node.pos, known, self.ctx))
+            .map_err(|e: Error| match e {
+                Error::Pending { ref message, .. }
+                    if suggested
+                        .iter()
+                        .copied()
+                        .chain(
+                            fields.iter().copied().filter(|f| {
+                                self.ctx.pruned.contains(&(self.node.pos, f.to_string()))
+                            }),
+                        )
+                        .any(|s| *message == format!("missing required key `{s}`")) =>
+                {
+                    Error::Reported
+                }
+                e => e.or_at(self.node.pos),
+            })
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -547,16 +642,19 @@ impl<'de, 'a> de::SeqAccess<'de> for SeqDe<'a> {
 }
 
 struct MapDe<'a> {
+    /// Where the mapping starts, to name it for pruning.
+    pos: Pos,
     entries: std::vec::IntoIter<&'a (Node, Node)>,
-    value: Option<&'a Node>,
+    current: Option<&'a (Node, Node)>,
     ctx: &'a Ctx,
 }
 
 impl<'a> MapDe<'a> {
-    fn new(entries: Vec<&'a (Node, Node)>, ctx: &'a Ctx) -> Self {
+    fn new(pos: Pos, entries: Vec<&'a (Node, Node)>, ctx: &'a Ctx) -> Self {
         MapDe {
+            pos,
             entries: entries.into_iter(),
-            value: None,
+            current: None,
             ctx,
         }
     }
@@ -569,10 +667,11 @@ impl<'de, 'a> de::MapAccess<'de> for MapDe<'a> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
-        let Some((key, value)) = self.entries.next() else {
+        let Some(entry) = self.entries.next() else {
             return Ok(None);
         };
-        self.value = Some(value);
+        self.current = Some(entry);
+        let key = &entry.0;
         seed.deserialize(NodeDe {
             node: key,
             ctx: self.ctx,
@@ -582,14 +681,26 @@ impl<'de, 'a> de::MapAccess<'de> for MapDe<'a> {
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
-        let Some(node) = self.value.take() else {
+        let Some((key, node)) = self.current.take() else {
             return Err(de::Error::custom("value requested before key"));
         };
         seed.deserialize(NodeDe {
             node,
             ctx: self.ctx,
         })
-        .map_err(|e: Error| e.or_at(node.pos))
+        .map_err(|e: Error| match e {
+            // The innermost failing entry records the problem and is pruned for the next pass.
+            Error::Pending { .. } => {
+                self.ctx.record(e, node.pos);
+                let name = key.as_scalar().unwrap_or_default().to_string();
+                self.ctx
+                    .failed_entries
+                    .borrow_mut()
+                    .push((self.pos, key.pos, name));
+                Error::Reported
+            }
+            Error::Reported => Error::Reported,
+        })
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -665,6 +776,7 @@ impl<'de, 'a> de::VariantAccess<'de> for EnumDe<'a> {
     ) -> Result<V::Value, Error> {
         let null = Node {
             pos: self.pos,
+            end: self.pos,
             kind: NodeKind::Scalar {
                 text: String::new(),
                 plain: true,
@@ -690,19 +802,26 @@ const REPORTED: &str = "\u{0}tagbridge: reported";
 /// A list whose failed elements are reported and skipped, so one broken tag does not hide the
 /// problems of the next ones, and the healthy tags still reach the checks after parsing.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Items<T>(pub Vec<T>);
+pub struct Items<T> {
+    pub items: Vec<T>,
+    /// Elements that failed and were reported.
+    pub failed: usize,
+}
 
 impl<T> std::ops::Deref for Items<T> {
     type Target = Vec<T>;
 
     fn deref(&self) -> &Vec<T> {
-        &self.0
+        &self.items
     }
 }
 
 impl<T> Default for Items<T> {
     fn default() -> Self {
-        Items(Vec::new())
+        Items {
+            items: Vec::new(),
+            failed: 0,
+        }
     }
 }
 
@@ -718,12 +837,15 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Items<T> {
             }
 
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Items<T>, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                let mut items = Items {
+                    items: Vec::with_capacity(seq.size_hint().unwrap_or(0)),
+                    failed: 0,
+                };
                 loop {
                     match seq.next_element::<T>() {
-                        Ok(Some(item)) => items.push(item),
-                        Ok(None) => return Ok(Items(items)),
-                        Err(e) if e.to_string() == REPORTED => continue,
+                        Ok(Some(item)) => items.items.push(item),
+                        Ok(None) => return Ok(items),
+                        Err(e) if e.to_string() == REPORTED => items.failed += 1,
                         Err(e) => return Err(e),
                     }
                 }
@@ -749,19 +871,30 @@ impl<T: JsonSchema> JsonSchema for Items<T> {
 }
 
 const SPANNED: &str = "$__tagbridge_spanned";
-const SPANNED_FIELDS: &[&str] = &["line", "col", "value"];
+const SPANNED_FIELDS: &[&str] = &["line", "col", "end_line", "end_col", "value"];
 
 /// A value and the place it was written, for checks that run after parsing (duplicates, ranges,
 /// syntax of node ids) and still want to point at the right line.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Spanned<T> {
     pub pos: Pos,
+    /// Where the value's content ends.
+    pub end: Pos,
     pub value: T,
 }
 
 impl<T> Spanned<T> {
     pub fn new(pos: Pos, value: T) -> Self {
-        Spanned { pos, value }
+        Spanned {
+            pos,
+            end: pos,
+            value,
+        }
+    }
+
+    /// Whether `pos` lies within this value.
+    pub fn contains(&self, pos: Pos) -> bool {
+        self.pos <= pos && pos <= self.end
     }
 }
 
@@ -798,6 +931,8 @@ impl<'de, 'a> de::MapAccess<'de> for SpannedDe<'a> {
         match step {
             0 => seed.deserialize(self.node.pos.line.into_deserializer()),
             1 => seed.deserialize(self.node.pos.col.into_deserializer()),
+            2 => seed.deserialize(self.node.end.line.into_deserializer()),
+            3 => seed.deserialize(self.node.end.col.into_deserializer()),
             _ => seed
                 .deserialize(NodeDe {
                     node: self.node,
@@ -826,11 +961,21 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
                 let (_, col): (String, u32) = map
                     .next_entry()?
                     .ok_or_else(|| de::Error::missing_field("col"))?;
+                let (_, end_line): (String, u32) = map
+                    .next_entry()?
+                    .ok_or_else(|| de::Error::missing_field("end_line"))?;
+                let (_, end_col): (String, u32) = map
+                    .next_entry()?
+                    .ok_or_else(|| de::Error::missing_field("end_col"))?;
                 let (_, value): (String, T) = map
                     .next_entry()?
                     .ok_or_else(|| de::Error::missing_field("value"))?;
                 Ok(Spanned {
                     pos: Pos { line, col },
+                    end: Pos {
+                        line: end_line,
+                        col: end_col,
+                    },
                     value,
                 })
             }
@@ -894,8 +1039,9 @@ mod tests {
 
     fn load(text: &str) -> (Option<File>, Vec<String>) {
         let (node, mut problems) = yaml::parse(text).unwrap();
-        let (value, more) = from_node::<File>(&node);
-        problems.extend(more);
+        let parsed = from_node::<File>(&node);
+        let value = parsed.value;
+        problems.extend(parsed.problems);
         let lines = problems
             .iter()
             .map(|p| match &p.hint {
@@ -947,7 +1093,9 @@ tags:
             ]
         );
         // The healthy tag survives for later checks.
-        assert_eq!(file.unwrap().tags.len(), 1);
+        let tags = file.unwrap().tags;
+        // Tags whose bad values were pruned come back; the one without a name stays failed.
+        assert_eq!((tags.len(), tags.failed), (4, 1));
     }
 
     #[test]

@@ -34,28 +34,37 @@ pub fn load_file<T: DeserializeOwned>(path: &Path) -> Result<T, Report> {
             return Err(report);
         }
     };
-    let (value, problems) = parse_str::<T>(&text);
-    report.extend(path, problems);
-    match value {
+    let parsed = parse_str::<T>(&text);
+    report.extend(path, parsed.problems);
+    match parsed.value {
         Some(value) if report.is_empty() => Ok(value),
         _ => Err(report),
     }
 }
 
-/// Parses YAML text into `T`; returns the value when the shape allowed one, and every problem.
-pub fn parse_str<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Problem>) {
+/// Parses YAML text into `T`: the value when the shape allowed one, and every problem.
+pub fn parse_str<T: DeserializeOwned>(text: &str) -> de::Parsed<T> {
     match yaml::parse(text) {
         Ok((node, mut problems)) => {
             if node.is_null() {
                 problems.push(Problem::new(node.pos, "the file is empty"));
-                return (None, problems);
+                return de::Parsed {
+                    value: None,
+                    problems,
+                    dropped: Vec::new(),
+                };
             }
-            let (value, more) = de::from_node::<T>(&node);
-            problems.extend(more);
+            let mut parsed = de::from_node::<T>(&node);
+            problems.append(&mut parsed.problems);
             problems.sort_by_key(|p| p.pos);
-            (value, problems)
+            parsed.problems = problems;
+            parsed
         }
-        Err(problem) => (None, vec![problem]),
+        Err(problem) => de::Parsed {
+            value: None,
+            problems: vec![problem],
+            dropped: Vec::new(),
+        },
     }
 }
 

@@ -69,6 +69,7 @@ pub struct OpcUaSourceSpec {
 #[serde(rename_all = "snake_case")]
 pub enum SecurityPolicy {
     None,
+    #[serde(rename = "basic256sha256")]
     Basic256Sha256,
     #[serde(rename = "aes128_sha256_rsaoaep")]
     Aes128Sha256RsaOaep,
@@ -268,6 +269,22 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// The name as written in tag maps.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::Bool => "bool",
+            DataType::Int16 => "int16",
+            DataType::Uint16 => "uint16",
+            DataType::Int32 => "int32",
+            DataType::Uint32 => "uint32",
+            DataType::Int64 => "int64",
+            DataType::Uint64 => "uint64",
+            DataType::Float32 => "float32",
+            DataType::Float64 => "float64",
+            DataType::String => "string",
+        }
+    }
+
     /// Registers one value occupies (strings: per `length`).
     pub fn registers(self) -> u16 {
         match self {

@@ -15,6 +15,8 @@ use super::diagnostic::{Pos, Problem};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub pos: Pos,
+    /// Where the node's content ends (the end of its last scalar), for "is X inside Y".
+    pub end: Pos,
     pub kind: NodeKind,
 }
 
@@ -95,6 +97,7 @@ pub fn parse(text: &str) -> Result<(Node, Vec<Problem>), Problem> {
     }
     let root = root.unwrap_or(Node {
         pos: Pos { line: 1, col: 1 },
+        end: Pos { line: 1, col: 1 },
         kind: NodeKind::Scalar {
             text: String::new(),
             plain: true,
@@ -152,6 +155,10 @@ impl Builder {
                 (
                     Node {
                         pos,
+                        end: Pos {
+                            line: span.end.line() as u32,
+                            col: span.end.col() as u32 + 1,
+                        },
                         kind: NodeKind::Scalar {
                             text: text.into_owned(),
                             plain,
@@ -169,9 +176,11 @@ impl Builder {
                     }
                     items.push(self.node(parser, event, span)?);
                 }
+                let end = items.last().map_or(pos, |n| n.end);
                 (
                     Node {
                         pos,
+                        end,
                         kind: NodeKind::Seq(items),
                     },
                     anchor,
@@ -199,9 +208,11 @@ impl Builder {
                     }
                     entries.push((key, value));
                 }
+                let end = entries.last().map_or(pos, |(_, v)| v.end);
                 (
                     Node {
                         pos,
+                        end,
                         kind: NodeKind::Map(entries),
                     },
                     anchor,
@@ -211,6 +222,7 @@ impl Builder {
                 return match self.anchors.get(&id) {
                     Some(node) => Ok(Node {
                         pos,
+                        end: pos,
                         ..node.clone()
                     }),
                     None => Err(Problem::new(

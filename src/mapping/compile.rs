@@ -34,29 +34,27 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
     let mut plans = Vec::new();
     let mut first_seen: HashMap<Arc<str>, (PathBuf, u32)> = HashMap::new();
     for path in paths {
-        let (file, problems) = match std::fs::read_to_string(path) {
+        let parsed = match std::fs::read_to_string(path) {
             Ok(text) => crate::config::parse_str::<TagMapFile>(&text),
-            Err(e) => (
-                None,
-                vec![Problem::new(
+            Err(e) => crate::config::de::Parsed {
+                value: None,
+                problems: vec![Problem::new(
                     Pos { line: 1, col: 1 },
                     format!("cannot read file: {e}"),
                 )],
-            ),
+                dropped: Vec::new(),
+            },
         };
-        report.extend(path, problems);
-        let Some(file) = file else { continue };
-        let (plan, problems) = compile(&file, path);
+        report.extend(path, parsed.problems);
+        let Some(file) = parsed.value else { continue };
+        let (plan, problems) = compile(&file, path, &parsed.dropped);
         report.extend(path, problems);
         for tag in &plan.tags {
             if let Some((other, line)) = first_seen.get(&tag.sensor_id) {
                 if other != path {
                     report.push(
                         Problem::new(
-                            Pos {
-                                line: tag.line,
-                                col: 1,
-                            },
+                            tag.pos,
                             format!("sensor_id `{}` is used in two tag maps", tag.sensor_id),
                         )
                         .with_hint(format!(
@@ -67,7 +65,7 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
                     );
                 }
             } else {
-                first_seen.insert(tag.sensor_id.clone(), (path.clone(), tag.line));
+                first_seen.insert(tag.sensor_id.clone(), (path.clone(), tag.pos.line));
             }
         }
         plans.push(plan);
@@ -81,8 +79,10 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
 }
 
 /// Compiles one parsed file. The plan holds every tag that passed its checks, so a caller that
-/// tolerates problems (live reload of other files) still learns what is healthy.
-pub fn compile(file: &TagMapFile, path: &Path) -> (TagMapPlan, Vec<Problem>) {
+/// tolerates problems (live reload of other files) still learns what is healthy. Tags that
+/// contain a position in `broken` (problems found while parsing) are left out unchecked: their
+/// bad values were dropped while parsing, and checking what remains would only report echoes.
+pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, Vec<Problem>) {
     let mut c = Compiler {
         problems: Vec::new(),
         base: path.parent().unwrap_or(Path::new(".")),
@@ -96,6 +96,9 @@ pub fn compile(file: &TagMapFile, path: &Path) -> (TagMapPlan, Vec<Problem>) {
     let mut ids: HashMap<&str, u32> = HashMap::new();
     let mut addresses: HashMap<String, (u32, &str)> = HashMap::new();
     for spanned in file.tags.iter() {
+        if broken.iter().any(|p| spanned.contains(*p)) {
+            continue;
+        }
         let tag = &spanned.value;
         let line = spanned.pos.line;
         if let Some(first) = ids.insert(&tag.sensor_id.value, line) {
@@ -167,10 +170,10 @@ pub fn compile(file: &TagMapFile, path: &Path) -> (TagMapPlan, Vec<Problem>) {
             interval,
             transform,
             extra: encode_extra(&extra),
-            line,
+            pos: tag.sensor_id.pos,
         });
     }
-    if file.tags.is_empty() && c.problems.is_empty() {
+    if file.tags.is_empty() && file.tags.failed == 0 {
         c.problem(
             Problem::new(file.source.pos, "this tag map has no tags")
                 .with_hint("add at least one entry under `tags:`"),
@@ -355,7 +358,7 @@ impl Compiler<'_> {
             _ => self.err(
                 addr.pos,
                 format!("`{}` is not host:port", addr.value),
-                "e.g. 10.0.0.7:502 (Modbus TCP's port is 502)",
+                "e.g. 10.0.0.7:502; Modbus TCP's usual port is 502",
             ),
         }
     }
@@ -415,20 +418,25 @@ impl Compiler<'_> {
             }
             return;
         }
+        // Point at the key's value where it is spanned, otherwise at the tag.
         let present = [
-            t.table.is_some(),
-            t.address.is_some(),
-            t.modicon.is_some(),
-            t.data_type.is_some(),
-            t.order.is_some(),
-            t.bit.is_some(),
-            t.length.is_some(),
-            t.unit.is_some(),
+            t.table.as_ref().map(|v| v.pos),
+            t.address.as_ref().map(|v| v.pos),
+            t.modicon.as_ref().map(|v| v.pos),
+            t.data_type.as_ref().map(|v| v.pos),
+            t.order.map(|_| tag.pos),
+            t.bit.as_ref().map(|v| v.pos),
+            t.length.as_ref().map(|v| v.pos),
+            t.unit.map(|_| tag.pos),
         ];
-        for (key, _) in MODBUS_TAG_KEYS.iter().zip(present).filter(|(_, p)| *p) {
+        for (key, pos) in MODBUS_TAG_KEYS
+            .iter()
+            .zip(present)
+            .filter_map(|(k, p)| Some((k, p?)))
+        {
             self.problem(
                 Problem::new(
-                    tag.pos,
+                    pos,
                     format!("`{key}` is a Modbus key, and this tag map reads an OPC UA server"),
                 )
                 .with_hint("OPC UA tags are addressed with `node`"),
@@ -471,8 +479,9 @@ impl Compiler<'_> {
             return self.err(
                 type_pos,
                 format!(
-                    "a {} holds one bit; it cannot be read as {data_type:?}",
-                    table.name()
+                    "a {} holds one bit; it cannot be read as {}",
+                    table.name(),
+                    data_type.name()
                 ),
                 "use `type: bool`, or a register table",
             );
@@ -507,8 +516,8 @@ impl Compiler<'_> {
             (DataType::String, None) => {
                 return self.err(
                     type_pos,
-                    "a `string` needs `length` (registers, two characters each)",
-                    "e.g. `length: 10` for up to 20 characters",
+                    "a `string` needs `length`, its number of registers",
+                    "two characters per register, e.g. `length: 10` for up to 20 characters",
                 )
             }
             (_, Some(l)) => {
@@ -536,7 +545,10 @@ impl Compiler<'_> {
         if u32::from(address) + u32::from(plan.count()) - 1 > u32::from(u16::MAX) {
             return self.err(
                 at,
-                format!("{data_type:?} at address {address} runs past the last address 65535"),
+                format!(
+                    "{} at address {address} runs past the last address 65535",
+                    data_type.name()
+                ),
                 "check the address and type",
             );
         }
@@ -546,7 +558,7 @@ impl Compiler<'_> {
     /// `40001` → holding register 0. Five digits address 1..=9999, six digits 1..=65536.
     fn modicon(&mut self, m: &Spanned<String>) -> Option<(Table, u16)> {
         let text = m.trim();
-        let hint = "write 5 or 6 digits whose first names the table: 0 coil, 1 discrete input, 3 input register, 4 holding register (e.g. 40001); for a 0-based offset use `table` + `address`";
+        let hint = "write 5 or 6 digits whose first names the table: 0 coil, 1 discrete input, 3 input register, 4 holding register, e.g. 40001; for a 0-based offset use `table` + `address`";
         if !(5..=6).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_digit()) {
             return self.err(m.pos, format!("`{text}` is not a Modicon reference"), hint);
         }
@@ -555,7 +567,13 @@ impl Compiler<'_> {
             b'1' => Table::DiscreteInput,
             b'3' => Table::InputRegister,
             b'4' => Table::HoldingRegister,
-            _ => return self.err(m.pos, format!("`{text}` starts with no table digit"), hint),
+            _ => {
+                return self.err(
+                    m.pos,
+                    format!("`{text}` does not start with a table digit"),
+                    hint,
+                )
+            }
         };
         let number: u32 = text[1..].parse().unwrap_or(0);
         let max = if text.len() == 5 { 9999 } else { 65536 };

@@ -91,8 +91,8 @@ pub struct TagPlan {
     pub transform: Transform,
     /// Extra JSON members for every reading, pre-encoded with a leading comma, or empty.
     pub extra: Arc<str>,
-    /// Line in the tag map, for logs that point back at the file.
-    pub line: u32,
+    /// Where its `sensor_id` is written, for messages that point back at the file.
+    pub pos: crate::config::Pos,
 }
 
 #[derive(Debug, Clone, PartialEq)]

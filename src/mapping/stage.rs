@@ -167,7 +167,7 @@ mod tests {
                 interval: Duration::from_secs(1),
                 transform,
                 extra: ",\"unit\":\"bar\"".into(),
-                line: 1,
+                pos: Default::default(),
             }],
             disabled: 0,
         }
