@@ -2,7 +2,7 @@
 //! reported as `file:line:column`, all of a file's problems at once.
 //!
 //! Parse, then compile: this module reads files into types that mirror the YAML
-//! ([`GatewayConfig`], [`TagMapFile`]); [`crate::mapping::compile`] validates and resolves them
+//! ([`GatewayConfig`], [`TagMapFile`]); [`crate::mapping::compile()`] validates and resolves them
 //! into the plan the runtime uses.
 
 pub mod de;

@@ -2,7 +2,7 @@
 //!
 //! These types mirror the YAML one to one and carry positions ([`Spanned`]) where checks after
 //! parsing need to point at a value. They are deliberately flat (no tagged enums per tag) so that
-//! every error lands on the key that caused it. [`crate::mapping::compile`] turns them into the
+//! every error lands on the key that caused it. [`crate::mapping::compile()`] turns them into the
 //! validated plan that the runtime uses.
 
 use std::collections::BTreeMap;

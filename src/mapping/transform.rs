@@ -148,7 +148,7 @@ mod tests {
             decimals: Some(2),
             ..Default::default()
         };
-        assert_eq!(num(&t.apply(&RawValue::Float(3.14159)).unwrap()), 3.14);
+        assert_eq!(num(&t.apply(&RawValue::Float(1.23456)).unwrap()), 1.23);
         assert_eq!(
             num(&t.apply(&RawValue::Float(-2.675_000_1)).unwrap()),
             -2.68

@@ -2,7 +2,9 @@
 //! Every test starts what it needs in-process on ephemeral loopback ports, and waits for
 //! conditions with deadlines, never for fixed sleeps.
 
-/// Shared helpers: Python peers, waiting with deadlines, running the CLI.
+/// Shared helpers: Python peers, waiting with deadlines, running the CLI. Not every module
+/// uses every helper.
+#[allow(dead_code)]
 mod support;
 
 /// `tagbridge check` and `tagbridge schema` on shipped and broken tag maps.
