@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::tagmap::SecurityPolicy;
 use crate::mapping::plan::{ModbusTransport, SourcePlan, TagMapPlan};
 use crate::reading::{Number, Reading, Value};
 
@@ -84,10 +85,10 @@ fn event_bytes(tag: &crate::mapping::TagPlan) -> f64 {
 
 fn describe(source: &SourcePlan) -> String {
     match source {
-        SourcePlan::OpcUa(o) => format!(
-            "OPC UA {} ({:?}/{:?})",
-            o.endpoint, o.security_policy, o.security_mode
-        ),
+        SourcePlan::OpcUa(o) => match o.security_policy {
+            SecurityPolicy::None => format!("OPC UA {} (no security)", o.endpoint),
+            policy => format!("OPC UA {} ({policy:?}, {:?})", o.endpoint, o.security_mode),
+        },
         SourcePlan::Modbus(m) => match &m.transport {
             ModbusTransport::Tcp(a) => format!("Modbus TCP {a}"),
             ModbusTransport::RtuOverTcp(a) => format!("Modbus RTU over TCP {a}"),

@@ -9,3 +9,6 @@ mod support;
 
 /// `tagbridge check` and `tagbridge schema` on shipped and broken tag maps.
 mod check_cli;
+
+/// The Event Hub sink: SAS tokens against Microsoft's SDK, delivery through the emulator.
+mod eventhub_sink;
