@@ -2,6 +2,7 @@
 //! over AMQP 1.0.
 
 pub mod connection_string;
+pub mod event;
 pub mod sas;
 
 pub use connection_string::{ConnectionString, ConnectionStringError, SasCredential};
