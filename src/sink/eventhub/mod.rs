@@ -1,8 +1,11 @@
 //! The Event Hubs sink: connection strings, tokens, and (as they land) batching and delivery
 //! over AMQP 1.0.
 
+pub mod amqp;
+pub mod auth;
 pub mod connection_string;
 pub mod event;
 pub mod sas;
+pub mod tls;
 
 pub use connection_string::{ConnectionString, ConnectionStringError, SasCredential};
