@@ -107,6 +107,13 @@ impl Reading {
     }
 }
 
+/// The `sensor_id` of an encoded reading, read from its first member without parsing the rest.
+pub fn sensor_id_of(json: &[u8]) -> Option<String> {
+    let rest = json.strip_prefix(b"{\"sensor_id\":")?;
+    let mut de = serde_json::Deserializer::from_slice(rest);
+    serde::Deserialize::deserialize(&mut de).ok()
+}
+
 /// The one timestamp format: RFC 3339, UTC, `Z`, milliseconds.
 pub fn format_timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -225,6 +232,17 @@ mod tests {
             r.to_json(),
             r#"{"sensor_id":"compressor-7:vibe_x","timestamp":"2025-08-19T08:30:00.000Z","value":"Running","unit":"mm/s"}"#
         );
+    }
+
+    #[test]
+    fn sensor_id_reads_back_from_the_encoding() {
+        let mut r = reading(Value::from(1));
+        r.sensor_id = "a \"quoted\" id".into();
+        assert_eq!(
+            sensor_id_of(r.to_json().as_bytes()).as_deref(),
+            Some("a \"quoted\" id")
+        );
+        assert_eq!(sensor_id_of(b"{\"value\":1}"), None);
     }
 
     #[test]

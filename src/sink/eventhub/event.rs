@@ -104,8 +104,9 @@ pub fn data_section_size(len: usize) -> usize {
     3 + if len < 256 { 2 } else { 5 } + len
 }
 
-/// Events for one transfer, all with the same partition key, within a size limit.
-#[derive(Debug)]
+/// Events for one transfer, all with the same partition key, within a size limit. Cloned to be
+/// resent after a failure.
+#[derive(Debug, Clone)]
 pub struct Batch {
     partition_key: Option<String>,
     /// Each event's encoded message.

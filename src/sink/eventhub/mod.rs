@@ -6,6 +6,7 @@ pub mod auth;
 pub mod connection_string;
 pub mod event;
 pub mod sas;
+pub mod sink;
 pub mod tls;
 
 pub use connection_string::{ConnectionString, ConnectionStringError, SasCredential};

@@ -1,0 +1,462 @@
+//! The Event Hubs sink task: packs outgoing events into batches, keeps several in flight on one
+//! link, reports what the hub accepted, and survives throttling, dropped connections and outages.
+//!
+//! Invariants:
+//! - An event is acknowledged (`acks` receives a sequence number N: every event up to N was
+//!   accepted) only after the hub accepted it and every event before it. Acks are cumulative and
+//!   in order, which is what the spool needs to release records.
+//! - Batches in flight are kept until accepted. When the link fails (or the hub answers
+//!   server-busy), every unaccepted batch is sent again, in its original order, on the next link:
+//!   at-least-once, with duplicates only of batches in flight at the failure (message ids are
+//!   stable so consumers can drop them).
+//! - Throttling (`com.microsoft:server-busy`) waits at least 4 s before resending, as Microsoft
+//!   advises. Authentication failures back off up to a minute and say which key the service
+//!   refused; the data stays queued (and, upstream, in the spool).
+//! - An event larger than a message may be is written to the dead-letter file with its
+//!   sequence number and acknowledged, so it never blocks the ones behind it.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fe2o3_amqp::types::messaging::Outcome;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::amqp::{Delivery, HubLink, LinkError, Target};
+use super::auth::{renew_at, Credential};
+use super::event::{encode_event, AddError, Batch};
+
+/// One event to deliver.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Spool sequence number: strictly increasing.
+    pub seq: u64,
+    /// The event body (a reading's JSON).
+    pub body: Vec<u8>,
+    pub partition_key: Option<Arc<str>>,
+}
+
+/// Tuning of the sink.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// Batches sent and not yet settled, at most.
+    pub max_in_flight: usize,
+    /// How long a partly filled batch waits for more events.
+    pub linger: Duration,
+    /// Message ids are `<prefix>-<seq>`: stable across replays.
+    pub message_id_prefix: String,
+    /// Where events too large to send are written (JSON lines).
+    pub dead_letter: Option<PathBuf>,
+    /// Give up waiting for in-flight batches this long after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        SinkOptions {
+            max_in_flight: 16,
+            linger: Duration::from_millis(20),
+            message_id_prefix: "tagbridge".into(),
+            dead_letter: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the sink is doing, for health checks and `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkState {
+    Connecting,
+    Connected,
+    /// The service refused the credentials; the message says which and why.
+    Unauthorized(String),
+    /// The last attempt failed; retrying.
+    Down(String),
+    Stopped,
+}
+
+/// Counters, read by metrics.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub batches_sent: AtomicU64,
+    pub events_accepted: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub throttled: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub token_renewals: AtomicU64,
+}
+
+/// Backoff after throttling, per Microsoft's guidance for server-busy.
+const SERVER_BUSY_BACKOFF: Duration = Duration::from_secs(4);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_AUTH_BACKOFF: Duration = Duration::from_secs(60);
+
+struct InFlight {
+    /// The batch's events, kept to resend them.
+    batch: Batch,
+    delivery: Option<Delivery>,
+}
+
+/// An Event Hubs sink, ready to run.
+pub struct EventHubSink {
+    pub target: Target,
+    pub credential: Credential,
+    pub options: SinkOptions,
+    pub stats: Arc<SinkStats>,
+    pub state: watch::Sender<SinkState>,
+}
+
+impl EventHubSink {
+    pub fn new(target: Target, credential: Credential, options: SinkOptions) -> Self {
+        EventHubSink {
+            target,
+            credential,
+            options,
+            stats: Arc::default(),
+            state: watch::Sender::new(SinkState::Connecting),
+        }
+    }
+
+    /// Runs until `input` closes (and everything is settled) or `cancel` fires (then it waits
+    /// up to `shutdown_grace` for what is in flight). `acks` receives the sequence number up to
+    /// which everything was accepted, in order; waiting on it is what slows the sink if the
+    /// spool is slow to record acks. Returns the last sequence number acknowledged.
+    pub async fn run(
+        self,
+        input: mpsc::Receiver<Vec<Outgoing>>,
+        acks: mpsc::Sender<u64>,
+        cancel: CancellationToken,
+    ) -> Option<u64> {
+        let EventHubSink {
+            target,
+            credential,
+            options,
+            stats,
+            state,
+        } = self;
+        run(
+            target, credential, options, input, acks, state, stats, cancel,
+        )
+        .await
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // Private; `EventHubSink::run` is the interface.
+async fn run(
+    target: Target,
+    credential: Credential,
+    options: SinkOptions,
+    mut input: mpsc::Receiver<Vec<Outgoing>>,
+    acks: mpsc::Sender<u64>,
+    state: watch::Sender<SinkState>,
+    stats: Arc<SinkStats>,
+    cancel: CancellationToken,
+) -> Option<u64> {
+    let mut link: Option<HubLink> = None;
+    let mut max_size = super::amqp::DEFAULT_MAX_MESSAGE_SIZE;
+    // Batches ready to send, oldest first; in flight, oldest first.
+    let mut ready: VecDeque<Batch> = VecDeque::new();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut filling: Option<(Batch, Instant)> = None;
+    let mut last_acked = None;
+    let mut failures: u32 = 0;
+    let mut retry_at: Option<Instant> = None;
+    let mut input_open = true;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut encoded = Vec::new();
+
+    loop {
+        if !input_open && filling.is_none() && ready.is_empty() && in_flight.is_empty() {
+            break;
+        }
+        if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(
+                message = "Shutdown grace period over; unsent events stay in the spool.",
+                unsent_batches = ready.len() + in_flight.len()
+            );
+            break;
+        }
+        // Connect when there is something to send and no link.
+        if link.is_none() && (!ready.is_empty() || !in_flight.is_empty() || filling.is_some()) {
+            if let Some(at) = retry_at {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = cancel.cancelled(), if drain_deadline.is_none() => {
+                        drain_deadline = Some(Instant::now() + options.shutdown_grace);
+                        input.close();
+                        continue;
+                    }
+                }
+            }
+            let _ = state.send(SinkState::Connecting);
+            match HubLink::open(&target, &credential, unix_now()).await {
+                Ok(l) => {
+                    max_size = l.max_message_size;
+                    tracing::info!(message = "Connected to the event hub.", hub = %target.hub, host = %target.host, max_message_size = max_size);
+                    let _ = state.send(SinkState::Connected);
+                    link = Some(l);
+                    failures = 0;
+                    retry_at = None;
+                    // Resend everything unaccepted, in order.
+                    while let Some(f) = in_flight.pop_back() {
+                        ready.push_front(f.batch);
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    let (wait, shown) = if error.is_auth() {
+                        stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                        let _ = state.send(SinkState::Unauthorized(error.to_string()));
+                        (
+                            backoff(failures, MAX_AUTH_BACKOFF),
+                            "The event hub refused the credentials; data stays queued.",
+                        )
+                    } else {
+                        let _ = state.send(SinkState::Down(error.to_string()));
+                        (
+                            backoff(failures, MAX_BACKOFF),
+                            "Cannot connect to the event hub; retrying.",
+                        )
+                    };
+                    tracing::warn!(message = shown, %error, retry_in_ms = wait.as_millis() as u64);
+                    retry_at = Some(Instant::now() + wait);
+                    continue;
+                }
+            }
+        }
+
+        let renew_deadline = link.as_ref().map(|l| {
+            let now = unix_now();
+            Instant::now()
+                + Duration::from_secs(
+                    renew_at(now, l.token_expires_at).saturating_sub(now).max(1) as u64
+                )
+        });
+        let linger_deadline = filling.as_ref().map(|(_, since)| *since + options.linger);
+        let can_send =
+            link.is_some() && !ready.is_empty() && in_flight.len() < options.max_in_flight;
+        let wants_input = input_open && ready.len() + in_flight.len() < options.max_in_flight * 2;
+
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled(), if drain_deadline.is_none() => {
+                // Stop taking input; flush and settle what we have, within the grace period.
+                drain_deadline = Some(Instant::now() + options.shutdown_grace);
+                input.close();
+            }
+            settled = next_settled(&mut in_flight), if !in_flight.is_empty() => {
+                match settled {
+                    Ok(()) => {
+                        if let Some(done) = in_flight.pop_front() {
+                            let seqs = done.batch.seqs();
+                            stats.events_accepted.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                            if let Some(&last) = seqs.last() {
+                                last_acked = Some(last);
+                                let _ = acks.send(last).await;
+                            }
+                        }
+                    }
+                    Err(failure) => {
+                        let wait = match &failure {
+                            Failure::ServerBusy(_) => {
+                                stats.throttled.fetch_add(1, Ordering::Relaxed);
+                                SERVER_BUSY_BACKOFF
+                            }
+                            Failure::Link(_) => backoff(1, MAX_BACKOFF),
+                        };
+                        tracing::warn!(message = "Delivery failed; resending unaccepted batches after a pause.", error = %failure, pause_ms = wait.as_millis() as u64);
+                        let _ = state.send(SinkState::Down(failure.to_string()));
+                        if let Some(l) = link.take() {
+                            tokio::spawn(l.close());
+                        }
+                        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        retry_at = Some(Instant::now() + wait);
+                    }
+                }
+            }
+            _ = sleep_until_opt(renew_deadline), if renew_deadline.is_some() => {
+                if let Some(l) = link.as_mut() {
+                    match l.renew(&target, &credential, unix_now()).await {
+                        Ok(()) => {
+                            stats.token_renewals.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(message = "Renewed the event hub token.");
+                        }
+                        Err(error) => {
+                            tracing::warn!(message = "Token renewal failed; reconnecting.", %error);
+                            if let Some(l) = link.take() { tokio::spawn(l.close()); }
+                            retry_at = Some(Instant::now() + backoff(1, MAX_BACKOFF));
+                        }
+                    }
+                }
+            }
+            sent = send_next(link.as_mut(), &mut ready), if can_send => {
+                match sent {
+                    Ok((batch, delivery)) => {
+                        stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                        stats.bytes_sent.fetch_add(batch.encoded_size() as u64, Ordering::Relaxed);
+                        in_flight.push_back(InFlight { batch, delivery: Some(delivery) });
+                    }
+                    Err((batch, error)) => {
+                        ready.push_front(batch);
+                        tracing::warn!(message = "Send failed; reconnecting.", %error);
+                        if let Some(l) = link.take() { tokio::spawn(l.close()); }
+                        retry_at = Some(Instant::now() + backoff(1, MAX_BACKOFF));
+                    }
+                }
+            }
+            _ = sleep_until_opt(linger_deadline), if linger_deadline.is_some() => {
+                if let Some((batch, _)) = filling.take() {
+                    ready.push_back(batch);
+                }
+            }
+            next = input.recv(), if wants_input => {
+                let Some(events) = next else {
+                    input_open = false;
+                    if let Some((batch, _)) = filling.take() { ready.push_back(batch); }
+                    continue;
+                };
+                for event in events {
+                    encoded.clear();
+                    let id = format!("{}-{}", options.message_id_prefix, event.seq);
+                    let key = event.partition_key.as_deref();
+                    encode_event(&mut encoded, &id, key, &event.body);
+                    let mut bytes = std::mem::take(&mut encoded);
+                    loop {
+                        let (batch, _) = filling.get_or_insert_with(|| (Batch::new(key.map(String::from), max_size), Instant::now()));
+                        if batch.partition_key() != key {
+                            if let Some((full, _)) = filling.take() { ready.push_back(full); }
+                            continue;
+                        }
+                        match batch.try_add(event.seq, bytes) {
+                            Ok(()) => break,
+                            Err((AddError::Full, back)) => {
+                                bytes = back;
+                                if let Some((full, _)) = filling.take() { ready.push_back(full); }
+                            }
+                            Err((AddError::TooLarge { size, max }, _)) => {
+                                dead_letter(&options, &event, size, max, &stats);
+                                // Acknowledge it in order: a batch of its own with no events
+                                // would be odd, so ack directly when nothing is ahead of it.
+                                if filling.as_ref().is_none_or(|(b, _)| b.is_empty()) && ready.is_empty() && in_flight.is_empty() {
+                                    last_acked = Some(event.seq);
+                                    let _ = acks.send(event.seq).await;
+                                }
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(l) = link.take() {
+        l.close().await;
+    }
+    let _ = state.send(SinkState::Stopped);
+    last_acked
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("the hub is busy (throttled): {0}")]
+    ServerBusy(String),
+    #[error("{0}")]
+    Link(String),
+}
+
+/// Waits for the oldest in-flight batch to settle.
+async fn next_settled(in_flight: &mut VecDeque<InFlight>) -> Result<(), Failure> {
+    let Some(front) = in_flight.front_mut() else {
+        return Ok(());
+    };
+    let Some(delivery) = front.delivery.as_mut() else {
+        return Ok(());
+    };
+    let outcome = delivery.await;
+    front.delivery = None;
+    match outcome {
+        Ok(Outcome::Accepted(_)) => Ok(()),
+        Ok(Outcome::Rejected(r)) => {
+            let text = r
+                .error
+                .map(|e| format!("{:?}: {}", e.condition, e.description.unwrap_or_default()))
+                .unwrap_or_default();
+            if text.contains("server-busy") {
+                Err(Failure::ServerBusy(text))
+            } else {
+                Err(Failure::Link(format!("rejected: {text}")))
+            }
+        }
+        Ok(other) => Err(Failure::Link(format!("not accepted: {other:?}"))),
+        Err(e) => Err(Failure::Link(e.to_string())),
+    }
+}
+
+async fn send_next(
+    link: Option<&mut HubLink>,
+    ready: &mut VecDeque<Batch>,
+) -> Result<(Batch, Delivery), (Batch, LinkError)> {
+    let (Some(link), Some(batch)) = (link, ready.pop_front()) else {
+        // Guarded by `can_send`; nothing to do otherwise.
+        return std::future::pending().await;
+    };
+    match link.send(batch.clone()).await {
+        Ok(delivery) => Ok((batch, delivery)),
+        Err(e) => Err((batch, e)),
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn backoff(failures: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(250).saturating_mul(1 << failures.min(10));
+    let capped = base.min(max);
+    // Up to 20 % jitter so a fleet of gateways does not reconnect in step.
+    capped + capped.mul_f64(rand::random::<f64>() * 0.2)
+}
+
+fn dead_letter(
+    options: &SinkOptions,
+    event: &Outgoing,
+    size: usize,
+    max: usize,
+    stats: &SinkStats,
+) {
+    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    let sensor = crate::reading::sensor_id_of(&event.body).unwrap_or_default();
+    tracing::error!(message = "Event too large for the hub; written to the dead-letter file.", sensor_id = %sensor, seq = event.seq, size, max);
+    let Some(path) = &options.dead_letter else {
+        return;
+    };
+    let line = serde_json::json!({
+        "seq": event.seq,
+        "sensor_id": sensor,
+        "size": size,
+        "max": max,
+        "body": String::from_utf8_lossy(&event.body),
+    });
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(error) = written {
+        tracing::error!(message = "Cannot write the dead-letter file.", path = %path.display(), %error);
+    }
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
