@@ -158,7 +158,7 @@ impl HubLink {
         let mut cbs = CbsClient::attach(&mut session)
             .await
             .map_err(|e| LinkError::Session(format!("$cbs: {e}")))?;
-        let token = credential.token(&target.audience, now)?;
+        let token = credential.token(&target.audience, now).await?;
         put_token(&mut cbs, target, credential, &token).await?;
         let sender = Sender::attach(
             &mut session,
@@ -193,7 +193,7 @@ impl HubLink {
         credential: &Credential,
         now: i64,
     ) -> Result<(), LinkError> {
-        let token = credential.token(&target.audience, now)?;
+        let token = credential.token(&target.audience, now).await?;
         put_token(&mut self.cbs, target, credential, &token).await?;
         self.token_expires_at = token.expires_at;
         Ok(())

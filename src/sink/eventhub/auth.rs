@@ -1,9 +1,10 @@
 //! Where the sink's tokens come from: a shared access key (signed here and renewed), a ready
-//! shared access signature (used until it expires), or (later) Entra ID.
+//! shared access signature (used until it expires), or an Entra ID service principal.
 
 use std::time::Duration;
 
 use super::connection_string::SasCredential;
+use super::entra::{EntraClient, EntraError};
 use super::sas;
 
 /// SAS tokens the gateway signs live this long; it renews them at 80 % of it.
@@ -36,17 +37,20 @@ impl std::fmt::Debug for Token {
 #[derive(Clone, Debug)]
 pub enum Credential {
     Sas(SasCredential),
+    Entra(EntraClient),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("the shared access signature in the connection string expired at {expired_at} (Unix time); issue a new one")]
     SignatureExpired { expired_at: i64 },
+    #[error(transparent)]
+    Entra(#[from] EntraError),
 }
 
 impl Credential {
     /// A token for `audience`, valid from now.
-    pub fn token(&self, audience: &str, now: i64) -> Result<Token, AuthError> {
+    pub async fn token(&self, audience: &str, now: i64) -> Result<Token, AuthError> {
         match self {
             Credential::Sas(SasCredential::Key { name, key }) => {
                 let t = sas::sign(
@@ -74,6 +78,14 @@ impl Credential {
                     expires_at,
                 })
             }
+            Credential::Entra(client) => {
+                let (value, lifetime) = client.token().await?;
+                Ok(Token {
+                    value,
+                    kind: JWT_TOKEN_TYPE,
+                    expires_at: now + lifetime.as_secs() as i64,
+                })
+            }
         }
     }
 
@@ -85,6 +97,9 @@ impl Credential {
             }
             Credential::Sas(SasCredential::Signature { .. }) => {
                 "the shared access signature".to_string()
+            }
+            Credential::Entra(c) => {
+                format!("Entra ID client {} of tenant {}", c.client_id, c.tenant_id)
             }
         }
     }
