@@ -2,6 +2,7 @@
 //! maps to an exit code: 0 ok, 1 runtime failure, 2 invalid configuration.
 
 mod check;
+mod send_test;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,6 +47,13 @@ pub enum Command {
         /// Tag map files or directories.
         paths: Vec<PathBuf>,
     },
+    /// Send one marked test event with the configured credentials and say whether the hub
+    /// accepted it (sensor_id `tagbridge:send-test`).
+    SendTest {
+        /// The gateway configuration.
+        #[arg(short, long, default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
     /// Write the JSON Schemas for gateway.yaml and tag maps (for editor completion).
     Schema {
         /// Directory to write `gateway.schema.json` and `tag-map.schema.json` into.
@@ -64,6 +72,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config, format),
         Command::Check { config, paths } => check::check(config.as_deref(), &paths),
+        Command::SendTest { config } => send_test::send_test(&config),
         Command::Schema { dir, check } => schema(&dir, check),
     }
 }

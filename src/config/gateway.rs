@@ -85,10 +85,11 @@ pub enum SinkSpec {
         path: String,
     },
     /// An Azure Event Hub.
-    Eventhub(EventHubSpec),
+    Eventhub(Box<EventHubSpec>),
 }
 
-/// An Azure Event Hub and how to authenticate to it.
+/// An Azure Event Hub and how to authenticate to it: a send-only SAS connection string, or an
+/// Entra ID service principal with `namespace` and `hub`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventHubSpec {
@@ -96,12 +97,52 @@ pub struct EventHubSpec {
     pub connection_string_env: Option<String>,
     /// File holding the connection string (e.g. `/run/credentials/tagbridge.service/hub`).
     pub connection_string_file: Option<String>,
+    /// An Entra ID service principal, instead of a connection string.
+    pub entra: Option<EntraSpec>,
+    /// The namespace host, e.g. `plant-a.servicebus.windows.net` (needed with `entra`; with a
+    /// connection string it comes from `Endpoint`). A `:port` may follow.
+    pub namespace: Option<String>,
     /// The hub name, when the connection string has no `EntityPath`.
     pub hub: Option<String>,
     /// `amqp` (TLS on 5671, default), `amqp_ws` (WebSockets on 443) or `https`.
     pub transport: Option<Transport>,
     /// An extra CA certificate (PEM) to trust besides the system roots.
     pub ca_file: Option<String>,
+    /// Which readings share a partition: `none` (default: the hub spreads them), `sensor_id`,
+    /// `tag_map`, or `{fixed: <key>}`.
+    pub partition_key: Option<PartitionKeySpec>,
+    /// Batches sent and not yet acknowledged, at most. Default 16.
+    pub max_in_flight: Option<u16>,
+    /// How long a partly filled batch waits for more readings. Default 20ms.
+    pub linger: Option<Span>,
+    /// Where events too large for the hub are written. Default `dead-letter.jsonl` in the spool
+    /// directory.
+    pub dead_letter: Option<String>,
+}
+
+/// An Entra ID (Azure AD) application allowed to send ("Azure Event Hubs Data Sender").
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntraSpec {
+    pub tenant_id: String,
+    pub client_id: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret.
+    pub client_secret_file: Option<String>,
+    /// The token authority. Default `https://login.microsoftonline.com`; sovereign clouds and
+    /// tests set their own.
+    pub authority: Option<String>,
+}
+
+/// How readings are assigned partition keys.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKeySpec {
+    None,
+    SensorId,
+    TagMap,
+    Fixed(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]

@@ -7,6 +7,7 @@ pub mod connection_string;
 pub mod entra;
 pub mod event;
 pub mod sas;
+pub mod setup;
 pub mod sink;
 pub mod tls;
 

@@ -1,0 +1,134 @@
+//! From the `eventhub:` section of gateway.yaml to a [`Target`] and a [`Credential`]: reads the
+//! secrets (environment or file), parses the connection string, builds TLS.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::gateway::{EventHubSpec, Transport};
+
+use super::amqp::Target;
+use super::auth::Credential;
+use super::connection_string::{ConnectionString, ConnectionStringError};
+use super::entra::{EntraClient, EntraError};
+use super::tls::{client_config, TlsError};
+
+/// AMQP over TLS, as Event Hubs serves it.
+pub const AMQPS_PORT: u16 = 5671;
+/// Plain AMQP (only the development emulator).
+pub const AMQP_PORT: u16 = 5672;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("the Event Hub sink needs exactly one of connection_string_env, connection_string_file or entra")]
+    NoCredential,
+    #[error(
+        "environment variable {0} is not set (it should hold the connection string or secret)"
+    )]
+    MissingEnv(String),
+    #[error("cannot read secret file {path}: {source}")]
+    SecretFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("connection string from {from}: {source}")]
+    ConnectionString {
+        from: String,
+        source: ConnectionStringError,
+    },
+    #[error("`entra` needs `namespace` (e.g. plant-a.servicebus.windows.net) and `hub`")]
+    EntraNeedsNamespace,
+    #[error("`entra` needs exactly one of client_secret_env or client_secret_file")]
+    EntraSecret,
+    #[error(transparent)]
+    Entra(#[from] EntraError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("transport {0:?} is not available in this build yet; use `amqp`")]
+    Transport(Transport),
+}
+
+/// Reads a secret from an environment variable or a file (trailing newline trimmed).
+pub fn read_secret(
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<(String, String)>, SetupError> {
+    match (env, file) {
+        (Some(var), None) => std::env::var(var)
+            .map(|v| Some((v, format!("${var}"))))
+            .map_err(|_| SetupError::MissingEnv(var.to_string())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|v| Some((v.trim_end().to_string(), path.display().to_string())))
+            .map_err(|source| SetupError::SecretFile {
+                path: path.display().to_string(),
+                source,
+            }),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(SetupError::NoCredential),
+    }
+}
+
+/// Builds the connection target and credential; relative paths are taken from `base`.
+pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), SetupError> {
+    let resolve = |p: &str| -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    if let Some(t) = spec.transport.filter(|t| *t != Transport::Amqp) {
+        return Err(SetupError::Transport(t));
+    }
+    let tls = client_config(spec.ca_file.as_deref().map(resolve).as_deref())?;
+    let file = spec.connection_string_file.as_deref().map(resolve);
+    let connection_string = read_secret(spec.connection_string_env.as_deref(), file.as_deref())?;
+    match (connection_string, &spec.entra) {
+        (Some((text, from)), None) => {
+            let cs = ConnectionString::parse(&text, spec.hub.as_deref())
+                .map_err(|source| SetupError::ConnectionString { from, source })?;
+            let (port, tls) = match (cs.port, cs.use_emulator) {
+                (p, true) => (p.unwrap_or(AMQP_PORT), None),
+                (p, false) => (p.unwrap_or(AMQPS_PORT), Some(tls)),
+            };
+            let target = Target {
+                audience: cs.audience(),
+                host: cs.host.clone(),
+                port,
+                tls,
+                hub: cs.hub.clone(),
+            };
+            Ok((target, Credential::Sas(cs.credential)))
+        }
+        (None, Some(entra)) => {
+            let (Some(namespace), Some(hub)) = (&spec.namespace, &spec.hub) else {
+                return Err(SetupError::EntraNeedsNamespace);
+            };
+            let secret_file = entra.client_secret_file.as_deref().map(resolve);
+            let (secret, _) =
+                read_secret(entra.client_secret_env.as_deref(), secret_file.as_deref())?
+                    .ok_or(SetupError::EntraSecret)?;
+            let (host, port) = match namespace.rsplit_once(':') {
+                Some((h, p)) if p.parse::<u16>().is_ok() => {
+                    (h.to_string(), p.parse().unwrap_or(AMQPS_PORT))
+                }
+                _ => (namespace.clone(), AMQPS_PORT),
+            };
+            let client = EntraClient::new(
+                entra.authority.as_deref(),
+                &entra.tenant_id,
+                &entra.client_id,
+                &secret,
+                tls.clone(),
+            )?;
+            let target = Target {
+                audience: format!("sb://{host}/{hub}"),
+                host,
+                port,
+                tls: Some(tls),
+                hub: hub.clone(),
+            };
+            Ok((target, Credential::Entra(client)))
+        }
+        _ => Err(SetupError::NoCredential),
+    }
+}
