@@ -12,3 +12,6 @@ mod check_cli;
 
 /// The Event Hub sink: SAS tokens against Microsoft's SDK, delivery through the emulator.
 mod eventhub_sink;
+
+/// deploy/: the systemd unit and the install script.
+mod deploy;
