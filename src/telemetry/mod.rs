@@ -1,5 +1,8 @@
-//! Logs (and later metrics and health). Logs always go to standard error, so standard output
-//! can carry readings.
+//! Logs, metrics and health. Logs always go to standard error, so standard output can carry
+//! readings; metrics and health are served on loopback.
+
+pub mod http;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 
