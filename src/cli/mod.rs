@@ -128,18 +128,18 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
         telemetry.log_level.as_deref().unwrap_or("info"),
     );
     let base = config_path.parent().unwrap_or(Path::new("."));
-    let sink = match &gateway.sink {
-        config::gateway::SinkSpec::Stdout {} => crate::runtime::SinkTarget::Stdout,
-        config::gateway::SinkSpec::File { path } => {
-            crate::runtime::SinkTarget::File(base.join(path))
-        }
-        config::gateway::SinkSpec::Eventhub(_) => {
-            tracing::error!(message = "The Event Hub sink is not available in this build yet; use `sink: {stdout: {}}` or `file`.");
+    let output = match output(&gateway, base) {
+        Ok(o) => o,
+        Err(error) => {
+            tracing::error!(message = "Cannot set up the sink.", error = %format!("{error:#}"));
             return ExitCode::from(EXIT_INVALID);
         }
     };
     if gateway.spool.dir.is_some() || gateway.spool.max_bytes.is_some() {
-        tracing::warn!(message = "The durable spool is not available in this build yet; readings go straight to the sink.");
+        tracing::warn!(
+            message =
+                "The durable spool is not available in this build yet; readings wait in memory."
+        );
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -151,7 +151,7 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        crate::runtime::run(plans, sink, shutdown).await
+        crate::runtime::run(plans, output, shutdown).await
     });
     match result {
         Ok(summary) => {
@@ -167,6 +167,39 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// The output named by gateway.yaml's `sink`.
+fn output(gateway: &config::GatewayConfig, base: &Path) -> anyhow::Result<crate::runtime::Output> {
+    use crate::runtime::Output;
+    use crate::sink::eventhub::sink::{EventHubSink, SinkOptions};
+    Ok(match &gateway.sink {
+        config::gateway::SinkSpec::Stdout {} => Output::Stdout,
+        config::gateway::SinkSpec::File { path } => Output::File(base.join(path)),
+        config::gateway::SinkSpec::Eventhub(spec) => {
+            let (target, credential) = crate::sink::eventhub::setup::build(spec, base)?;
+            let mut options = SinkOptions::default();
+            if let Some(n) = spec.max_in_flight {
+                options.max_in_flight = usize::from(n.max(1));
+            }
+            if let Some(linger) = spec.linger {
+                options.linger = linger.as_duration();
+            }
+            options.dead_letter = spec.dead_letter.as_deref().map(|p| base.join(p));
+            if let Ok(host) = std::env::var("HOSTNAME") {
+                options.message_id_prefix = host;
+            }
+            Output::EventHub {
+                sink: Box::new(EventHubSink::new(target, credential, options)),
+                journal: std::sync::Arc::new(crate::runtime::journal::Journal::memory(1_000_000)),
+                partition: spec
+                    .partition_key
+                    .clone()
+                    .unwrap_or(config::gateway::PartitionKeySpec::None),
+                grace: std::time::Duration::from_secs(10),
+            }
+        }
+    })
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.

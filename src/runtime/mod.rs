@@ -1,12 +1,17 @@
-//! The running gateway: one adapter and one mapping task per tag map, one sink task.
+//! The running gateway: one adapter and one mapping task per tag map, then the output.
 //!
 //! ```text
 //! adapter ─Vec<Sample>─▶ mapping task ─Vec<Reading>─┐
-//! adapter ─Vec<Sample>─▶ mapping task ─Vec<Reading>─┴▶ sink task
+//! adapter ─Vec<Sample>─▶ mapping task ─Vec<Reading>─┴▶ lines sink (stdout / file)
+//!                                                    └▶ journal ─▶ Event Hub sink ─acks─▶ journal
 //! ```
-//! Channels are bounded: a slow sink makes mapping tasks wait, which makes adapters wait.
+//! Channels are bounded: a slow output makes mapping tasks wait, which makes adapters wait.
 //! Shutdown: cancel stops the adapters; each mapping task drains its channel and ends when the
-//! adapter drops its sender; the sink drains and ends when every mapping task has ended.
+//! adapter drops its sender; the output drains what it has, the Event Hub sink within a grace
+//! period, after which what is unsent stays in the journal.
+
+pub mod delivery;
+pub mod journal;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,23 +21,34 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::gateway::PartitionKeySpec;
 use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
 use crate::reading::Reading;
+use crate::sink::eventhub::sink::EventHubSink;
 use crate::sink::lines::{LinesError, LinesSink};
 use crate::source::{self, SampleBatch};
 
+use delivery::TaggedReadings;
+use journal::Journal;
+
 /// Sample batches queued per tag map before its adapter waits.
 const SAMPLE_QUEUE: usize = 64;
-/// Reading batches queued before mapping tasks wait for the sink.
+/// Reading batches queued before mapping tasks wait for the output.
 const READING_QUEUE: usize = 256;
 /// How often tags with a heartbeat are checked.
 const HEARTBEAT_TICK: Duration = Duration::from_millis(500);
 
 /// Where the readings go.
-#[derive(Debug, Clone)]
-pub enum SinkTarget {
+pub enum Output {
     Stdout,
     File(PathBuf),
+    EventHub {
+        sink: Box<EventHubSink>,
+        journal: Arc<Journal>,
+        partition: PartitionKeySpec,
+        /// After shutdown starts, how long the sink may keep delivering.
+        grace: Duration,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,21 +63,18 @@ pub enum RuntimeError {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RunSummary {
     pub mapping: MappingCounters,
+    /// Readings written (lines) or last sequence number acknowledged by the hub.
     pub delivered: u64,
 }
 
 /// Runs until `shutdown` is cancelled (or every source has ended), then drains and returns.
 pub async fn run(
     plans: Vec<TagMapPlan>,
-    sink: SinkTarget,
+    output: Output,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, RuntimeError> {
-    let mut sink = match &sink {
-        SinkTarget::Stdout => LinesSink::stdout(),
-        SinkTarget::File(path) => LinesSink::append_to(path).await?,
-    };
     let tracker = TaskTracker::new();
-    let (readings_tx, mut readings_rx) = mpsc::channel::<Vec<Reading>>(READING_QUEUE);
+    let (readings_tx, readings_rx) = mpsc::channel::<TaggedReadings>(READING_QUEUE);
     let totals = Arc::new(std::sync::Mutex::new(MappingCounters::default()));
     let mut started = 0;
     for plan in &plans {
@@ -71,7 +84,14 @@ pub async fn run(
             continue;
         }
         started += 1;
+        let name: Arc<str> = plan
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .into();
         tracker.spawn(map_task(
+            name,
             Mapper::new(plan),
             rx,
             readings_tx.clone(),
@@ -85,27 +105,59 @@ pub async fn run(
     }
     tracing::info!(message = "Gateway running.", tag_maps = started);
 
-    let mut delivered = 0;
-    // The sink ends when every mapping task has dropped its sender, which follows shutdown.
-    while let Some(batch) = readings_rx.recv().await {
-        sink.send(&batch).await?;
-        delivered += batch.len() as u64;
-    }
+    let delivered = match output {
+        Output::Stdout => write_lines(LinesSink::stdout(), readings_rx).await?,
+        Output::File(path) => write_lines(LinesSink::append_to(&path).await?, readings_rx).await?,
+        Output::EventHub {
+            sink,
+            journal,
+            partition,
+            grace,
+        } => {
+            let sink_cancel = CancellationToken::new();
+            // The sink keeps delivering for `grace` after shutdown starts, then settles and stops.
+            let timer = tokio::spawn({
+                let (shutdown, sink_cancel) = (shutdown.clone(), sink_cancel.clone());
+                async move {
+                    shutdown.cancelled().await;
+                    tokio::time::sleep(grace).await;
+                    sink_cancel.cancel();
+                }
+            });
+            let last = delivery::run(readings_rx, journal, *sink, partition, sink_cancel).await;
+            timer.abort();
+            last.unwrap_or(0)
+        }
+    };
     tracker.wait().await;
     let mapping = totals.lock().map(|t| *t).unwrap_or_default();
     Ok(RunSummary { mapping, delivered })
 }
 
+async fn write_lines(
+    mut sink: LinesSink,
+    mut readings: mpsc::Receiver<TaggedReadings>,
+) -> Result<u64, RuntimeError> {
+    let mut written = 0;
+    // Ends when every mapping task has dropped its sender, which follows shutdown.
+    while let Some((_, batch)) = readings.recv().await {
+        sink.send(&batch).await?;
+        written += batch.len() as u64;
+    }
+    Ok(written)
+}
+
 async fn map_task(
+    name: Arc<str>,
     mut mapper: Mapper,
     mut samples: mpsc::Receiver<SampleBatch>,
-    readings: mpsc::Sender<Vec<Reading>>,
+    readings: mpsc::Sender<TaggedReadings>,
     totals: Arc<std::sync::Mutex<MappingCounters>>,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut out = Vec::new();
+        let mut out: Vec<Reading> = Vec::new();
         tokio::select! {
             batch = samples.recv() => match batch {
                 Some(batch) => out.extend(batch.iter().filter_map(|s| mapper.map(s))),
@@ -114,7 +166,7 @@ async fn map_task(
             },
             _ = tick.tick() => mapper.heartbeats(chrono::Utc::now(), &mut out),
         }
-        if !out.is_empty() && readings.send(out).await.is_err() {
+        if !out.is_empty() && readings.send((name.clone(), out)).await.is_err() {
             break;
         }
     }

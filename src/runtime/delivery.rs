@@ -1,0 +1,178 @@
+//! Delivery to the Event Hub through the journal (spool):
+//!
+//! ```text
+//! readings ─▶ writer ─append─▶ journal ─read─▶ reader ─Vec<Outgoing>─▶ sink ─acks─▶ journal.ack
+//! ```
+//! The writer turns each reading into a record (its partition key and its JSON) so that what
+//! the journal holds is exactly what will be sent, whatever the configuration is on replay.
+//!
+//! Shutdown: when the readings channel closes the writer closes the journal; the reader hands
+//! the sink everything left and then closes the sink's input; the sink settles what it can
+//! within its grace period. Acknowledged records are released; the rest stay in the journal
+//! (durable when it is the spool).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::gateway::PartitionKeySpec;
+use crate::reading::Reading;
+use crate::sink::eventhub::sink::{EventHubSink, Outgoing};
+
+use super::journal::Journal;
+
+/// Records handed to the sink per read.
+const READ_BATCH: usize = 4096;
+/// Batches of outgoing events queued for the sink; the reader waits when it is full.
+const SINK_QUEUE: usize = 4;
+/// How long the writer may take to put the last readings into the journal at shutdown.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Readings of one tag map (its name travels along for `partition_key: tag_map`).
+pub type TaggedReadings = (Arc<str>, Vec<Reading>);
+
+/// A record: `[key length: u8][key][reading JSON]`; length 0 means no partition key.
+pub fn encode_record(out: &mut Vec<u8>, key: Option<&str>, reading: &Reading) {
+    let key = key
+        .map(|k| &k.as_bytes()[..k.len().min(255)])
+        .unwrap_or_default();
+    out.push(key.len() as u8);
+    out.extend_from_slice(key);
+    reading.write_json(out);
+}
+
+/// Splits a record into its partition key and body; `None` for a record too short to be one.
+pub fn decode_record(record: &[u8]) -> Option<(Option<&str>, &[u8])> {
+    let (&len, rest) = record.split_first()?;
+    let (key, body) = rest.split_at_checked(usize::from(len))?;
+    let key = if key.is_empty() {
+        None
+    } else {
+        std::str::from_utf8(key).ok()
+    };
+    Some((key, body))
+}
+
+fn partition_key<'a>(
+    spec: &'a PartitionKeySpec,
+    tag_map: &'a str,
+    reading: &'a Reading,
+) -> Option<&'a str> {
+    match spec {
+        PartitionKeySpec::None => None,
+        PartitionKeySpec::SensorId => Some(&reading.sensor_id),
+        PartitionKeySpec::TagMap => Some(tag_map),
+        PartitionKeySpec::Fixed(key) => Some(key),
+    }
+}
+
+/// Runs the writer, reader, sink and ack tasks until the readings channel closes and
+/// everything is settled (or the sink gives up at `sink_cancel`). Returns the last
+/// acknowledged sequence number.
+pub async fn run(
+    mut readings: mpsc::Receiver<TaggedReadings>,
+    journal: Arc<Journal>,
+    sink: EventHubSink,
+    partition: PartitionKeySpec,
+    sink_cancel: CancellationToken,
+) -> Option<u64> {
+    let writer = {
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            while let Some((tag_map, batch)) = readings.recv().await {
+                let records = batch
+                    .iter()
+                    .map(|r| {
+                        let mut out = Vec::with_capacity(128);
+                        encode_record(&mut out, partition_key(&partition, &tag_map, r), r);
+                        out
+                    })
+                    .collect();
+                journal.append(records).await;
+            }
+            journal.close();
+        })
+    };
+    let (sink_tx, sink_rx) = mpsc::channel::<Vec<Outgoing>>(SINK_QUEUE);
+    let reader = {
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            loop {
+                let records = journal.read(READ_BATCH).await;
+                if records.is_empty() {
+                    break;
+                }
+                let outgoing: Vec<Outgoing> = records
+                    .into_iter()
+                    .filter_map(|(seq, record)| {
+                        let Some((key, body)) = decode_record(&record) else {
+                            tracing::error!(message = "Skipping a malformed spool record.", seq);
+                            return None;
+                        };
+                        Some(Outgoing {
+                            seq,
+                            body: body.to_vec(),
+                            partition_key: key.map(Arc::from),
+                        })
+                    })
+                    .collect();
+                if sink_tx.send(outgoing).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // Acks are small and few (one per batch); the sink waits if the journal is slow to take them.
+    let (ack_tx, mut ack_rx) = mpsc::channel::<u64>(1024);
+    let acker = {
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            while let Some(seq) = ack_rx.recv().await {
+                journal.ack(seq).await;
+            }
+        })
+    };
+    let last = sink.run(sink_rx, ack_tx, sink_cancel).await;
+    // The sink has ended: stop feeding it (the journal keeps what was not acknowledged).
+    reader.abort();
+    // A durable journal takes every reading without waiting for the sink; a full in-memory
+    // one could wait forever for acks that will not come.
+    if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
+        tracing::warn!(
+            message = "Readings still queued for a full in-memory journal are dropped at shutdown."
+        );
+    }
+    let _ = acker.await;
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::Value;
+
+    #[test]
+    fn records_round_trip_with_and_without_a_key() {
+        let r = Reading {
+            sensor_id: "s".into(),
+            timestamp: chrono::Utc::now(),
+            value: Value::from(1),
+            extra: "".into(),
+        };
+        let mut with = Vec::new();
+        encode_record(&mut with, Some("line-1"), &r);
+        assert_eq!(
+            decode_record(&with),
+            Some((Some("line-1"), r.to_json().as_bytes()))
+        );
+        let mut without = Vec::new();
+        encode_record(&mut without, None, &r);
+        assert_eq!(
+            decode_record(&without),
+            Some((None, r.to_json().as_bytes()))
+        );
+        assert_eq!(decode_record(&[5, b'a']), None);
+        assert_eq!(decode_record(&[]), None);
+    }
+}
