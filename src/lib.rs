@@ -14,14 +14,20 @@ pub mod mapping;
 // The reading and its one JSON encoding.
 pub mod reading;
 
+// The durable on-disk log between the mapping stage and the sink.
+pub mod spool;
+
 // Where readings leave the gateway.
 pub mod sink;
 
 // The running gateway: tasks, channels, shutdown.
 pub mod runtime;
 
-// Logs, later metrics and health.
+// Logs, metrics and health.
 pub mod telemetry;
+
+// The test harness shipped with the product: a simulated PLC and an Event Hub emulator.
+pub mod sim;
 
 // The command line (the binary edge).
 pub mod cli;

@@ -3,6 +3,7 @@
 
 mod check;
 mod send_test;
+mod sim_plc;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,6 +64,17 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Simulators for trying tag maps and testing without a plant.
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// A simulated PLC: OPC UA and Modbus TCP servers driven by deterministic signals.
+    Plc(sim_plc::SimPlcArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -74,6 +86,9 @@ pub fn main() -> ExitCode {
         Command::Check { config, paths } => check::check(config.as_deref(), &paths),
         Command::SendTest { config } => send_test::send_test(&config),
         Command::Schema { dir, check } => schema(&dir, check),
+        Command::Sim {
+            command: SimCommand::Plc(args),
+        } => sim_plc::run(args, format),
     }
 }
 

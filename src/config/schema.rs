@@ -1,4 +1,4 @@
-//! JSON Schemas for `gateway.yaml` and tag maps, generated from the Rust types so they never
+//! JSON Schemas for `gateway.yaml`, tag maps and the simulated PLC's configuration, generated from the Rust types so they never
 //! drift from what the loader accepts. Editors with a YAML language server complete and check
 //! keys while typing through a first line such as
 //! `# yaml-language-server: $schema=../schema/tag-map.schema.json`.
@@ -17,6 +17,10 @@ pub fn all() -> Vec<(&'static str, String)> {
         (
             "tag-map.schema.json",
             render::<TagMapFile>("tagbridge tag map"),
+        ),
+        (
+            "sim-plc.schema.json",
+            render::<crate::sim::plc::PlcConfig>("tagbridge simulated PLC"),
         ),
     ]
 }

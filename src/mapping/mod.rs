@@ -7,5 +7,5 @@ pub mod stage;
 pub mod transform;
 
 pub use compile::{compile, load_all};
-pub use plan::{SourcePlan, TagMapPlan, TagPlan};
+pub use plan::{ModbusPlan, OpcUaPlan, SourcePlan, TagMapPlan, TagPlan};
 pub use stage::{Mapper, MappingCounters};

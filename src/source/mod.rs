@@ -1,6 +1,9 @@
 //! Sources: one adapter per protocol, each turning a tag map into reads of a real device and
 //! emitting [`Sample`]s. An adapter owns its connections; a dead device never stalls another.
 
+pub mod modbus;
+pub mod opcua;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -45,19 +48,12 @@ pub enum SourceError {
 /// mapping stage is behind) until `cancel` fires, then drops `tx`.
 pub fn spawn(
     plan: &TagMapPlan,
-    _tx: mpsc::Sender<SampleBatch>,
-    _cancel: CancellationToken,
-    _tracker: &TaskTracker,
+    tx: mpsc::Sender<SampleBatch>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
 ) -> Result<(), SourceError> {
-    let path = plan.path.display().to_string();
     match &plan.source {
-        SourcePlan::OpcUa(_) => Err(SourceError::NotAvailable {
-            protocol: "OPC UA",
-            path,
-        }),
-        SourcePlan::Modbus(_) => Err(SourceError::NotAvailable {
-            protocol: "Modbus",
-            path,
-        }),
+        SourcePlan::OpcUa(source) => opcua::spawn(plan, source, tx, cancel, tracker),
+        SourcePlan::Modbus(source) => modbus::spawn(plan, source, tx, cancel, tracker),
     }
 }

@@ -15,3 +15,18 @@ mod eventhub_sink;
 
 /// deploy/: the systemd unit and the install script.
 mod deploy;
+
+/// The simulated PLC read by pymodbus and asyncua; faults on demand.
+mod sim_plc;
+
+/// The Event Hub emulator: Microsoft's SDK and REST clients against it; faults.
+mod sim_hub;
+
+/// The Modbus source against the simulated PLC and pymodbus.
+mod modbus_source;
+
+/// The OPC UA source against the simulated PLC and asyncua.
+mod opcua_source;
+
+/// The durable spool: crashes, outages, bounds, end to end.
+mod spool;

@@ -1,0 +1,1 @@
+//! The local Event Hub emulator (being built; see issue 6).
