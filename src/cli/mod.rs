@@ -156,6 +156,13 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
                 "The durable spool is not available in this build yet; readings wait in memory."
         );
     }
+    let run_options = match run_options(&gateway.telemetry) {
+        Ok(o) => o,
+        Err(error) => {
+            tracing::error!(message = "Invalid telemetry settings.", %error);
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {
@@ -166,7 +173,7 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        crate::runtime::run(plans, output, shutdown).await
+        crate::runtime::run(plans, output, run_options, shutdown).await
     });
     match result {
         Ok(summary) => {
@@ -182,6 +189,27 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Metrics address (default 127.0.0.1:9898, `off` for none) and summary period.
+fn run_options(
+    telemetry: &config::gateway::TelemetrySpec,
+) -> anyhow::Result<crate::runtime::RunOptions> {
+    let metrics = match telemetry.metrics.as_deref().map(str::trim) {
+        None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9898))),
+        Some("off") => None,
+        Some(addr) => Some(addr.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "telemetry.metrics `{addr}` is not host:port (e.g. 127.0.0.1:9898) or `off`"
+            )
+        })?),
+    };
+    Ok(crate::runtime::RunOptions {
+        metrics,
+        summary_every: telemetry
+            .summary_every
+            .map_or(std::time::Duration::from_secs(60), |s| s.as_duration()),
+    })
 }
 
 /// The output named by gateway.yaml's `sink`.

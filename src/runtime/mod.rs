@@ -12,7 +12,9 @@
 
 pub mod delivery;
 pub mod journal;
+pub mod status;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,7 @@ use crate::source::{self, SampleBatch};
 
 use delivery::TaggedReadings;
 use journal::Journal;
+use status::{GatewayStatus, MapStats, SinkView};
 
 /// Sample batches queued per tag map before its adapter waits.
 const SAMPLE_QUEUE: usize = 64;
@@ -51,10 +54,33 @@ pub enum Output {
     },
 }
 
+/// Operations settings of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None`: not at all.
+    pub metrics: Option<SocketAddr>,
+    /// How often to log the one-line summary.
+    pub summary_every: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            metrics: None,
+            summary_every: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(transparent)]
     Sink(#[from] LinesError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("no source could be started; see the errors above")]
     NoSource,
 }
@@ -71,9 +97,20 @@ pub struct RunSummary {
 pub async fn run(
     plans: Vec<TagMapPlan>,
     output: Output,
+    options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, RuntimeError> {
+    // Bind first: a taken metrics port fails the run before any device is touched.
+    let listener = match options.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RuntimeError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let tracker = TaskTracker::new();
+    let mut status = GatewayStatus::default();
     let (readings_tx, readings_rx) = mpsc::channel::<TaggedReadings>(READING_QUEUE);
     let totals = Arc::new(std::sync::Mutex::new(MappingCounters::default()));
     let mut started = 0;
@@ -90,12 +127,15 @@ pub async fn run(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
             .into();
+        let stats = Arc::new(MapStats::default());
+        status.maps.push((name.clone(), stats.clone()));
         tracker.spawn(map_task(
             name,
             Mapper::new(plan),
             rx,
             readings_tx.clone(),
             totals.clone(),
+            stats,
         ));
     }
     drop(readings_tx);
@@ -104,6 +144,38 @@ pub async fn run(
         return Err(RuntimeError::NoSource);
     }
     tracing::info!(message = "Gateway running.", tag_maps = started);
+    if let Output::EventHub { sink, journal, .. } = &output {
+        status.sink = Some(SinkView {
+            state: sink.state.subscribe(),
+            stats: sink.stats.clone(),
+            journal: journal.clone(),
+        });
+    }
+    // Operations tasks stop when the output is done, not at shutdown: /readyz and /metrics
+    // stay truthful while the sink drains.
+    let ops_cancel = CancellationToken::new();
+    let ops = TaskTracker::new();
+    if let Some(listener) = listener {
+        let metrics = crate::telemetry::metrics::Metrics::default();
+        status.register(&metrics);
+        let readiness: crate::telemetry::http::ReadinessFn = {
+            let status = status.clone();
+            Arc::new(move || status.readiness())
+        };
+        tracing::info!(message = "Serving /metrics, /healthz and /readyz.", addr = ?listener.local_addr().ok());
+        ops.spawn(crate::telemetry::http::serve(
+            listener,
+            metrics,
+            readiness,
+            ops_cancel.clone(),
+        ));
+    }
+    ops.spawn(
+        status
+            .clone()
+            .log_summaries(options.summary_every, ops_cancel.clone()),
+    );
+    ops.close();
 
     let delivered = match output {
         Output::Stdout => write_lines(LinesSink::stdout(), readings_rx).await?,
@@ -130,6 +202,8 @@ pub async fn run(
         }
     };
     tracker.wait().await;
+    ops_cancel.cancel();
+    ops.wait().await;
     let mapping = totals.lock().map(|t| *t).unwrap_or_default();
     Ok(RunSummary { mapping, delivered })
 }
@@ -153,6 +227,7 @@ async fn map_task(
     mut samples: mpsc::Receiver<SampleBatch>,
     readings: mpsc::Sender<TaggedReadings>,
     totals: Arc<std::sync::Mutex<MappingCounters>>,
+    stats: Arc<MapStats>,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,6 +241,7 @@ async fn map_task(
             },
             _ = tick.tick() => mapper.heartbeats(chrono::Utc::now(), &mut out),
         }
+        stats.store(&mapper.counters());
         if !out.is_empty() && readings.send((name.clone(), out)).await.is_err() {
             break;
         }

@@ -98,10 +98,20 @@ const SERVER_BUSY_BACKOFF: Duration = Duration::from_secs(4);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_AUTH_BACKOFF: Duration = Duration::from_secs(60);
 
+/// A connection attempt (TCP, TLS, SASL, CBS, attach) that takes longer is abandoned.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Handing a batch to the link (flow control included) that takes longer means the link is dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// A batch the hub has not settled this long after it was sent is treated as lost with its link:
+/// after a dropped connection fe2o3 may never resolve the delivery.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 struct InFlight {
     /// The batch's events, kept to resend them.
     batch: Batch,
     delivery: Option<Delivery>,
+    /// When the settlement is overdue.
+    settle_by: Instant,
 }
 
 /// An Event Hubs sink, ready to run.
@@ -196,7 +206,18 @@ async fn run(
                 }
             }
             let _ = state.send(SinkState::Connecting);
-            match HubLink::open(&target, &credential, unix_now()).await {
+            let opened = tokio::time::timeout(
+                OPEN_TIMEOUT,
+                HubLink::open(&target, &credential, unix_now()),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(LinkError::Open {
+                    host: target.host.clone(),
+                    reason: format!("no answer within {} s", OPEN_TIMEOUT.as_secs()),
+                })
+            });
+            match opened {
                 Ok(l) => {
                     max_size = l.max_message_size;
                     tracing::info!(message = "Connected to the event hub.", hub = %target.hub, host = %target.host, max_message_size = max_size);
@@ -301,7 +322,7 @@ async fn run(
                     Ok((batch, delivery)) => {
                         stats.batches_sent.fetch_add(1, Ordering::Relaxed);
                         stats.bytes_sent.fetch_add(batch.encoded_size() as u64, Ordering::Relaxed);
-                        in_flight.push_back(InFlight { batch, delivery: Some(delivery) });
+                        in_flight.push_back(InFlight { batch, delivery: Some(delivery), settle_by: Instant::now() + SETTLE_TIMEOUT });
                     }
                     Err((batch, error)) => {
                         ready.push_front(batch);
@@ -379,7 +400,12 @@ async fn next_settled(in_flight: &mut VecDeque<InFlight>) -> Result<(), Failure>
     let Some(delivery) = front.delivery.as_mut() else {
         return Ok(());
     };
-    let outcome = delivery.await;
+    let Ok(outcome) = tokio::time::timeout_at(front.settle_by, delivery).await else {
+        return Err(Failure::Link(format!(
+            "the hub did not settle a batch within {} s",
+            SETTLE_TIMEOUT.as_secs()
+        )));
+    };
     front.delivery = None;
     match outcome {
         Ok(Outcome::Accepted(_)) => Ok(()),
@@ -407,9 +433,16 @@ async fn send_next(
         // Guarded by `can_send`; nothing to do otherwise.
         return std::future::pending().await;
     };
-    match link.send(batch.clone()).await {
-        Ok(delivery) => Ok((batch, delivery)),
-        Err(e) => Err((batch, e)),
+    match tokio::time::timeout(SEND_TIMEOUT, link.send(batch.clone())).await {
+        Ok(Ok(delivery)) => Ok((batch, delivery)),
+        Ok(Err(e)) => Err((batch, e)),
+        Err(_) => Err((
+            batch,
+            LinkError::Send(format!(
+                "the link took no transfer within {} s",
+                SEND_TIMEOUT.as_secs()
+            )),
+        )),
     }
 }
 
