@@ -157,7 +157,10 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
         );
     }
     let run_options = match run_options(&gateway.telemetry) {
-        Ok(o) => o,
+        Ok(mut o) => {
+            o.reload = Some(reload_of(config_path, &gateway));
+            o
+        }
         Err(error) => {
             tracing::error!(message = "Invalid telemetry settings.", %error);
             return ExitCode::from(EXIT_INVALID);
@@ -191,6 +194,23 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
     }
 }
 
+/// Live reload: gateway.yaml's tag maps are loaded again on SIGHUP or when gateway.yaml, a tag
+/// map or a tag-map folder changes.
+fn reload_of(
+    config_path: &Path,
+    gateway: &config::GatewayConfig,
+) -> crate::runtime::reload::Reload {
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let mut watch = vec![config_path.to_path_buf()];
+    watch.extend(gateway.tag_maps.paths().iter().map(|p| base.join(p)));
+    let path = config_path.to_path_buf();
+    crate::runtime::reload::Reload {
+        load: std::sync::Arc::new(move || load(Some(&path), &[]).map(|(_, plans)| plans)),
+        watch,
+        every: std::time::Duration::from_secs(2),
+    }
+}
+
 /// Metrics address (default 127.0.0.1:9898, `off` for none) and summary period.
 fn run_options(
     telemetry: &config::gateway::TelemetrySpec,
@@ -209,6 +229,7 @@ fn run_options(
         summary_every: telemetry
             .summary_every
             .map_or(std::time::Duration::from_secs(60), |s| s.as_duration()),
+        reload: None,
     })
 }
 

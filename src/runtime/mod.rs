@@ -12,7 +12,9 @@
 
 pub mod delivery;
 pub mod journal;
+pub mod reload;
 pub mod status;
+pub mod tag_maps;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,14 +30,15 @@ use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
 use crate::reading::Reading;
 use crate::sink::eventhub::sink::EventHubSink;
 use crate::sink::lines::{LinesError, LinesSink};
-use crate::source::{self, SampleBatch};
+use crate::source::SampleBatch;
 
 use delivery::TaggedReadings;
 use journal::Journal;
 use status::{GatewayStatus, MapStats, SinkView};
+use tag_maps::TagMaps;
 
 /// Sample batches queued per tag map before its adapter waits.
-const SAMPLE_QUEUE: usize = 64;
+pub(crate) const SAMPLE_QUEUE: usize = 64;
 /// Reading batches queued before mapping tasks wait for the output.
 const READING_QUEUE: usize = 256;
 /// How often tags with a heartbeat are checked.
@@ -61,6 +64,17 @@ pub struct RunOptions {
     pub metrics: Option<SocketAddr>,
     /// How often to log the one-line summary.
     pub summary_every: Duration,
+    /// Live reload of tag maps; `None`: the tag maps given are run as they are.
+    pub reload: Option<reload::Reload>,
+}
+
+impl std::fmt::Debug for reload::Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload")
+            .field("watch", &self.watch)
+            .field("every", &self.every)
+            .finish()
+    }
 }
 
 impl Default for RunOptions {
@@ -68,6 +82,7 @@ impl Default for RunOptions {
         RunOptions {
             metrics: None,
             summary_every: Duration::from_secs(60),
+            reload: None,
         }
     }
 }
@@ -113,36 +128,21 @@ pub async fn run(
     let mut status = GatewayStatus::default();
     let (readings_tx, readings_rx) = mpsc::channel::<TaggedReadings>(READING_QUEUE);
     let totals = Arc::new(std::sync::Mutex::new(MappingCounters::default()));
-    let mut started = 0;
-    for plan in &plans {
-        let (tx, rx) = mpsc::channel::<SampleBatch>(SAMPLE_QUEUE);
-        if let Err(error) = source::spawn(plan, tx, shutdown.child_token(), &tracker) {
-            tracing::error!(message = "Source not started; the other tag maps keep running.", %error);
-            continue;
-        }
-        started += 1;
-        let name: Arc<str> = plan
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-            .into();
-        let stats = Arc::new(MapStats::default());
-        status.maps.push((name.clone(), stats.clone()));
-        tracker.spawn(map_task(
-            name,
-            Mapper::new(plan),
-            rx,
-            readings_tx.clone(),
-            totals.clone(),
-            stats,
-        ));
-    }
-    drop(readings_tx);
-    tracker.close();
-    if started == 0 {
+    let mut maps = TagMaps::new(
+        tracker.clone(),
+        readings_tx,
+        totals.clone(),
+        shutdown.clone(),
+        status.maps.clone(),
+    );
+    maps.apply(plans);
+    let started = maps.len();
+    if maps.is_empty() && options.reload.is_none() {
         return Err(RuntimeError::NoSource);
     }
+    // The reload task owns the running tag maps; it ends at shutdown, dropping the last
+    // readings sender the output waits for.
+    let reloader = tokio::spawn(reload::run(options.reload.clone(), maps, shutdown.clone()));
     tracing::info!(message = "Gateway running.", tag_maps = started);
     if let Output::EventHub { sink, journal, .. } = &output {
         status.sink = Some(SinkView {
@@ -201,6 +201,8 @@ pub async fn run(
             last.unwrap_or(0)
         }
     };
+    let _ = reloader.await;
+    tracker.close();
     tracker.wait().await;
     ops_cancel.cancel();
     ops.wait().await;
@@ -221,7 +223,7 @@ async fn write_lines(
     Ok(written)
 }
 
-async fn map_task(
+pub(crate) async fn map_task(
     name: Arc<str>,
     mut mapper: Mapper,
     mut samples: mpsc::Receiver<SampleBatch>,

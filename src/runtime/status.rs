@@ -5,7 +5,7 @@
 //! journal's depth); this module only reads them. Nothing here is on the hot path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -43,17 +43,23 @@ pub struct SinkView {
     pub journal: Arc<Journal>,
 }
 
+/// The tag maps running now, by file stem; a reload replaces entries.
+pub type RunningMaps = Arc<RwLock<Vec<(Arc<str>, Arc<MapStats>)>>>;
+
 /// Everything `/metrics`, `/readyz` and the summary line read.
 #[derive(Clone, Default)]
 pub struct GatewayStatus {
-    /// Per tag map (by file stem).
-    pub maps: Vec<(Arc<str>, Arc<MapStats>)>,
+    pub maps: RunningMaps,
     pub sink: Option<SinkView>,
 }
 
 impl GatewayStatus {
+    fn maps(&self) -> Vec<(Arc<str>, Arc<MapStats>)> {
+        self.maps.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
     pub fn readings_total(&self) -> u64 {
-        self.maps
+        self.maps()
             .iter()
             .map(|(_, s)| s.readings.load(Ordering::Relaxed))
             .sum()
@@ -62,7 +68,8 @@ impl GatewayStatus {
     /// Ready when at least one source runs and the sink (if any) is connected and authorised.
     /// The JSON says which part is not.
     pub fn readiness(&self) -> (bool, serde_json::Value) {
-        let sources_ok = !self.maps.is_empty();
+        let running = self.maps().len();
+        let sources_ok = running > 0;
         let (sink_ok, sink_detail) = match &self.sink {
             None => (true, "lines output".to_string()),
             Some(view) => {
@@ -73,7 +80,7 @@ impl GatewayStatus {
         (
             sources_ok && sink_ok,
             serde_json::json!({
-                "sources": {"ok": sources_ok, "running": self.maps.len()},
+                "sources": {"ok": sources_ok, "running": running},
                 "sink": {"ok": sink_ok, "state": sink_detail},
             }),
         )
@@ -81,11 +88,11 @@ impl GatewayStatus {
 
     /// Registers every family on `metrics`.
     pub fn register(&self, metrics: &Metrics) {
-        let maps = self.maps.clone();
+        let status = self.clone();
         let per_map = move |read: fn(&MapStats) -> u64| {
-            let maps = maps.clone();
+            let status = status.clone();
             move |points: &mut Points| {
-                for (name, stats) in &maps {
+                for (name, stats) in &status.maps() {
                     let labels: Labels = vec![("tag_map".into(), name.to_string())];
                     points.push((labels, read(stats) as f64));
                 }
@@ -223,8 +230,8 @@ mod tests {
     #[test]
     fn readiness_names_the_part_that_is_not_ready() {
         let (tx, rx) = watch::channel(SinkState::Unauthorized("key `send` refused".into()));
-        let mut status = GatewayStatus {
-            maps: vec![("press-3".into(), Arc::default())],
+        let status = GatewayStatus {
+            maps: Arc::new(RwLock::new(vec![("press-3".into(), Arc::default())])),
             sink: Some(SinkView {
                 state: rx,
                 stats: Arc::default(),
@@ -239,7 +246,7 @@ mod tests {
             .is_some_and(|s| s.contains("key `send` refused")));
         tx.send_replace(SinkState::Connected);
         assert!(status.readiness().0);
-        status.maps.clear();
+        status.maps.write().unwrap().clear();
         let (ready, detail) = status.readiness();
         assert!(!ready);
         assert_eq!(detail["sources"]["ok"], false);
@@ -249,7 +256,7 @@ mod tests {
     fn metrics_read_live_counters() {
         let stats = Arc::new(MapStats::default());
         let status = GatewayStatus {
-            maps: vec![("line1".into(), stats.clone())],
+            maps: Arc::new(RwLock::new(vec![("line1".into(), stats.clone())])),
             sink: None,
         };
         let metrics = Metrics::default();
