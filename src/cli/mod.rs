@@ -2,6 +2,7 @@
 //! maps to an exit code: 0 ok, 1 runtime failure, 2 invalid configuration.
 
 mod check;
+mod demo;
 mod send_test;
 mod sim_plc;
 
@@ -32,6 +33,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole chain on this machine, nothing to configure: a simulated PLC read through the
+    /// shipped tag maps, delivered over AMQP+TLS to a local Event Hub emulator.
+    Demo(demo::DemoArgs),
     /// Run the gateway until Ctrl-C or SIGTERM.
     Run {
         /// The gateway configuration.
@@ -82,6 +86,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format.unwrap_or_default();
     match cli.command {
+        Command::Demo(args) => demo::run(args, format),
         Command::Run { config } => run(&config, format),
         Command::Check { config, paths } => check::check(config.as_deref(), &paths),
         Command::SendTest { config } => send_test::send_test(&config),
