@@ -125,6 +125,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         tls: Some(tls),
         hub: cs.hub.clone(),
         transport: Transport::Amqp,
+        token_lifetime: crate::sink::eventhub::auth::SAS_TOKEN_LIFETIME,
     };
     let sink = EventHubSink::new(
         target,
