@@ -50,6 +50,9 @@ pub fn summary(plans: &[TagMapPlan]) -> String {
             describe(&plan.source),
             plan.tags.len()
         ));
+        if let SourcePlan::Modbus(m) = &plan.source {
+            out.push_str(&modbus_cycles(plan, m));
+        }
         tags += plan.tags.len();
         rate += plan_rate;
         bytes_rate += plan_bytes;
@@ -65,6 +68,37 @@ pub fn summary(plans: &[TagMapPlan]) -> String {
         plans.len(),
         bytes_rate / 1024.0,
     ));
+    out
+}
+
+/// The Modbus poll plan: read requests per cycle, per device (unit id) and interval.
+fn modbus_cycles(plan: &TagMapPlan, source: &crate::mapping::ModbusPlan) -> String {
+    use crate::source::modbus::planner::{summarize, Limits};
+    let mut out = String::new();
+    let mut current: Option<u8> = None;
+    for line in summarize(plan, Limits::for_plan(source)) {
+        if current != Some(line.unit) {
+            if current.is_some() {
+                out.push('\n');
+            }
+            current = Some(line.unit);
+            out.push_str(&format!("  unit {}:", line.unit));
+        } else {
+            out.push(',');
+        }
+        let s = |n: usize| if n == 1 { "" } else { "s" };
+        out.push_str(&format!(
+            " {} read{} per cycle every {:?} ({} tag{})",
+            line.requests,
+            s(line.requests),
+            line.interval,
+            line.tags,
+            s(line.tags)
+        ));
+    }
+    if current.is_some() {
+        out.push('\n');
+    }
     out
 }
 

@@ -2,6 +2,7 @@
 //! maps to an exit code: 0 ok, 1 runtime failure, 2 invalid configuration.
 
 mod check;
+mod demo;
 mod send_test;
 mod sim_plc;
 mod spool;
@@ -33,6 +34,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole chain on this machine, nothing to configure: a simulated PLC read through the
+    /// shipped tag maps, delivered over AMQP+TLS to a local Event Hub emulator.
+    Demo(demo::DemoArgs),
     /// Run the gateway until Ctrl-C or SIGTERM.
     Run {
         /// The gateway configuration.
@@ -88,6 +92,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format.unwrap_or_default();
     match cli.command {
+        Command::Demo(args) => demo::run(args, format),
         Command::Run { config } => run(&config, format),
         Command::Check { config, paths } => check::check(config.as_deref(), &paths),
         Command::SendTest { config } => send_test::send_test(&config),
@@ -150,6 +155,16 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
         telemetry.log_level.as_deref().unwrap_or("info"),
     );
     let base = config_path.parent().unwrap_or(Path::new("."));
+    let run_options = match run_options(&gateway.telemetry) {
+        Ok(mut o) => {
+            o.reload = Some(reload_of(config_path, &gateway));
+            o
+        }
+        Err(error) => {
+            tracing::error!(message = "Invalid telemetry settings.", %error);
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {
@@ -170,7 +185,7 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let result = crate::runtime::run(plans, output, shutdown).await;
+        let result = crate::runtime::run(plans, output, run_options, shutdown).await;
         // The spool task ends once the runtime has dropped its handles: wait for its last
         // commit and fsync.
         spool_tasks.close();
@@ -191,6 +206,45 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Live reload: gateway.yaml's tag maps are loaded again on SIGHUP or when gateway.yaml, a tag
+/// map or a tag-map folder changes.
+fn reload_of(
+    config_path: &Path,
+    gateway: &config::GatewayConfig,
+) -> crate::runtime::reload::Reload {
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let mut watch = vec![config_path.to_path_buf()];
+    watch.extend(gateway.tag_maps.paths().iter().map(|p| base.join(p)));
+    let path = config_path.to_path_buf();
+    crate::runtime::reload::Reload {
+        load: std::sync::Arc::new(move || load(Some(&path), &[]).map(|(_, plans)| plans)),
+        watch,
+        every: std::time::Duration::from_secs(2),
+    }
+}
+
+/// Metrics address (default 127.0.0.1:9898, `off` for none) and summary period.
+fn run_options(
+    telemetry: &config::gateway::TelemetrySpec,
+) -> anyhow::Result<crate::runtime::RunOptions> {
+    let metrics = match telemetry.metrics.as_deref().map(str::trim) {
+        None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9898))),
+        Some("off") => None,
+        Some(addr) => Some(addr.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "telemetry.metrics `{addr}` is not host:port (e.g. 127.0.0.1:9898) or `off`"
+            )
+        })?),
+    };
+    Ok(crate::runtime::RunOptions {
+        metrics,
+        summary_every: telemetry
+            .summary_every
+            .map_or(std::time::Duration::from_secs(60), |s| s.as_duration()),
+        reload: None,
+    })
 }
 
 /// The output named by gateway.yaml's `sink`.

@@ -187,7 +187,7 @@ pub struct TelemetrySpec {
     pub log_format: Option<LogFormat>,
     /// A tracing filter, e.g. `info` or `tagbridge=debug`. Default `info`.
     pub log_level: Option<String>,
-    /// Prometheus metrics address. Default `127.0.0.1:9898`.
+    /// Prometheus metrics, `/healthz` and `/readyz` address. Default `127.0.0.1:9898`; `off` for none.
     pub metrics: Option<String>,
     /// How often to log a one-line summary. Default 1m.
     pub summary_every: Option<Span>,

@@ -1,22 +1,68 @@
-//! The Modbus source (being built).
+//! The Modbus source: polls one device or gateway per tag map and emits every value it reads.
+//!
+//! Parts, from plain to I/O:
+//! - [`planner`]: tags of one poll interval → the fewest read requests (≤ 125 registers,
+//!   ≤ 2000 bits, `max_gap`, never across a blocked address).
+//! - [`decode`]: registers → typed values in every byte/word order.
+//! - [`link`]: one connection (Modbus TCP, RTU over TCP, RTU over a serial port), one read at a
+//!   time with a timeout.
+//! - [`poller`]: the task: schedule per interval, retries, reconnect with backoff and jitter,
+//!   quarantine of refused tags, overrun accounting. Its module doc lists the invariants,
+//!   including the timestamp policy (the instant the response arrived).
+//! - [`ModbusCounters`]: what it did, as atomics, for metrics and tests.
+//!
+//! Addressing is resolved before this code runs (see `DESIGN.md`, "Modbus addressing"): every
+//! tag carries its 0-based wire address; `modicon: 40001` has already become holding register 0.
+
+pub mod counters;
+pub mod decode;
+pub mod link;
+pub mod planner;
+pub mod poller;
+
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use counters::{CountersSnapshot, ModbusCounters};
+pub use poller::Tuning;
+
 use super::{SampleBatch, SourceError};
 use crate::mapping::{ModbusPlan, TagMapPlan};
 
-/// Starts polling/subscribing for one tag map; see [`super::spawn`].
+/// Starts polling for one tag map with default [`Tuning`]; see [`super::spawn`].
 pub fn spawn(
     plan: &TagMapPlan,
-    _source: &ModbusPlan,
-    _tx: mpsc::Sender<SampleBatch>,
-    _cancel: CancellationToken,
-    _tracker: &TaskTracker,
+    source: &ModbusPlan,
+    tx: mpsc::Sender<SampleBatch>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
 ) -> Result<(), SourceError> {
-    Err(SourceError::NotAvailable {
-        protocol: "Modbus",
-        path: plan.path.display().to_string(),
-    })
+    start(plan, source, Tuning::default(), tx, cancel, tracker).map(|_| ())
+}
+
+/// Starts polling for one tag map and returns its counters. The task sends one batch per poll
+/// cycle on `tx` (waiting while the mapping stage is behind) until `cancel` fires or the
+/// receiver is gone, then drops `tx` and its connection.
+pub fn start(
+    plan: &TagMapPlan,
+    source: &ModbusPlan,
+    tuning: Tuning,
+    tx: mpsc::Sender<SampleBatch>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Arc<ModbusCounters>, SourceError> {
+    let counters = Arc::new(ModbusCounters::default());
+    let poller = poller::Poller::new(plan, source, tuning, Arc::clone(&counters), tx);
+    tracker.spawn(async move {
+        tokio::select! {
+            // Shutdown: dropping the poller closes the connection and the sender.
+            _ = cancel.cancelled() => {}
+            // The mapping stage went away.
+            _ = poller.run() => {}
+        }
+    });
+    Ok(counters)
 }
