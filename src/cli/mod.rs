@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod send_test;
 mod sim_plc;
+mod spool;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,6 +69,11 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The durable spool: what waits to be delivered.
+    Spool {
+        #[command(subcommand)]
+        command: spool::SpoolCommand,
+    },
     /// Simulators for trying tag maps and testing without a plant.
     Sim {
         #[command(subcommand)]
@@ -91,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Check { config, paths } => check::check(config.as_deref(), &paths),
         Command::SendTest { config } => send_test::send_test(&config),
         Command::Schema { dir, check } => schema(&dir, check),
+        Command::Spool { command } => spool::run(command),
         Command::Sim {
             command: SimCommand::Plc(args),
         } => sim_plc::run(args, format),
@@ -148,19 +155,6 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
         telemetry.log_level.as_deref().unwrap_or("info"),
     );
     let base = config_path.parent().unwrap_or(Path::new("."));
-    let output = match output(&gateway, base) {
-        Ok(o) => o,
-        Err(error) => {
-            tracing::error!(message = "Cannot set up the sink.", error = %format!("{error:#}"));
-            return ExitCode::from(EXIT_INVALID);
-        }
-    };
-    if gateway.spool.dir.is_some() || gateway.spool.max_bytes.is_some() {
-        tracing::warn!(
-            message =
-                "The durable spool is not available in this build yet; readings wait in memory."
-        );
-    }
     let run_options = match run_options(&gateway.telemetry) {
         Ok(mut o) => {
             o.reload = Some(reload_of(config_path, &gateway));
@@ -178,10 +172,25 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    // The spool's task is spawned while the output is set up.
+    let _entered = runtime.enter();
+    let spool_tasks = tokio_util::task::TaskTracker::new();
+    let output = match output(&gateway, base, &spool_tasks) {
+        Ok(o) => o,
+        Err(error) => {
+            tracing::error!(message = "Cannot set up the sink.", error = %format!("{error:#}"));
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let result = runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        crate::runtime::run(plans, output, run_options, shutdown).await
+        let result = crate::runtime::run(plans, output, run_options, shutdown).await;
+        // The spool task ends once the runtime has dropped its handles: wait for its last
+        // commit and fsync.
+        spool_tasks.close();
+        spool_tasks.wait().await;
+        result
     });
     match result {
         Ok(summary) => {
@@ -239,7 +248,11 @@ fn run_options(
 }
 
 /// The output named by gateway.yaml's `sink`.
-fn output(gateway: &config::GatewayConfig, base: &Path) -> anyhow::Result<crate::runtime::Output> {
+fn output(
+    gateway: &config::GatewayConfig,
+    base: &Path,
+    spool_tasks: &tokio_util::task::TaskTracker,
+) -> anyhow::Result<crate::runtime::Output> {
     use crate::runtime::Output;
     use crate::sink::eventhub::sink::{EventHubSink, SinkOptions};
     Ok(match &gateway.sink {
@@ -254,13 +267,17 @@ fn output(gateway: &config::GatewayConfig, base: &Path) -> anyhow::Result<crate:
             if let Some(linger) = spec.linger {
                 options.linger = linger.as_duration();
             }
-            options.dead_letter = spec.dead_letter.as_deref().map(|p| base.join(p));
+            let journal = spool::open(&gateway.spool, base, spool_tasks)?;
+            options.dead_letter = Some(match spec.dead_letter.as_deref() {
+                Some(p) => base.join(p),
+                None => journal.1.join("dead-letter.jsonl"),
+            });
             if let Ok(host) = std::env::var("HOSTNAME") {
                 options.message_id_prefix = host;
             }
             Output::EventHub {
                 sink: Box::new(EventHubSink::new(target, credential, options)),
-                journal: std::sync::Arc::new(crate::runtime::journal::Journal::memory(1_000_000)),
+                journal: std::sync::Arc::new(journal.0),
                 partition: spec
                     .partition_key
                     .clone()
