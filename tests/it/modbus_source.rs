@@ -672,11 +672,8 @@ async fn a_device_that_goes_dark_comes_back_without_a_restart() {
         "no values after the device came back:\n{}",
         gateway.report()
     );
-    for i in 0..4 {
-        assert_eq!(
-            gateway.latest(i).map(|s| s.value),
-            Some(layout[i].2.clone())
-        );
+    for (i, (_, _, want)) in layout.iter().enumerate() {
+        assert_eq!(gateway.latest(i).map(|s| s.value).as_ref(), Some(want));
     }
     gateway.stop().await;
     other.stop().await;
