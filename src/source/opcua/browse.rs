@@ -1,0 +1,1 @@
+//! Browsing a server into a tag map skeleton (being built).
