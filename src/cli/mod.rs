@@ -1,7 +1,9 @@
 //! The `tagbridge` command line. The binary edge: errors here are `anyhow`, and each command
 //! maps to an exit code: 0 ok, 1 runtime failure, 2 invalid configuration.
 
+mod browse;
 mod check;
+mod opcua;
 mod send_test;
 mod sim_plc;
 
@@ -64,6 +66,13 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Walk an OPC UA server's address space and write a tag map for its variables.
+    Browse(browse::BrowseArgs),
+    /// OPC UA helpers: trust a server certificate.
+    Opcua {
+        #[command(subcommand)]
+        command: opcua::OpcUaCommand,
+    },
     /// Simulators for trying tag maps and testing without a plant.
     Sim {
         #[command(subcommand)]
@@ -86,6 +95,8 @@ pub fn main() -> ExitCode {
         Command::Check { config, paths } => check::check(config.as_deref(), &paths),
         Command::SendTest { config } => send_test::send_test(&config),
         Command::Schema { dir, check } => schema(&dir, check),
+        Command::Browse(args) => browse::run(args),
+        Command::Opcua { command } => opcua::run(command),
         Command::Sim {
             command: SimCommand::Plc(args),
         } => sim_plc::run(args, format),

@@ -542,3 +542,102 @@ async fn sign_and_encrypt_with_username_works_once_trusted() {
     run.stop().await;
     plc.shutdown().await;
 }
+
+/// Runs the CLI on a blocking thread (the simulator lives on this runtime).
+async fn cli(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || support::tagbridge().args(&args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_writes_a_tag_map_that_checks_and_runs() {
+    let plc = start_sim(OpcUaConfig {
+        variables: vec![
+            var(
+                "Line1/Compressor7/VibeX",
+                OpcUaType::Double,
+                constant(SignalValue::Float(1.5)),
+            ),
+            var(
+                "Line1/Compressor7/Running",
+                OpcUaType::Boolean,
+                constant(SignalValue::Bool(true)),
+            ),
+            var(
+                "Line1/Compressor7/State",
+                OpcUaType::Enum,
+                Signal::States {
+                    names: vec!["Stopped".into(), "Running".into()],
+                    period: tagbridge::config::duration::Span(Duration::from_secs(1)),
+                },
+            ),
+            var(
+                "Line2/Name",
+                OpcUaType::String,
+                constant(SignalValue::Text("L2".into())),
+            ),
+            var("Top", OpcUaType::UInt32, constant(SignalValue::Int(9))),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("browsed.yaml");
+    let browse = cli(vec![
+        "browse".into(),
+        endpoint.clone(),
+        "--security".into(),
+        "none".into(),
+        "--pki-dir".into(),
+        pki(dir.path()),
+        "-o".into(),
+        out.display().to_string(),
+    ])
+    .await;
+    assert!(
+        browse.status.success(),
+        "browse failed: {}",
+        String::from_utf8_lossy(&browse.stderr)
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    for needle in [
+        "sensor_id: \"Line1/Compressor7/VibeX\"",
+        "node: \"ns=2;s=Line1/Compressor7/VibeX\"",
+        "# Double",
+        "sensor_id: \"Top\"",
+        "enumeration",
+    ] {
+        assert!(
+            text.contains(needle),
+            "browse output lacks `{needle}`:\n{text}"
+        );
+    }
+    let check = cli(vec!["check".into(), out.display().to_string()]).await;
+    assert!(
+        check.status.success(),
+        "check refused the browsed tag map:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // And it runs: every tag delivers.
+    let plan = load_all(&[out]).unwrap().remove(0);
+    assert_eq!(plan.tags.len(), 5, "{text}");
+    let run = Running::start(plan);
+    let ok = support::wait_until(DEADLINE, || run.latest().len() == 5).await;
+    assert!(
+        ok,
+        "not every browsed tag delivered\n{}\n---\n{text}",
+        run.explain()
+    );
+    let latest = run.latest();
+    assert_eq!(latest["Line1/Compressor7/VibeX"], RawValue::Float(1.5));
+    assert_eq!(latest["Line2/Name"], RawValue::Text("L2".into()));
+    assert!(
+        matches!(&latest["Line1/Compressor7/State"], RawValue::Text(_)),
+        "{latest:?}"
+    );
+    run.stop().await;
+    plc.shutdown().await;
+}
