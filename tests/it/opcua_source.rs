@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::support;
+use crate::support::{self, python};
 
 /// Long enough for a debug build on a loaded 2-core machine; conditions usually hold in ~1 s.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -640,4 +640,135 @@ async fn browse_writes_a_tag_map_that_checks_and_runs() {
     );
     run.stop().await;
     plc.shutdown().await;
+}
+
+/// Python asyncua's server, started from `tests/python/opcua_server.py`; stops when dropped.
+struct AsyncuaServer {
+    endpoint: String,
+    ns: u16,
+    _child: tokio::process::Child,
+}
+
+async fn asyncua_server() -> AsyncuaServer {
+    use tokio::io::AsyncBufReadExt;
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let mut child = tokio::process::Command::new(python)
+        .arg(support::repo().join("tests/python/opcua_server.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the asyncua server");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ns = None;
+    let ready = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(n) = line.strip_prefix("NS ") {
+                ns = n.trim().parse().ok();
+            }
+            if let Some(endpoint) = line.strip_prefix("READY ") {
+                return Some(endpoint.trim().to_string());
+            }
+        }
+        None
+    })
+    .await;
+    let Ok(Some(endpoint)) = ready else {
+        panic!("the asyncua server did not start (see its stderr above)")
+    };
+    AsyncuaServer {
+        endpoint,
+        ns: ns.expect("the server printed its namespace index"),
+        _child: child,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_from_python_asyncua_server() {
+    let server = asyncua_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        "Double",
+        "Float",
+        "Bool",
+        "SByte",
+        "Byte",
+        "Int16",
+        "UInt64",
+        "Text",
+        "Localized",
+        "When",
+        "Guid",
+        "Bytes",
+        "Array",
+        "Mode",
+        "Broken",
+        "Unsure",
+        "Counter",
+    ];
+    let mut yaml = format!(
+        "source:\n  opcua: {{endpoint: \"{}\", security_policy: none, publishing_interval: 100ms, pki_dir: \"{}\"}}\ndefaults: {{interval: 50ms}}\ntags:\n",
+        server.endpoint,
+        pki(dir.path())
+    );
+    for name in names {
+        yaml.push_str(&format!(
+            "  - {{sensor_id: {name}, node: \"ns={};s=Plant/{name}\"}}\n",
+            server.ns
+        ));
+    }
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    let c = &run.counters;
+    let ok = support::wait_until(DEADLINE, || {
+        run.latest().len() == names.len() - 2
+            && run.of("Counter").len() >= 3
+            && OpcUaCounters::get(&c.bad) >= 1
+            && OpcUaCounters::get(&c.unsupported) >= 1
+    })
+    .await;
+    assert!(ok, "not every asyncua value arrived\n{}", run.explain());
+    let latest = run.latest();
+    let expect = [
+        ("Double", RawValue::Float(3.25)),
+        ("Float", RawValue::Float(0.5)),
+        ("Bool", RawValue::Bool(false)),
+        ("SByte", RawValue::Int(-5)),
+        ("Byte", RawValue::UInt(200)),
+        ("Int16", RawValue::Int(-7)),
+        ("UInt64", RawValue::UInt(18_000_000_000_000_000_000)),
+        ("Text", RawValue::Text("Ärger ✓".into())),
+        ("Localized", RawValue::Text("Open".into())),
+        ("When", RawValue::Text("2026-01-02T03:04:05.678Z".into())),
+        ("Bytes", RawValue::Text("AQID".into())),
+        ("Mode", RawValue::Text("SignAndEncrypt".into())),
+        // Uncertain values pass by default.
+        ("Unsure", RawValue::Float(2.0)),
+    ];
+    for (sensor, value) in expect {
+        assert_eq!(
+            latest.get(sensor),
+            Some(&value),
+            "{sensor}\n{}",
+            run.explain()
+        );
+    }
+    let RawValue::Text(guid) = &latest["Guid"] else {
+        panic!("Guid is not text: {:?}", latest["Guid"])
+    };
+    assert_eq!(guid.to_lowercase(), "72962b91-fa75-4ae6-8d28-b404dc7daf63");
+    // The array and the Bad value are reported, not sent.
+    assert!(!latest.contains_key("Array") && !latest.contains_key("Broken"));
+    assert!(OpcUaCounters::get(&c.uncertain) >= 1);
+    // The counter climbs.
+    let counts: Vec<i64> = run
+        .of("Counter")
+        .iter()
+        .map(|s| match s.value {
+            RawValue::Int(n) => n,
+            ref v => panic!("counter value {v:?}"),
+        })
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
+    run.stop().await;
 }
