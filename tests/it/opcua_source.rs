@@ -772,3 +772,42 @@ async fn values_from_python_asyncua_server() {
     assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_spread_over_subscriptions_past_the_limit() {
+    let n = 7;
+    let plc = start_sim(OpcUaConfig {
+        variables: (0..n)
+            .map(|i| {
+                var(
+                    &format!("M/V{i}"),
+                    OpcUaType::Int32,
+                    constant(SignalValue::Int(i)),
+                )
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = format!(
+        "source:\n  opcua: {{endpoint: {endpoint}, security_policy: none, publishing_interval: 100ms, pki_dir: {}, max_items_per_subscription: 3}}\ntags:\n",
+        pki(dir.path())
+    );
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - {{sensor_id: v{i}, node: \"ns=2;s=M/V{i}\", server_deadband: {{absolute: 0.5}}}}\n"
+        ));
+    }
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    let ok = support::wait_until(DEADLINE, || run.latest().len() == n as usize).await;
+    assert!(ok, "not every tag arrived\n{}", run.explain());
+    // ceil(7 / 3) subscriptions.
+    assert_eq!(OpcUaCounters::get(&run.counters.subscriptions_created), 3);
+    for i in 0..n {
+        assert_eq!(run.latest()[&format!("v{i}")], RawValue::Int(i));
+    }
+    run.stop().await;
+    plc.shutdown().await;
+}
