@@ -188,7 +188,7 @@ async fn run(
         let closed = shared.closed.load(Ordering::Acquire);
         let sh = shared.clone();
         worker = match tokio::task::spawn_blocking(move || {
-            worker.process(group, closed);
+            worker.process(group, closed, &sh);
             worker.publish(&sh, false);
             worker
         })
@@ -207,7 +207,7 @@ async fn run(
         group.push(cmd);
     }
     let _ = tokio::task::spawn_blocking(move || {
-        worker.process(group, true);
+        worker.process(group, true, &shared);
         worker.finish();
         worker.publish(&shared, true);
     })
@@ -215,7 +215,7 @@ async fn run(
 }
 
 impl Worker {
-    fn process(&mut self, group: Vec<Command>, closed: bool) {
+    fn process(&mut self, group: Vec<Command>, closed: bool, shared: &Shared) {
         let mut answers = Vec::new();
         for cmd in group {
             match cmd {
@@ -231,6 +231,8 @@ impl Worker {
         // One commit for the whole group.
         let committed = self.spool.tick();
         let mut error = committed.err().map(|e| e.to_string());
+        // Before the replies: a caller that saw its append done sees it in the depth too.
+        shared.depth.store(self.spool.depth(), Ordering::Relaxed);
         for (outcome, reply) in answers {
             if let Some(e) = &outcome.error {
                 error.get_or_insert_with(|| e.to_string());
