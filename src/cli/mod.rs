@@ -251,6 +251,7 @@ fn run_options(
     };
     Ok(crate::runtime::RunOptions {
         metrics,
+        metrics_bound: None,
         summary_every: telemetry
             .summary_every
             .map_or(std::time::Duration::from_secs(60), |s| s.as_duration()),
