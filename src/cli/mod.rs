@@ -3,6 +3,7 @@
 
 mod check;
 mod send_test;
+mod sim_hub;
 mod sim_plc;
 
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ pub enum Command {
 pub enum SimCommand {
     /// A simulated PLC: OPC UA and Modbus TCP servers driven by deterministic signals.
     Plc(sim_plc::SimPlcArgs),
+    /// A local Event Hub emulator: AMQP 1.0 over TLS and TCP, HTTPS REST, faults on demand.
+    Hub(sim_hub::SimHubArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -89,6 +92,9 @@ pub fn main() -> ExitCode {
         Command::Sim {
             command: SimCommand::Plc(args),
         } => sim_plc::run(args, format),
+        Command::Sim {
+            command: SimCommand::Hub(args),
+        } => sim_hub::run(args, format),
     }
 }
 

@@ -19,6 +19,7 @@
 pub mod amqp;
 pub mod auth;
 pub mod certs;
+pub mod client;
 pub mod faults;
 pub mod io;
 pub mod rest;
