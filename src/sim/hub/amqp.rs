@@ -313,7 +313,7 @@ async fn serve_session(mut session: ListenerSessionHandle, ctx: Arc<ConnCtx>) {
                 tracker.spawn(replies(s, rx, ctx2));
             }
             (LinkEndpoint::Receiver(r), Node::Hub { path, partition }) => {
-                if ctx.auth.covers(&path, Utc::now().timestamp()) {
+                if ctx.auth.covers(&path, Utc::now().timestamp_millis()) {
                     tracker.spawn(events(r, ctx2, path, partition));
                 } else {
                     Counters::inc(&ctx.shared.counters.auth_failures);
@@ -435,7 +435,7 @@ async fn events(mut receiver: Receiver, ctx: Arc<ConnCtx>, path: String, partiti
             _ = ctx.cut.cancelled() => break,
             // The token may have expired.
             _ = check.tick() => {
-                if !ctx.auth.covers(&path, Utc::now().timestamp()) {
+                if !ctx.auth.covers(&path, Utc::now().timestamp_millis()) {
                     Counters::inc(&shared.counters.auth_failures);
                     close_with = Some(unauthorized(shared, &path, "ExpiredToken: the token expired and was not renewed"));
                     break;
@@ -839,9 +839,10 @@ fn management(request: &Message<Body<Value>>, ctx: &ConnCtx) -> (i32, String, Va
             };
             shared.check_token(kind, &token, &shared.hub).is_ok()
         }
-        None => ctx
-            .auth
-            .covers(&shared.hub.to_ascii_lowercase(), Utc::now().timestamp()),
+        None => ctx.auth.covers(
+            &shared.hub.to_ascii_lowercase(),
+            Utc::now().timestamp_millis(),
+        ),
     };
     if !token_ok {
         Counters::inc(&shared.counters.auth_failures);
