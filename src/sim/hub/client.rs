@@ -171,6 +171,17 @@ impl TestClient {
             .map_err(|e| ClientError::Send(e.to_string()))
     }
 
+    /// Starts sending one event as a plain message; the future resolves with the outcome.
+    pub async fn start_send(
+        &mut self,
+        event: &OutEvent,
+    ) -> Result<DeliveryFut<Result<Outcome, SendError>>, ClientError> {
+        self.sender
+            .send_batchable(event.message())
+            .await
+            .map_err(|e| ClientError::Send(e.to_string()))
+    }
+
     /// Starts sending a batch message (format 0x80013700); the future resolves with the outcome.
     pub async fn send_batch(
         &mut self,
