@@ -6,6 +6,7 @@ mod check;
 mod demo;
 mod opcua;
 mod send_test;
+mod sim_hub;
 mod sim_plc;
 mod spool;
 
@@ -94,6 +95,8 @@ pub enum Command {
 pub enum SimCommand {
     /// A simulated PLC: OPC UA and Modbus TCP servers driven by deterministic signals.
     Plc(sim_plc::SimPlcArgs),
+    /// A local Event Hub emulator: AMQP 1.0 over TLS and TCP, HTTPS REST, faults on demand.
+    Hub(sim_hub::SimHubArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -112,6 +115,9 @@ pub fn main() -> ExitCode {
         Command::Sim {
             command: SimCommand::Plc(args),
         } => sim_plc::run(args, format),
+        Command::Sim {
+            command: SimCommand::Hub(args),
+        } => sim_hub::run(args, format),
     }
 }
 

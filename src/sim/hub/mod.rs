@@ -19,6 +19,7 @@
 pub mod amqp;
 pub mod auth;
 pub mod certs;
+pub mod client;
 pub mod faults;
 pub mod io;
 pub mod rest;
@@ -427,7 +428,7 @@ impl Shared {
     }
 
     pub(crate) fn cap_all_grants(&self, after: Duration) {
-        let latest = Utc::now().timestamp() + after.as_secs().max(1) as i64;
+        let latest = Utc::now().timestamp_millis() + after.as_millis() as i64;
         for (_, auth) in lock(&self.conns).values() {
             auth.cap(latest);
         }
@@ -454,7 +455,9 @@ impl Shared {
             });
         }
         if let Some(cap) = self.faults.token_cap() {
-            grant.expires_at = grant.expires_at.min(now + cap.as_secs().max(1) as i64);
+            grant.expires_at_ms = grant
+                .expires_at_ms
+                .min(Utc::now().timestamp_millis() + cap.as_millis() as i64);
         }
         Ok(grant)
     }
