@@ -73,6 +73,7 @@ pub fn spawn(mut spool: Spool, tracker: &TaskTracker, cancel: CancellationToken)
         closed: AtomicBool::new(false),
     });
     let worker = Worker {
+        shared: shared.clone(),
         logged_dropped: spool.dropped(),
         spool,
         parked: VecDeque::new(),
@@ -147,6 +148,7 @@ impl SpoolHandle {
 
 struct Worker {
     spool: Spool,
+    shared: Arc<Shared>,
     /// Reads waiting for records, in arrival order.
     parked: VecDeque<(usize, oneshot::Sender<Vec<Record>>)>,
     /// `dropped` as of the last log line.
@@ -186,10 +188,9 @@ async fn run(
             }
         }
         let closed = shared.closed.load(Ordering::Acquire);
-        let sh = shared.clone();
         worker = match tokio::task::spawn_blocking(move || {
             worker.process(group, closed);
-            worker.publish(&sh, false);
+            worker.publish(false);
             worker
         })
         .await
@@ -209,7 +210,7 @@ async fn run(
     let _ = tokio::task::spawn_blocking(move || {
         worker.process(group, true);
         worker.finish();
-        worker.publish(&shared, true);
+        worker.publish(true);
     })
     .await;
 }
@@ -230,6 +231,10 @@ impl Worker {
         }
         // One commit for the whole group.
         let committed = self.spool.tick();
+        // Depth first, so that whoever gets an answer sees the depth that goes with it.
+        self.shared
+            .depth
+            .store(self.spool.depth(), Ordering::Relaxed);
         let mut error = committed.err().map(|e| e.to_string());
         for (outcome, reply) in answers {
             if let Some(e) = &outcome.error {
@@ -328,7 +333,8 @@ impl Worker {
     }
 
     /// Shares depth (always) and the status (every [`TICK`]; it may read the disk).
-    fn publish(&mut self, shared: &Shared, force: bool) {
+    fn publish(&mut self, force: bool) {
+        let shared = &self.shared;
         shared.depth.store(self.spool.depth(), Ordering::Relaxed);
         if force || self.last_status.elapsed() >= TICK {
             self.last_status = Instant::now();
