@@ -625,4 +625,123 @@ mod gateway {
         rig.hub.shutdown().await;
         rig.plc.shutdown().await;
     }
+
+    /// The hub is down for a minute while readings flow: they wait in the spool, none is lost,
+    /// and the backlog drains once the hub is back.
+    #[tokio::test]
+    async fn a_one_minute_hub_outage_loses_nothing_and_the_backlog_drains() {
+        const OUTAGE: Duration = Duration::from_secs(60);
+        let rig = Rig::start("").await;
+        let child = rig.gateway();
+        let flowing =
+            support::wait_until(Duration::from_secs(60), || rig.hub.stats().events >= 200).await;
+        assert!(flowing, "no events before the outage\n{}", rig.log_tail());
+        rig.hub.faults().down_for(OUTAGE);
+        let during = rig.hub.stats().events;
+        let backlog = support::wait_until(OUTAGE / 2, || rig.status().depth >= 1000).await;
+        assert!(backlog, "no backlog built up\n{}", rig.log_tail());
+        assert_eq!(rig.hub.stats().events, during, "the hub was down");
+        let peak = rig.status().depth;
+        let drained = support::wait_until(OUTAGE + Duration::from_secs(120), || {
+            rig.hub.stats().events > during && rig.status().depth == 0
+        })
+        .await;
+        rig.stop(child).await;
+        let d = rig.delivered();
+        assert!(drained, "backlog not drained\n{}", summary(&rig, &d));
+        assert!(
+            d.problems.is_empty(),
+            "{:?}",
+            &d.problems[..d.problems.len().min(10)]
+        );
+        let order = d.order_problems();
+        assert!(order.is_empty(), "{:?}", &order[..order.len().min(10)]);
+        let last = rig.status();
+        let start = rig.run_starts()[0];
+        let lost = missing(&d, start, last.acked + 1);
+        assert!(
+            lost.is_empty(),
+            "{} readings lost, e.g. {:?}\n{}",
+            lost.len(),
+            &lost[..lost.len().min(10)],
+            summary(&rig, &d)
+        );
+        assert_eq!(last.dropped, 0);
+        eprintln!(
+            "outage: backlog peaked at {peak}+ readings; {} readings delivered",
+            d.readings.len()
+        );
+        rig.hub.shutdown().await;
+        rig.plc.shutdown().await;
+    }
+
+    /// A 16 KiB spool with the hub down: `drop_oldest` deletes numbered readings (exactly the
+    /// count it reports), `drop_newest` refuses new ones before they get numbers (so every
+    /// numbered reading arrives), and both count.
+    async fn bounds(policy: &str) {
+        let rig = Rig::start(&format!("  max_bytes: 16384\n  when_full: {policy}\n")).await;
+        rig.hub.faults().down_for(Duration::from_secs(3600));
+        let child = rig.gateway();
+        let dropping =
+            support::wait_until(Duration::from_secs(60), || rig.status().dropped >= 500).await;
+        assert!(dropping, "{policy}: nothing dropped\n{}", rig.log_tail());
+        assert!(rig.status().bytes <= 16384);
+        rig.hub.faults().clear();
+        let drained = support::wait_until(Duration::from_secs(120), || {
+            rig.hub.stats().events > 0 && rig.status().depth == 0
+        })
+        .await;
+        rig.stop(child).await;
+        let d = rig.delivered();
+        assert!(drained, "{policy}: not drained\n{}", summary(&rig, &d));
+        assert!(
+            d.problems.is_empty(),
+            "{:?}",
+            &d.problems[..d.problems.len().min(10)]
+        );
+        let order = d.order_problems();
+        assert!(order.is_empty(), "{:?}", &order[..order.len().min(10)]);
+        let last = rig.status();
+        let start = rig.run_starts()[0];
+        let gone: Vec<u64> = missing(&d, start, last.acked + 1);
+        match policy {
+            "drop_oldest" => assert_eq!(
+                gone.len() as u64,
+                last.dropped,
+                "every numbered reading that did not arrive is one counted as dropped"
+            ),
+            _ => assert!(
+                gone.is_empty(),
+                "drop_newest never deletes a numbered reading: {} of them, e.g. {:?}\n{}",
+                gone.len(),
+                &gone[..gone.len().min(10)],
+                summary(&rig, &d)
+            ),
+        }
+        eprintln!(
+            "{policy}: {} dropped and counted, {} delivered",
+            last.dropped,
+            d.readings.len()
+        );
+        // `tagbridge spool status -c` says the same.
+        let out = support::tagbridge()
+            .args(["spool", "status", "--json", "-c"])
+            .arg(rig.dir.path().join("gateway.yaml"))
+            .output()
+            .expect("tagbridge runs");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+        assert_eq!(json["dropped"].as_u64(), Some(last.dropped), "{json}");
+        rig.hub.shutdown().await;
+        rig.plc.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_drops_the_oldest_and_counts_them() {
+        bounds("drop_oldest").await;
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_refuses_the_newest_and_counts_them() {
+        bounds("drop_newest").await;
+    }
 }

@@ -327,15 +327,18 @@ async fn run(
                     }
                 }
             }
-            sent = send_next(link.as_mut(), &mut ready), if can_send => {
+            // The batch leaves `ready` only once sent: if another branch wins while the send is
+            // pending, this future is dropped and the batch is still there.
+            sent = send_next(link.as_mut(), ready.front()), if can_send => {
                 match sent {
-                    Ok((batch, delivery)) => {
-                        stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-                        stats.bytes_sent.fetch_add(batch.encoded_size() as u64, Ordering::Relaxed);
-                        in_flight.push_back(InFlight { batch, delivery: Some(delivery), settle_by: Instant::now() + SETTLE_TIMEOUT });
+                    Ok(delivery) => {
+                        if let Some(batch) = ready.pop_front() {
+                            stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                            stats.bytes_sent.fetch_add(batch.encoded_size() as u64, Ordering::Relaxed);
+                            in_flight.push_back(InFlight { batch, delivery: Some(delivery), settle_by: Instant::now() + SETTLE_TIMEOUT });
+                        }
                     }
-                    Err((batch, error)) => {
-                        ready.push_front(batch);
+                    Err(error) => {
                         tracing::warn!(message = "Send failed; reconnecting.", %error);
                         if let Some(l) = link.take() { tokio::spawn(l.close()); }
                         retry_at = Some(Instant::now() + backoff(1, MAX_BACKOFF));
@@ -427,24 +430,17 @@ async fn next_settled(in_flight: &mut VecDeque<InFlight>) -> Result<(), Failure>
     }
 }
 
-async fn send_next(
-    link: Option<&mut Link>,
-    ready: &mut VecDeque<Batch>,
-) -> Result<(Batch, Delivery), (Batch, LinkError)> {
-    let (Some(link), Some(batch)) = (link, ready.pop_front()) else {
+async fn send_next(link: Option<&mut Link>, batch: Option<&Batch>) -> Result<Delivery, LinkError> {
+    let (Some(link), Some(batch)) = (link, batch) else {
         // Guarded by `can_send`; nothing to do otherwise.
         return std::future::pending().await;
     };
     match tokio::time::timeout(SEND_TIMEOUT, link.send(batch.clone())).await {
-        Ok(Ok(delivery)) => Ok((batch, delivery)),
-        Ok(Err(e)) => Err((batch, e)),
-        Err(_) => Err((
-            batch,
-            LinkError::Send(format!(
-                "the link took no transfer within {} s",
-                SEND_TIMEOUT.as_secs()
-            )),
-        )),
+        Ok(result) => result,
+        Err(_) => Err(LinkError::Send(format!(
+            "the link took no transfer within {} s",
+            SEND_TIMEOUT.as_secs()
+        ))),
     }
 }
 
