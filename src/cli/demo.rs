@@ -17,7 +17,6 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::gateway::{LogFormat, PartitionKeySpec, Transport};
-use crate::runtime::journal::Journal;
 use crate::runtime::{Output, RunOptions};
 use crate::sim::hub::{Hub, HubConfig};
 use crate::sim::plc::{Plc, PlcConfig};
@@ -50,7 +49,12 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: DemoArgs, format: LogFormat) -> ExitCode {
-    crate::telemetry::init_logging(format, "warn,tagbridge=info");
+    // The OPC UA stack logs protocol chatter (e.g. a publish before the first subscription) at
+    // error level; the demo shows the gateway's own view.
+    crate::telemetry::init_logging(
+        format,
+        "warn,tagbridge=info,opcua_client=off,opcua_core=off",
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {
@@ -125,6 +129,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         tls: Some(tls),
         hub: cs.hub.clone(),
         transport: Transport::Amqp,
+        token_lifetime: crate::sink::eventhub::auth::SAS_TOKEN_LIFETIME,
     };
     let sink = EventHubSink::new(
         target,
@@ -135,7 +140,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         },
     );
     let stats = sink.stats.clone();
-    let journal = Arc::new(Journal::memory(100_000));
+    // Readings go through the durable spool, as in production (in the demo's scratch folder).
+    let spool_tasks = tokio_util::task::TaskTracker::new();
+    let spool = crate::config::gateway::SpoolSpec {
+        dir: Some(work.join("spool").display().to_string()),
+        ..Default::default()
+    };
+    let (journal, _) = super::spool::open(&spool, &work, &spool_tasks)?;
+    let journal = Arc::new(journal);
     let output = Output::EventHub {
         sink: Box::new(sink),
         journal: journal.clone(),
@@ -199,6 +211,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         () = progress => unreachable!("the progress loop never ends"),
     };
     let summary = result.context("the gateway failed")?;
+    drop(journal);
+    spool_tasks.close();
+    spool_tasks.wait().await;
     println!(
         "\nStopped. {} readings produced, {} events accepted by the hub, written to {}.",
         summary.mapping.readings,

@@ -1,8 +1,10 @@
 //! The `tagbridge` command line. The binary edge: errors here are `anyhow`, and each command
 //! maps to an exit code: 0 ok, 1 runtime failure, 2 invalid configuration.
 
+mod browse;
 mod check;
 mod demo;
+mod opcua;
 mod send_test;
 mod sim_plc;
 mod spool;
@@ -74,6 +76,13 @@ pub enum Command {
         #[command(subcommand)]
         command: spool::SpoolCommand,
     },
+    /// Walk an OPC UA server's address space and write a tag map for its variables.
+    Browse(browse::BrowseArgs),
+    /// OPC UA helpers: trust a server certificate.
+    Opcua {
+        #[command(subcommand)]
+        command: opcua::OpcUaCommand,
+    },
     /// Simulators for trying tag maps and testing without a plant.
     Sim {
         #[command(subcommand)]
@@ -98,6 +107,8 @@ pub fn main() -> ExitCode {
         Command::SendTest { config } => send_test::send_test(&config),
         Command::Schema { dir, check } => schema(&dir, check),
         Command::Spool { command } => spool::run(command),
+        Command::Browse(args) => browse::run(args),
+        Command::Opcua { command } => opcua::run(command),
         Command::Sim {
             command: SimCommand::Plc(args),
         } => sim_plc::run(args, format),

@@ -40,6 +40,8 @@ pub struct Target {
     pub audience: String,
     /// AMQP over TCP, AMQP over WebSockets, or HTTPS.
     pub transport: Transport,
+    /// How long the SAS tokens the gateway signs are valid (renewed at 80 %).
+    pub token_lifetime: std::time::Duration,
 }
 
 /// Why a connection could not be used.
@@ -165,7 +167,9 @@ impl HubLink {
         let mut cbs = CbsClient::attach(&mut session)
             .await
             .map_err(|e| LinkError::Session(format!("$cbs: {e}")))?;
-        let token = credential.token(&target.audience, now).await?;
+        let token = credential
+            .token(&target.audience, now, target.token_lifetime)
+            .await?;
         put_token(&mut cbs, target, credential, &token).await?;
         let sender = Sender::attach(
             &mut session,
@@ -200,7 +204,9 @@ impl HubLink {
         credential: &Credential,
         now: i64,
     ) -> Result<(), LinkError> {
-        let token = credential.token(&target.audience, now).await?;
+        let token = credential
+            .token(&target.audience, now, target.token_lifetime)
+            .await?;
         put_token(&mut self.cbs, target, credential, &token).await?;
         self.token_expires_at = token.expires_at;
         Ok(())

@@ -47,7 +47,9 @@ impl RestLink {
             host: target.host.clone(),
             reason: e.to_string(),
         })?;
-        let token = credential.token(&target.audience, now).await?;
+        let token = credential
+            .token(&target.audience, now, target.token_lifetime)
+            .await?;
         Ok(RestLink {
             http,
             url: format!(
@@ -66,7 +68,9 @@ impl RestLink {
         credential: &Credential,
         now: i64,
     ) -> Result<(), LinkError> {
-        let token = credential.token(&target.audience, now).await?;
+        let token = credential
+            .token(&target.audience, now, target.token_lifetime)
+            .await?;
         self.authorization = authorization(&token);
         self.token_expires_at = token.expires_at;
         Ok(())

@@ -100,6 +100,7 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
                 tls,
                 hub: cs.hub.clone(),
                 transport,
+                token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
             };
             Ok((target, Credential::Sas(cs.credential)))
         }
@@ -131,6 +132,7 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
                 tls: Some(tls),
                 hub: hub.clone(),
                 transport,
+                token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
             };
             Ok((target, Credential::Entra(client)))
         }

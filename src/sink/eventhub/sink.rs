@@ -179,6 +179,7 @@ async fn run(
     let mut last_acked = None;
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
+    let mut renew_due: Option<Instant> = None;
     let mut input_open = true;
     let mut drain_deadline: Option<Instant> = None;
     let mut encoded = Vec::new();
@@ -199,6 +200,8 @@ async fn run(
             if let Some(at) = retry_at {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
+                    // Shutting down while waiting to retry: stop when the grace period ends.
+                    _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => continue,
                     _ = cancel.cancelled(), if drain_deadline.is_none() => {
                         drain_deadline = Some(Instant::now() + options.shutdown_grace);
                         input.close();
@@ -219,6 +222,7 @@ async fn run(
             match opened {
                 Ok(l) => {
                     max_size = l.max_message_size();
+                    renew_due = Some(renewal_instant(l.token_expires_at()));
                     tracing::info!(message = "Connected to the event hub.", hub = %target.hub, host = %target.host, max_message_size = max_size);
                     let _ = state.send(SinkState::Connected);
                     link = Some(l);
@@ -252,15 +256,9 @@ async fn run(
             }
         }
 
-        let renew_deadline = link.as_ref().map(|l| {
-            let now = unix_now();
-            Instant::now()
-                + Duration::from_secs(
-                    renew_at(now, l.token_expires_at())
-                        .saturating_sub(now)
-                        .max(1) as u64,
-                )
-        });
+        // Fixed when the token is put, not recomputed here: recomputing from "now" on every
+        // turn of a busy loop would push the renewal past the token's expiry.
+        let renew_deadline = link.as_ref().and(renew_due);
         let linger_deadline = filling.as_ref().map(|(_, since)| *since + options.linger);
         let can_send =
             link.is_some() && !ready.is_empty() && in_flight.len() < options.max_in_flight;
@@ -316,6 +314,7 @@ async fn run(
                 if let Some(l) = link.as_mut() {
                     match l.renew(&target, &credential, unix_now()).await {
                         Ok(()) => {
+                            renew_due = Some(renewal_instant(l.token_expires_at()));
                             stats.token_renewals.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(message = "Renewed the event hub token.");
                         }
@@ -327,11 +326,11 @@ async fn run(
                     }
                 }
             }
-            // The batch leaves `ready` only once sent: if another branch wins while the send is
-            // pending, this future is dropped and the batch is still there.
-            sent = send_next(link.as_mut(), ready.front()), if can_send => {
+            sent = send_next(link.as_mut(), &ready), if can_send => {
                 match sent {
                     Ok(delivery) => {
+                        // Taken off `ready` only now: a send abandoned half-way (another branch
+                        // won the select) leaves the batch queued, never dropped.
                         if let Some(batch) = ready.pop_front() {
                             stats.batches_sent.fetch_add(1, Ordering::Relaxed);
                             stats.bytes_sent.fetch_add(batch.encoded_size() as u64, Ordering::Relaxed);
@@ -430,8 +429,13 @@ async fn next_settled(in_flight: &mut VecDeque<InFlight>) -> Result<(), Failure>
     }
 }
 
-async fn send_next(link: Option<&mut Link>, batch: Option<&Batch>) -> Result<Delivery, LinkError> {
-    let (Some(link), Some(batch)) = (link, batch) else {
+/// Hands the oldest ready batch to the link. It stays in `ready` until the caller takes it on
+/// success, so dropping this future (another select branch won) loses nothing.
+async fn send_next(
+    link: Option<&mut Link>,
+    ready: &VecDeque<Batch>,
+) -> Result<Delivery, LinkError> {
+    let (Some(link), Some(batch)) = (link, ready.front()) else {
         // Guarded by `can_send`; nothing to do otherwise.
         return std::future::pending().await;
     };
@@ -486,6 +490,13 @@ fn dead_letter(
     if let Err(error) = written {
         tracing::error!(message = "Cannot write the dead-letter file.", path = %path.display(), %error);
     }
+}
+
+/// When to renew a token expiring at `expires_at` (Unix seconds), as an instant.
+fn renewal_instant(expires_at: i64) -> Instant {
+    let now = unix_now();
+    Instant::now()
+        + Duration::from_secs(renew_at(now, expires_at).saturating_sub(now).max(1) as u64)
 }
 
 fn unix_now() -> i64 {

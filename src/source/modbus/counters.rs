@@ -1,6 +1,6 @@
 //! What one Modbus connection did, as plain atomics: the poller adds, metrics and tests read.
 //!
-//! Counters only grow; gauges (`connected`, `quarantined_tags`, `last_cycle_micros`) are set.
+//! Counters only grow; gauges (`connected`, `quarantined_tags`, `last_cycle_*`) are set.
 //! All use `Relaxed` ordering: each value is independent and read for display only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +42,8 @@ pub struct ModbusCounters {
     pub skipped_unit_down: AtomicU64,
     /// Duration of the last completed cycle, in microseconds.
     pub last_cycle_micros: AtomicU64,
+    /// Read requests the last completed cycle sent (retries and splits included).
+    pub last_cycle_reads: AtomicU64,
 }
 
 impl ModbusCounters {
@@ -78,6 +80,7 @@ impl ModbusCounters {
             quarantined_tags: g(&self.quarantined_tags),
             skipped_unit_down: g(&self.skipped_unit_down),
             last_cycle_micros: g(&self.last_cycle_micros),
+            last_cycle_reads: g(&self.last_cycle_reads),
         }
     }
 }
@@ -102,4 +105,5 @@ pub struct CountersSnapshot {
     pub quarantined_tags: u64,
     pub skipped_unit_down: u64,
     pub last_cycle_micros: u64,
+    pub last_cycle_reads: u64,
 }

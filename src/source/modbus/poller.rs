@@ -28,6 +28,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,7 +222,12 @@ impl Poller {
             };
             let due = self.groups[gi].next_due;
             tokio::time::sleep_until(due).await;
+            let reads_before = self.counters.requests.load(Ordering::Relaxed);
             let batch = self.cycle(gi).await;
+            Counters::set(
+                &self.counters.last_cycle_reads,
+                self.counters.requests.load(Ordering::Relaxed) - reads_before,
+            );
             if !batch.is_empty() {
                 Counters::add(&self.counters.samples, batch.len() as u64);
                 if self.tx.send(batch).await.is_err() {
