@@ -142,6 +142,7 @@ fn sink_to(hub: &HubHandle) -> Result<EventHubSink, String> {
         tls: Some(tls),
         hub: cs.hub.clone(),
         transport: Transport::Amqp,
+        token_lifetime: tagbridge::sink::eventhub::auth::SAS_TOKEN_LIFETIME,
     };
     Ok(EventHubSink::new(
         target,
