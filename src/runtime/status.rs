@@ -204,6 +204,34 @@ impl GatewayStatus {
             "Readings waiting for the hub's acknowledgement.",
             move |points: &mut Points| single(journal.depth() as f64)(points),
         );
+        // The durable spool's size, drops and backlog age (nothing with the memory journal).
+        if view.journal.spool_status().is_some() {
+            let journal = view.journal.clone();
+            metrics.gauge(
+                "tagbridge_spool_bytes",
+                "Bytes in the spool's files.",
+                move |p: &mut Points| {
+                    single(journal.spool_status().unwrap_or_default().bytes as f64)(p)
+                },
+            );
+            let journal = view.journal.clone();
+            metrics.counter(
+                "tagbridge_spool_dropped",
+                "Readings dropped by the spool (full, too old, disk full), over its life.",
+                move |p: &mut Points| {
+                    single(journal.spool_status().unwrap_or_default().dropped as f64)(p)
+                },
+            );
+            let journal = view.journal.clone();
+            metrics.gauge(
+                "tagbridge_spool_oldest_age_seconds",
+                "Age of the oldest unacknowledged reading (0 when none).",
+                move |p: &mut Points| {
+                    let age = journal.spool_status().and_then(|s| s.oldest_age);
+                    single(age.map_or(0.0, |a| a.as_secs_f64()))(p)
+                },
+            );
+        }
     }
 
     /// Per-source families: connection state and what each protocol counts.

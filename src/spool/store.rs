@@ -545,8 +545,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Deletes the oldest segment (never the active one); returns its unacknowledged records,
-    /// now counted as dropped.
+    /// Deletes the oldest segment (never the active one); returns its records not yet handed
+    /// to a reader, now counted as dropped. Records already read stay with the sink, which
+    /// keeps them until the hub accepts them.
     fn evict_front(&mut self) -> u64 {
         if self.segments.len() < 2 {
             return 0;
@@ -554,7 +555,14 @@ impl Spool {
         let Some(seg) = self.segments.pop_front() else {
             return 0;
         };
-        let dropped = seg.unacked(self.state.acked);
+        let in_flight = seg.unacked(self.state.acked);
+        let dropped = seg.unacked(self.state.acked.max(self.read_pos - 1));
+        if in_flight > dropped {
+            tracing::warn!(
+                message = "Spool full: deleted readings the sink is still sending; they are lost if the gateway stops before the hub accepts them.",
+                readings = in_flight - dropped
+            );
+        }
         self.remove_segment(&seg);
         self.count_dropped(dropped);
         dropped

@@ -223,6 +223,30 @@ fn drop_oldest_keeps_the_newest_and_counts_the_rest() {
 }
 
 #[test]
+fn records_the_sink_holds_are_not_counted_when_their_segment_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(tmp.path(), &config(2000, 400));
+    s.append(&recs(0..5));
+    // The sink has these five; the hub is down, nothing is acknowledged.
+    let held = s.read(5).unwrap();
+    assert_eq!(held.len(), 5);
+    let mut appended = 5;
+    for i in 5..100 {
+        appended += s.append(&recs(i..i + 1)).appended;
+    }
+    let rest = s.read(1000).unwrap();
+    assert!(
+        rest[0].0 > held[4].0 + 1,
+        "the oldest unread ones were dropped"
+    );
+    // Delivered (held + rest) and dropped add up to appended, exactly.
+    assert_eq!(
+        held.len() as u64 + rest.len() as u64 + s.dropped(),
+        appended
+    );
+}
+
+#[test]
 fn drop_newest_keeps_the_oldest_and_refuses_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(2000, 400);
@@ -270,10 +294,15 @@ fn records_past_max_age_are_dropped_a_segment_at_a_time() {
         payloads(&s.read(100).unwrap()),
         ["reading-10", "reading-11"]
     );
-    // Without appends, the tick ages them out too.
+    // Without appends, the tick ages them out too; these two were read (the sink holds
+    // them), so they are not counted.
     s.clock_shift_ms = 200_000;
-    assert_eq!(s.tick().unwrap(), 2);
+    assert_eq!(s.tick().unwrap(), 0);
     assert_eq!(s.depth(), 0);
+    s.append(&recs(12..13));
+    s.clock_shift_ms = 300_000;
+    assert_eq!(s.tick().unwrap(), 1);
+    assert_eq!(s.dropped(), 11);
 }
 
 #[test]
