@@ -10,6 +10,8 @@ use super::counters::{CountersSnapshot, ModbusCounters};
 use crate::telemetry::metrics::{Metrics, Points};
 
 type Read = fn(&CountersSnapshot) -> f64;
+/// Tag map path and its source's counters.
+type Entry = (String, Weak<ModbusCounters>);
 
 /// (name, help, read) of each counter family; `_total` is appended by the encoder.
 const COUNTERS: [(&str, &str, Read); 14] = [
@@ -112,7 +114,7 @@ const GAUGES: [(&str, &str, Read); 4] = [
 /// The counters of every Modbus source, for metrics. Clone freely; clones share the list.
 #[derive(Debug, Clone, Default)]
 pub struct ModbusStats {
-    sources: Arc<Mutex<Vec<(String, Weak<ModbusCounters>)>>>,
+    sources: Arc<Mutex<Vec<Entry>>>,
 }
 
 impl ModbusStats {
