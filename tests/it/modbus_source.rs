@@ -829,3 +829,96 @@ async fn serial_rtu_reads_through_a_pseudo_terminal() {
     let _ = server.await;
     drop(slave);
 }
+
+/// Random refused addresses (in tags and in gaps) over a mixed layout: exactly the tags that
+/// contain a refused address are quarantined, every other tag keeps its value flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_refused_addresses_quarantine_exactly_the_tags_that_hold_them() {
+    use rand::{Rng, SeedableRng};
+    for seed in 0..8u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut addresses = Vec::new();
+        let mut at = 0u16;
+        for _ in 0..40 {
+            let dt = [DataType::Uint16, DataType::Int32, DataType::Float64][rng.gen_range(0..3)];
+            addresses.push(address(1, Table::HoldingRegister, at, dt));
+            at += dt.registers() + rng.gen_range(0..4);
+        }
+        let layout: Vec<(ModbusAddress, SignalValue, RawValue)> = addresses
+            .iter()
+            .map(|a| {
+                let v = i64::from(a.address) + 1;
+                let want = match a.data_type {
+                    DataType::Float64 => RawValue::Float(v as f64),
+                    DataType::Int32 => RawValue::Int(v),
+                    _ => RawValue::UInt(v as u64),
+                };
+                (*a, SignalValue::Int(v), want)
+            })
+            .collect();
+        let refused: Vec<u16> = (0..3).map(|_| rng.gen_range(0..at)).collect();
+        let holds_refused = |a: &ModbusAddress| {
+            refused
+                .iter()
+                .any(|r| *r >= a.address && *r < a.address + a.count())
+        };
+        let plc = Plc::start(PlcConfig {
+            modbus: Some(ModbusConfig {
+                listen: Some("127.0.0.1:0".into()),
+                points: points(&layout),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("simulator starts");
+        for r in &refused {
+            plc.faults().modbus_exception(
+                1,
+                Table::HoldingRegister,
+                *r,
+                ExceptionCode::ServerDeviceFailure,
+            );
+        }
+        let gateway = Gateway::start(
+            tag_map(
+                ModbusTransport::Tcp(plc.modbus_addr().expect("modbus").to_string()),
+                &addresses,
+                Duration::from_millis(100),
+            ),
+            tuning(),
+        );
+        let bad: Vec<usize> = (0..addresses.len())
+            .filter(|i| holds_refused(&addresses[*i]))
+            .collect();
+        let ok = wait_until(DEADLINE, || {
+            (0..addresses.len()).all(|i| bad.contains(&i) || gateway.count(i) >= 3)
+                && gateway.counters.snapshot().quarantined_tags == bad.len() as u64
+        })
+        .await;
+        assert!(
+            ok,
+            "seed {seed}, refused {refused:?}, expected quarantined {bad:?}:\n{}",
+            gateway.report()
+        );
+        for (i, (_, _, want)) in layout.iter().enumerate() {
+            if bad.contains(&i) {
+                assert_eq!(
+                    gateway.count(i),
+                    0,
+                    "seed {seed}, tag {i}\n{}",
+                    gateway.report()
+                );
+            } else {
+                assert_eq!(
+                    gateway.latest(i).map(|s| s.value).as_ref(),
+                    Some(want),
+                    "seed {seed}, tag {i}\n{}",
+                    gateway.report()
+                );
+            }
+        }
+        gateway.stop().await;
+        plc.shutdown().await;
+    }
+}
