@@ -62,6 +62,60 @@ pub struct OpcUaSourceSpec {
     /// should move the certificate into `trusted/` after checking it.
     #[serde(default)]
     pub trust_on_first_use: bool,
+    /// Which time readings carry: the device's `source` timestamp (default; the server's when
+    /// absent), the `server`'s, or the `gateway`'s clock on arrival.
+    pub timestamps: Option<OpcUaTimestamps>,
+    /// Values with an Uncertain status: `pass` (default) or `skip`. Bad values are never sent.
+    pub uncertain: Option<UncertainPolicy>,
+    /// Put at most this many monitored items into one subscription (more subscriptions are
+    /// created). Default: as many as the server accepts.
+    pub max_items_per_subscription: Option<u32>,
+}
+
+/// Which timestamp OPC UA readings carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OpcUaTimestamps {
+    /// The SourceTimestamp (the server's when absent, then the gateway's).
+    #[default]
+    Source,
+    /// The ServerTimestamp (the gateway's when absent).
+    Server,
+    /// The gateway's clock when the notification arrived.
+    Gateway,
+}
+
+/// What to do with OPC UA values whose status is Uncertain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UncertainPolicy {
+    /// Send them like Good values.
+    #[default]
+    Pass,
+    /// Drop them.
+    Skip,
+}
+
+/// OPC UA data change trigger (Part 4, 7.22.2): which changes the server reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DataChangeTrigger {
+    /// Only status changes.
+    Status,
+    /// Status or value changes (the OPC UA default).
+    StatusValue,
+    /// Status, value or source timestamp changes (every new sample, even if equal).
+    StatusValueTimestamp,
+}
+
+/// A deadband the OPC UA server applies before reporting (Part 4, 7.22.2).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerDeadband {
+    /// Report only changes larger than this, in the node's units.
+    Absolute(f64),
+    /// Report only changes larger than this percentage of the node's EURange.
+    Percent(f64),
 }
 
 /// OPC UA security policies the gateway can use.
@@ -181,6 +235,13 @@ pub struct TagSpec {
 
     /// OPC UA: the node id, e.g. `ns=2;s=Line1/Compressor7/VibeX` or `ns=3;i=1001`.
     pub node: Option<Spanned<String>>,
+    /// OPC UA: how many samples the server keeps between publishes. Default: enough for one
+    /// publishing interval at this tag's sampling interval (at least 2).
+    pub queue_size: Option<Spanned<u32>>,
+    /// OPC UA: which changes the server reports. Default `status_value`.
+    pub trigger: Option<DataChangeTrigger>,
+    /// OPC UA: a deadband the server applies, `{absolute: 0.5}` or `{percent: 2}`.
+    pub server_deadband: Option<Spanned<ServerDeadband>>,
 
     /// Modbus: the table, with `address`.
     pub table: Option<Spanned<Table>>,

@@ -95,6 +95,7 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
     let mut disabled = 0;
     let mut ids: HashMap<&str, u32> = HashMap::new();
     let mut addresses: HashMap<String, (u32, &str)> = HashMap::new();
+    let mut monitoring = Vec::new();
     for spanned in file.tags.iter() {
         if broken.iter().any(|p| spanned.contains(*p)) {
             continue;
@@ -164,6 +165,10 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
             .or(file.defaults.interval)
             .map(|s| s.as_duration())
             .unwrap_or(DEFAULT_INTERVAL);
+        if !is_modbus {
+            let Some(m) = c.monitoring(tag) else { continue };
+            monitoring.push(m);
+        }
         tags.push(TagPlan {
             sensor_id,
             address,
@@ -172,6 +177,10 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
             extra: encode_extra(&extra),
             pos: tag.sensor_id.pos,
         });
+    }
+    let mut source = source;
+    if let Some(SourcePlan::OpcUa(o)) = &mut source {
+        o.monitoring = monitoring;
     }
     if file.tags.is_empty() && file.tags.failed == 0 {
         c.problem(
@@ -305,6 +314,41 @@ impl Compiler<'_> {
                 .unwrap_or(DEFAULT_INTERVAL),
             pki_dir: o.pki_dir.as_deref().map(|p| self.path(p)),
             trust_on_first_use: o.trust_on_first_use,
+            timestamps: o.timestamps.unwrap_or_default(),
+            uncertain: o.uncertain.unwrap_or_default(),
+            max_items_per_subscription: o.max_items_per_subscription.unwrap_or(0),
+            monitoring: Vec::new(),
+        })
+    }
+
+    /// OPC UA monitoring settings of one tag.
+    fn monitoring(&mut self, tag: &TagSpec) -> Option<MonitoringPlan> {
+        if let Some(q) = &tag.queue_size {
+            if q.value == 0 {
+                return self.err(
+                    q.pos,
+                    "queue_size must be at least 1",
+                    "leave it out for a queue sized to the publishing interval",
+                );
+            }
+        }
+        if let Some(d) = &tag.server_deadband {
+            let bad = match d.value {
+                ServerDeadband::Absolute(v) => !(v.is_finite() && v >= 0.0),
+                ServerDeadband::Percent(v) => !(0.0..=100.0).contains(&v),
+            };
+            if bad {
+                return self.err(
+                    d.pos,
+                    "server_deadband is out of range",
+                    "absolute must be 0 or more, percent between 0 and 100",
+                );
+            }
+        }
+        Some(MonitoringPlan {
+            queue_size: tag.queue_size.as_ref().map(|q| q.value),
+            trigger: tag.trigger,
+            deadband: tag.server_deadband.as_ref().map(|d| d.value),
         })
     }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::tagmap::{
-    DataType, Parity, SecurityMode, SecurityPolicy, StateKey, Table, WordOrder,
+    DataChangeTrigger, DataType, OpcUaTimestamps, Parity, SecurityMode, SecurityPolicy,
+    ServerDeadband, StateKey, Table, UncertainPolicy, WordOrder,
 };
 
 /// One tag map, ready to run.
@@ -37,6 +38,22 @@ pub struct OpcUaPlan {
     pub publishing_interval: Duration,
     pub pki_dir: Option<PathBuf>,
     pub trust_on_first_use: bool,
+    pub timestamps: OpcUaTimestamps,
+    pub uncertain: UncertainPolicy,
+    /// 0: as many as the server accepts.
+    pub max_items_per_subscription: u32,
+    /// Monitoring settings per tag, indexed like [`TagMapPlan::tags`].
+    pub monitoring: Vec<MonitoringPlan>,
+}
+
+/// How the server watches one OPC UA tag.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MonitoringPlan {
+    /// None: derived from the sampling and publishing intervals.
+    pub queue_size: Option<u32>,
+    /// None: the server's default (status or value changes, no deadband).
+    pub trigger: Option<DataChangeTrigger>,
+    pub deadband: Option<ServerDeadband>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,45 @@
-//! The OPC UA source (being built).
+//! The OPC UA source: one client session per tag map, monitored items in subscriptions, data
+//! change notifications turned into [`Sample`](crate::source::Sample) batches.
+//!
+//! Invariants:
+//! - Secure by default: the plan says Basic256Sha256 + SignAndEncrypt unless the tag map asks
+//!   for `none`; server certificates are trusted only from `<pki>/trusted/` (see
+//!   [`connect`]), and an untrusted server is refused with a message naming the file to move.
+//! - A tag's monitored item carries client handle `tag index + 1`; a notification is mapped
+//!   back to its tag by that handle alone.
+//! - Monitored items are created in chunks no larger than the server's
+//!   `MaxMonitoredItemsPerCall` (1 000 when it does not say), into as many subscriptions as
+//!   needed: a subscription that answers `BadTooManyMonitoredItems` (or reaches the tag map's
+//!   `max_items_per_subscription`) is full and the next chunk goes into a new one.
+//! - A tag whose item cannot be created (unknown node id, refused filter, …) is reported once,
+//!   retried every [`RETRY_INTERVAL`], and never holds up the other tags.
+//! - Reconnects: async-opcua keeps the session alive (keep-alives, endless reconnects with
+//!   backoff up to 30 s), first tries TransferSubscriptions with initial values, and else
+//!   recreates the subscriptions and their items. After every reconnect the source triggers a
+//!   publish at once (without it an async-opcua client can sit idle until the next keep-alive)
+//!   and checks every tag is monitored again, re-creating the missing ones.
+//! - Status policy (documented in README): Good values are emitted; Uncertain values are emitted
+//!   (`uncertain: pass`, the default) or dropped (`uncertain: skip`) and counted; Bad values are
+//!   never emitted, counted, and logged once when a tag turns bad and once when it recovers.
+//! - Values that have no reading form (arrays, structures, null) are counted and logged once
+//!   per tag; see [`convert`].
+//! - Backpressure: notifications arrive in a synchronous callback that cannot wait, so it
+//!   appends to a bounded in-memory queue and a forwarding task sends batches on the bounded
+//!   channel (waiting when the mapping stage is behind). When the queue is full the oldest
+//!   samples are dropped and counted in [`OpcUaCounters::overflow_dropped`].
+//! - Shutdown: cancelling the token closes the session (deleting its subscriptions) and ends
+//!   every task; the sample sender is dropped last.
+
+pub mod browse;
+pub mod connect;
+pub mod convert;
+mod source;
+mod subscribe;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -7,16 +48,122 @@ use tokio_util::task::TaskTracker;
 use super::{SampleBatch, SourceError};
 use crate::mapping::{OpcUaPlan, TagMapPlan};
 
-/// Starts polling/subscribing for one tag map; see [`super::spawn`].
+/// How often tags whose monitored item could not be created are tried again.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why connecting or setting up failed. Per-tag problems are logged, not returned.
+#[derive(Debug, thiserror::Error)]
+pub enum OpcUaError {
+    #[error("cannot reach OPC UA server {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("OPC UA server {endpoint} offers no endpoint with {wanted} (it offers: {offered}); change security_policy / security_mode in the tag map")]
+    NoEndpoint {
+        endpoint: String,
+        wanted: String,
+        offered: String,
+    },
+    #[error(
+        "OPC UA server {endpoint} does not accept {wanted} user tokens on the chosen endpoint"
+    )]
+    UserTokenRefused { endpoint: String, wanted: String },
+    #[error("{0}")]
+    Untrusted(Box<UntrustedServer>),
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("cannot read the OPC UA password from {what}: {reason}")]
+    Secret { what: String, reason: String },
+    #[error("OPC UA client: {0}")]
+    Client(String),
+    #[error("OPC UA request failed: {0}")]
+    Request(String),
+}
+
+/// An OPC UA server whose certificate is not in `<pki>/trusted/`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the certificate of OPC UA server {endpoint} is not trusted (subject {subject}, thumbprint {thumbprint}). \
+     After checking the thumbprint with the server's administrator, move {rejected} into {trusted_dir}/ \
+     or run `tagbridge opcua trust {tag_map} --thumbprint {thumbprint}`",
+    rejected = rejected.display(),
+    trusted_dir = trusted_dir.display(),
+    tag_map = tag_map.display()
+)]
+pub struct UntrustedServer {
+    pub endpoint: String,
+    pub subject: String,
+    pub thumbprint: String,
+    /// Where the certificate was written.
+    pub rejected: PathBuf,
+    /// Where it must go to be trusted.
+    pub trusted_dir: PathBuf,
+    /// The tag map, for the `tagbridge opcua trust` command.
+    pub tag_map: PathBuf,
+}
+
+/// Live counters of one OPC UA source, read by telemetry and tests.
+#[derive(Debug, Default)]
+pub struct OpcUaCounters {
+    /// Samples handed to the forwarding queue.
+    pub readings: AtomicU64,
+    /// Notifications with a Bad status (not emitted).
+    pub bad: AtomicU64,
+    /// Notifications with an Uncertain status (emitted or dropped per policy).
+    pub uncertain: AtomicU64,
+    /// Values with no reading form (arrays, structures, null).
+    pub unsupported: AtomicU64,
+    /// Samples dropped because the forwarding queue was full.
+    pub overflow_dropped: AtomicU64,
+    /// Session re-establishments after a lost connection.
+    pub reconnects: AtomicU64,
+    /// Failed connection attempts (including untrusted certificates).
+    pub connect_failures: AtomicU64,
+    /// Tags with a monitored item now.
+    pub items_monitored: AtomicU64,
+    /// Tags whose monitored item could not be created now.
+    pub items_failed: AtomicU64,
+    /// Tags whose last value had a Bad status (e.g. a server that accepts an unknown node id
+    /// and reports `BadNodeIdUnknown` in its values).
+    pub tags_bad: AtomicU64,
+    /// Subscriptions created by this source (cumulative).
+    pub subscriptions_created: AtomicU64,
+    /// Whether the session is connected.
+    pub connected: AtomicBool,
+}
+
+impl OpcUaCounters {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the source for one tag map; see [`super::spawn`].
 pub fn spawn(
     plan: &TagMapPlan,
-    _source: &OpcUaPlan,
-    _tx: mpsc::Sender<SampleBatch>,
-    _cancel: CancellationToken,
-    _tracker: &TaskTracker,
+    source: &OpcUaPlan,
+    tx: mpsc::Sender<SampleBatch>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
 ) -> Result<(), SourceError> {
-    Err(SourceError::NotAvailable {
-        protocol: "OPC UA",
-        path: plan.path.display().to_string(),
-    })
+    start(plan, source, tx, cancel, tracker);
+    Ok(())
+}
+
+/// Like [`spawn`], returning the source's counters.
+pub fn start(
+    plan: &TagMapPlan,
+    source: &OpcUaPlan,
+    tx: mpsc::Sender<SampleBatch>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Arc<OpcUaCounters> {
+    let counters = Arc::new(OpcUaCounters::default());
+    source::start(
+        Arc::new(plan.clone()),
+        Arc::new(source.clone()),
+        tx,
+        cancel,
+        tracker,
+        Arc::clone(&counters),
+    );
+    counters
 }

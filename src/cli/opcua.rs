@@ -1,0 +1,150 @@
+//! `tagbridge opcua …`: OPC UA helpers. `trust` fetches a server's certificate and puts it
+//! into the PKI directory's `trusted/` folder, after an optional thumbprint check.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::config::tagmap::{SecurityMode, SecurityPolicy};
+use crate::mapping::plan::{SecretSource, UserPlan};
+use crate::mapping::{OpcUaPlan, SourcePlan};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum OpcUaCommand {
+    /// Trust an OPC UA server's certificate: fetch it and copy it into `<pki>/trusted/`.
+    ///
+    /// Compare the printed thumbprint with the one the server's administrator gives you, or
+    /// pass it with --thumbprint to have it checked.
+    Trust(TrustArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrustArgs {
+    /// A tag map (its endpoint, security and pki_dir are used), or an opc.tcp:// URL.
+    pub target: String,
+    /// Refuse unless the certificate has this SHA-1 thumbprint (hex, `:` allowed).
+    #[arg(long)]
+    pub thumbprint: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// How to reach a server named by URL (tag maps carry these settings themselves).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnArgs {
+    /// Security policy: none, basic256sha256, aes128_sha256_rsaoaep, aes256_sha256_rsapss.
+    #[arg(long, default_value = "basic256sha256")]
+    pub security: String,
+    /// Security mode: sign or sign_and_encrypt (ignored for none).
+    #[arg(long, default_value = "sign_and_encrypt")]
+    pub mode: String,
+    /// Log in as this user (password from --password-env or --password-file).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Environment variable holding the password.
+    #[arg(long)]
+    pub password_env: Option<String>,
+    /// File holding the password.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// PKI directory (gateway certificate, trusted and rejected server certificates).
+    #[arg(long)]
+    pub pki_dir: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    /// The source plan for `endpoint`.
+    pub fn plan(&self, endpoint: &str) -> anyhow::Result<OpcUaPlan> {
+        if !endpoint.starts_with("opc.tcp://") {
+            bail!("`{endpoint}` is not an OPC UA endpoint: write opc.tcp://host:port");
+        }
+        let policy = match self.security.as_str() {
+            "none" => SecurityPolicy::None,
+            "basic256sha256" => SecurityPolicy::Basic256Sha256,
+            "aes128_sha256_rsaoaep" => SecurityPolicy::Aes128Sha256RsaOaep,
+            "aes256_sha256_rsapss" => SecurityPolicy::Aes256Sha256RsaPss,
+            other => bail!("unknown --security `{other}`: none, basic256sha256, aes128_sha256_rsaoaep or aes256_sha256_rsapss"),
+        };
+        let mode = if policy == SecurityPolicy::None {
+            SecurityMode::None
+        } else {
+            match self.mode.as_str() {
+                "sign" => SecurityMode::Sign,
+                "sign_and_encrypt" => SecurityMode::SignAndEncrypt,
+                other => bail!("unknown --mode `{other}`: sign or sign_and_encrypt"),
+            }
+        };
+        let user = match (&self.user, &self.password_env, &self.password_file) {
+            (None, None, None) => UserPlan::Anonymous,
+            (Some(u), Some(env), None) => UserPlan::Username {
+                username: u.clone(),
+                password: SecretSource::Env(env.clone()),
+            },
+            (Some(u), None, Some(file)) => UserPlan::Username {
+                username: u.clone(),
+                password: SecretSource::File(std::path::absolute(file).unwrap_or(file.clone())),
+            },
+            _ => bail!("--user needs exactly one of --password-env or --password-file"),
+        };
+        Ok(OpcUaPlan {
+            endpoint: endpoint.to_string(),
+            security_policy: policy,
+            security_mode: mode,
+            user,
+            publishing_interval: Duration::from_secs(1),
+            pki_dir: self
+                .pki_dir
+                .as_ref()
+                .map(|d| std::path::absolute(d).unwrap_or(d.clone())),
+            trust_on_first_use: false,
+            timestamps: Default::default(),
+            uncertain: Default::default(),
+            max_items_per_subscription: 0,
+            monitoring: Vec::new(),
+        })
+    }
+}
+
+pub fn run(command: OpcUaCommand) -> ExitCode {
+    match command {
+        OpcUaCommand::Trust(args) => match trust(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(super::EXIT_FAILURE)
+            }
+        },
+    }
+}
+
+fn trust(args: &TrustArgs) -> anyhow::Result<()> {
+    let plan = if args.target.starts_with("opc.tcp://") {
+        args.conn.plan(&args.target)?
+    } else {
+        let plans = match crate::mapping::load_all(&[PathBuf::from(&args.target)]) {
+            Ok(p) => p,
+            Err(report) => bail!("{}", report.render()),
+        };
+        match plans.into_iter().next().map(|p| p.source) {
+            Some(SourcePlan::OpcUa(o)) => o,
+            _ => bail!("{} is not an OPC UA tag map", args.target),
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let trusted = runtime
+        .block_on(crate::source::opcua::connect::trust_server(
+            &plan,
+            args.thumbprint.as_deref(),
+        ))
+        .with_context(|| format!("cannot trust {}", plan.endpoint))?;
+    println!(
+        "trusted {}\n  subject:    {}\n  thumbprint: {}\n  file:       {}",
+        plan.endpoint,
+        trusted.subject,
+        trusted.thumbprint,
+        trusted.path.display()
+    );
+    Ok(())
+}

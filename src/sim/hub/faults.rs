@@ -1,0 +1,146 @@
+//! Faults on demand: what a real hub does on a bad day, switched on and off from tests or the
+//! command line.
+//!
+//! - **throttle above N events/s**: transfers that would take the current one-second window
+//!   past N are rejected with `com.microsoft:server-busy` (REST: 503), as a hub with too few
+//!   throughput units does. A transfer arriving in an empty window is always admitted, so a
+//!   batch larger than N still gets through once per second.
+//! - **drop connections**: every open AMQP connection is cut (TCP closed, no AMQP close).
+//! - **down for D**: connections are cut and new ones closed on accept until D has passed
+//!   (REST answers 503).
+//! - **delay dispositions by D**: accepted transfers are settled D later (the link keeps
+//!   receiving meanwhile).
+//! - **expire tokens after D**: every token, already granted or put later, expires at most D
+//!   after the fault was set (or it was put); links relying on it are then closed with
+//!   `amqp:unauthorized-access` unless the client renews.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::store::lock;
+use super::Shared;
+
+/// The fault switches (shared by every connection).
+#[derive(Default)]
+pub(crate) struct FaultState {
+    /// Events per second above which transfers are refused; 0 = off.
+    pub throttle_above: AtomicU64,
+    /// (start of the current window, events admitted in it).
+    window: Mutex<Option<(Instant, u64)>>,
+    pub down_until: Mutex<Option<Instant>>,
+    pub delay_dispositions: Mutex<Duration>,
+    /// The cap on token lifetimes; None = tokens live as long as they say.
+    pub expire_tokens_after: Mutex<Option<Duration>>,
+}
+
+impl FaultState {
+    /// Whether a transfer of `events` events may pass the throttle now.
+    pub fn admit(&self, events: u64) -> bool {
+        let limit = self.throttle_above.load(Ordering::Relaxed);
+        if limit == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut window = lock(&self.window);
+        let (start, count) = window.get_or_insert((now, 0));
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *count = 0;
+        }
+        if *count == 0 || *count + events <= limit {
+            *count += events;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        matches!(*lock(&self.down_until), Some(until) if Instant::now() < until)
+    }
+
+    pub fn disposition_delay(&self) -> Duration {
+        *lock(&self.delay_dispositions)
+    }
+
+    pub fn token_cap(&self) -> Option<Duration> {
+        *lock(&self.expire_tokens_after)
+    }
+}
+
+/// Switches faults on a running emulator. Cheap to clone.
+#[derive(Clone)]
+pub struct Faults {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Faults {
+    /// Rejects transfers with `com.microsoft:server-busy` above `events_per_s` (0 turns it off).
+    pub fn throttle_above(&self, events_per_s: u64) {
+        self.shared
+            .faults
+            .throttle_above
+            .store(events_per_s, Ordering::Relaxed);
+    }
+
+    /// Cuts every open AMQP connection now.
+    pub fn drop_connections(&self) {
+        self.shared.cut_all_connections();
+    }
+
+    /// Cuts every connection and refuses new ones for `period`.
+    pub fn down_for(&self, period: Duration) {
+        *lock(&self.shared.faults.down_until) = Some(Instant::now() + period);
+        self.shared.cut_all_connections();
+    }
+
+    /// Settles accepted transfers `delay` late.
+    pub fn delay_dispositions(&self, delay: Duration) {
+        *lock(&self.shared.faults.delay_dispositions) = delay;
+    }
+
+    /// Makes every token expire at most `after` from now (or from when it is put).
+    pub fn expire_tokens_after(&self, after: Duration) {
+        *lock(&self.shared.faults.expire_tokens_after) = Some(after);
+        self.shared.cap_all_grants(after);
+    }
+
+    /// Turns every fault off (tokens already shortened stay short).
+    pub fn clear(&self) {
+        let f = &self.shared.faults;
+        f.throttle_above.store(0, Ordering::Relaxed);
+        *lock(&f.down_until) = None;
+        *lock(&f.delay_dispositions) = Duration::ZERO;
+        *lock(&f.expire_tokens_after) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_windows() {
+        let f = FaultState::default();
+        assert!(f.admit(1_000_000), "off by default");
+        f.throttle_above.store(10, Ordering::Relaxed);
+        assert!(f.admit(25), "an empty window admits any one transfer");
+        assert!(!f.admit(1));
+        let f = FaultState::default();
+        f.throttle_above.store(10, Ordering::Relaxed);
+        assert!(f.admit(6));
+        assert!(f.admit(4));
+        assert!(!f.admit(1));
+    }
+
+    #[test]
+    fn down_is_timed() {
+        let f = FaultState::default();
+        assert!(!f.is_down());
+        *lock(&f.down_until) = Some(Instant::now() + Duration::from_secs(60));
+        assert!(f.is_down());
+        *lock(&f.down_until) = Some(Instant::now());
+        assert!(!f.is_down());
+    }
+}

@@ -1,0 +1,402 @@
+//! Browsing a server's address space into a ready-to-edit tag map (`tagbridge browse`).
+//!
+//! Invariants:
+//! - The walk follows hierarchical references forward from the root (default: the Objects
+//!   folder), descends into objects only (never into variables' properties), skips
+//!   namespace 0 (the server's own diagnostics), and stops at `depth` levels.
+//! - Every variable found becomes one tag: `sensor_id` is its browse path below the root
+//!   (`Folder/Sub/Name`), made unique with `~2`, `~3`… when two paths collide; `node` is its
+//!   node id. Its data type goes into a comment; arrays and structures are written with
+//!   `enabled: false` and a comment saying why, so the file passes `tagbridge check` as is.
+//! - The text is built from JSON-quoted strings, which YAML reads back unchanged.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use opcua::client::Session;
+use opcua::types::{
+    AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, ByteString, DataTypeId,
+    NodeClass, NodeClassMask, NodeId, ReadValueId, ReferenceTypeId, TimestampsToReturn, Variant,
+};
+
+use super::OpcUaError;
+use crate::config::tagmap::{SecurityMode, SecurityPolicy};
+use crate::mapping::plan::{SecretSource, UserPlan};
+use crate::mapping::OpcUaPlan;
+
+/// Nodes per Browse and Read request.
+const CHUNK: usize = 500;
+
+/// One variable found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// Browse names from below the root to the variable.
+    pub path: Vec<String>,
+    pub node: NodeId,
+    /// The data type's name, e.g. `Double` or `SimEnum1`.
+    pub data_type: String,
+    /// ValueRank ≥ 1: an array.
+    pub array: bool,
+    /// The data type is a structure (or another non-scalar the source cannot read).
+    pub structure: bool,
+}
+
+/// Walks the address space below `root` down to `depth` levels.
+pub async fn browse(
+    session: &Session,
+    root: &NodeId,
+    depth: usize,
+) -> Result<Vec<Found>, OpcUaError> {
+    let request = |e: opcua::types::Error| OpcUaError::Request(e.to_string());
+    let mut found: Vec<(Vec<String>, NodeId)> = Vec::new();
+    let mut seen: HashSet<NodeId> = HashSet::from([root.clone()]);
+    let mut level: Vec<(Vec<String>, NodeId)> = vec![(Vec::new(), root.clone())];
+    for _ in 0..depth.max(1) {
+        let mut next = Vec::new();
+        for chunk in level.chunks(CHUNK) {
+            let descriptions: Vec<BrowseDescription> = chunk
+                .iter()
+                .map(|(_, id)| BrowseDescription {
+                    node_id: id.clone(),
+                    browse_direction: BrowseDirection::Forward,
+                    reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
+                    include_subtypes: true,
+                    node_class_mask: (NodeClassMask::OBJECT | NodeClassMask::VARIABLE).bits(),
+                    result_mask: BrowseResultMask::All as u32,
+                })
+                .collect();
+            let mut results = session
+                .browse(&descriptions, 1000, None)
+                .await
+                .map_err(request)?;
+            let mut parents: Vec<usize> = (0..results.len()).collect();
+            loop {
+                let mut continuation: Vec<(usize, ByteString)> = Vec::new();
+                for (r, &parent) in results.iter().zip(&parents) {
+                    let (path, _) = &chunk[parent];
+                    for reference in r.references.iter().flatten() {
+                        let id = reference.node_id.node_id.clone();
+                        if id.namespace == 0 || !reference.node_id.namespace_uri.is_null() {
+                            continue;
+                        }
+                        if !seen.insert(id.clone()) {
+                            continue;
+                        }
+                        let mut child = path.clone();
+                        child.push(reference.browse_name.name.to_string());
+                        match reference.node_class {
+                            NodeClass::Variable => found.push((child, id)),
+                            NodeClass::Object => next.push((child, id)),
+                            _ => {}
+                        }
+                    }
+                    if !r.continuation_point.is_null() {
+                        continuation.push((parent, r.continuation_point.clone()));
+                    }
+                }
+                if continuation.is_empty() {
+                    break;
+                }
+                let points: Vec<ByteString> = continuation.iter().map(|(_, c)| c.clone()).collect();
+                results = session.browse_next(false, &points).await.map_err(request)?;
+                parents = continuation.into_iter().map(|(p, _)| p).collect();
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    describe(session, found).await
+}
+
+/// Reads DataType and ValueRank of each variable, and the names of non-built-in types.
+async fn describe(
+    session: &Session,
+    found: Vec<(Vec<String>, NodeId)>,
+) -> Result<Vec<Found>, OpcUaError> {
+    let request = |e: opcua::types::Error| OpcUaError::Request(e.to_string());
+    let mut out = Vec::with_capacity(found.len());
+    let mut type_names: HashMap<NodeId, (String, bool)> = HashMap::new();
+    for chunk in found.chunks(CHUNK / 2) {
+        let read: Vec<ReadValueId> = chunk
+            .iter()
+            .flat_map(|(_, id)| {
+                [AttributeId::DataType, AttributeId::ValueRank].map(|a| ReadValueId {
+                    node_id: id.clone(),
+                    attribute_id: a as u32,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let values = session
+            .read(&read, TimestampsToReturn::Neither, 0.0)
+            .await
+            .map_err(request)?;
+        for (i, (path, node)) in chunk.iter().enumerate() {
+            let data_type = match values.get(2 * i).and_then(|v| v.value.clone()) {
+                Some(Variant::NodeId(id)) => *id,
+                _ => NodeId::null(),
+            };
+            let array = matches!(values.get(2 * i + 1).and_then(|v| v.value.clone()), Some(Variant::Int32(r)) if r >= 1);
+            if !type_names.contains_key(&data_type) {
+                let name = type_name(session, &data_type).await;
+                type_names.insert(data_type.clone(), name);
+            }
+            let (name, structure) = type_names[&data_type].clone();
+            out.push(Found {
+                path: path.clone(),
+                node: node.clone(),
+                data_type: name,
+                array,
+                structure,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A data type's name and whether it is a structure.
+async fn type_name(session: &Session, id: &NodeId) -> (String, bool) {
+    if id.is_null() {
+        return ("unknown".into(), false);
+    }
+    if id.namespace == 0 {
+        if let Some(n) = id.as_u32() {
+            if let Ok(t) = DataTypeId::try_from(n) {
+                let structure = matches!(t, DataTypeId::Structure);
+                return (format!("{t:?}"), structure);
+            }
+        }
+    }
+    // A custom type: its browse name, and whether it derives from Structure (one level
+    // up is enough for a comment; deeper hierarchies read as "structure" when unknown).
+    let name = session
+        .read(
+            &[ReadValueId {
+                node_id: id.clone(),
+                attribute_id: AttributeId::BrowseName as u32,
+                ..Default::default()
+            }],
+            TimestampsToReturn::Neither,
+            0.0,
+        )
+        .await
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .and_then(|v| match v.value {
+            Some(Variant::QualifiedName(q)) => Some(q.name.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| id.to_string());
+    let parent = session
+        .browse(
+            &[BrowseDescription {
+                node_id: id.clone(),
+                browse_direction: BrowseDirection::Inverse,
+                reference_type_id: ReferenceTypeId::HasSubtype.into(),
+                include_subtypes: false,
+                node_class_mask: NodeClassMask::DATA_TYPE.bits(),
+                result_mask: BrowseResultMask::All as u32,
+            }],
+            1,
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|r| r.into_iter().next())
+        .and_then(|r| r.references)
+        .and_then(|r| r.into_iter().next())
+        .map(|r| r.node_id.node_id);
+    let structure = parent.as_ref().is_some_and(|p| *p == DataTypeId::Structure);
+    let enumeration = parent.is_some_and(|p| p == DataTypeId::Enumeration);
+    let kind = if enumeration {
+        " (enumeration: state names are sent)"
+    } else {
+        ""
+    };
+    (format!("{name}{kind}"), structure)
+}
+
+/// The tag map text for `found`, reading from the server `plan` describes.
+pub fn render(plan: &OpcUaPlan, root: &NodeId, found: &[Found], command: &str) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"));
+    let mut out = String::new();
+    let _ = writeln!(out, "# Written by `{command}`:");
+    let _ = writeln!(
+        out,
+        "# {} variables below {root}. sensor_ids are browse paths: rename them freely, they",
+        found.len()
+    );
+    let _ = writeln!(out, "# only have to be unique. Types are noted as comments; `tagbridge check` validates the file.");
+    let _ = writeln!(out, "source:\n  opcua:");
+    let _ = writeln!(out, "    endpoint: {}", q(&plan.endpoint));
+    let policy = match plan.security_policy {
+        SecurityPolicy::None => "none",
+        SecurityPolicy::Basic256Sha256 => "basic256sha256",
+        SecurityPolicy::Aes128Sha256RsaOaep => "aes128_sha256_rsaoaep",
+        SecurityPolicy::Aes256Sha256RsaPss => "aes256_sha256_rsapss",
+    };
+    let _ = writeln!(out, "    security_policy: {policy}");
+    if plan.security_policy != SecurityPolicy::None {
+        let mode = match plan.security_mode {
+            SecurityMode::Sign => "sign",
+            _ => "sign_and_encrypt",
+        };
+        let _ = writeln!(out, "    security_mode: {mode}");
+    }
+    match &plan.user {
+        UserPlan::Anonymous => {}
+        UserPlan::Username { username, password } => {
+            let secret = match password {
+                SecretSource::Env(v) => format!("password_env: {}", q(v)),
+                SecretSource::File(p) => format!("password_file: {}", q(&p.display().to_string())),
+            };
+            let _ = writeln!(
+                out,
+                "    user: {{username: {{username: {}, {secret}}}}}",
+                q(username)
+            );
+        }
+        UserPlan::Certificate { cert, key } => {
+            let _ = writeln!(
+                out,
+                "    user: {{certificate: {{cert: {}, key: {}}}}}",
+                q(&cert.display().to_string()),
+                q(&key.display().to_string())
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "    publishing_interval: {}ms",
+        plan.publishing_interval.as_millis()
+    );
+    if let Some(dir) = &plan.pki_dir {
+        let _ = writeln!(out, "    pki_dir: {}", q(&dir.display().to_string()));
+    }
+    let _ = writeln!(out, "\ndefaults:\n  interval: 1s\n\ntags:");
+    let mut used: HashMap<String, usize> = HashMap::new();
+    let mut folder = String::new();
+    for f in found {
+        let parent = f.path[..f.path.len().saturating_sub(1)].join("/");
+        if parent != folder {
+            let _ = writeln!(
+                out,
+                "\n  # {}",
+                if parent.is_empty() { "(root)" } else { &parent }
+            );
+            folder = parent;
+        }
+        let base = f.path.join("/");
+        let n = used.entry(base.clone()).or_insert(0);
+        *n += 1;
+        let sensor_id = if *n == 1 { base } else { format!("{base}~{n}") };
+        let _ = writeln!(
+            out,
+            "  - sensor_id: {}    # {}{}",
+            q(&sensor_id),
+            f.data_type,
+            if f.array { "[]" } else { "" }
+        );
+        let _ = writeln!(out, "    node: {}", q(&f.node.to_string()));
+        if f.array || f.structure {
+            let why = if f.array { "an array" } else { "a structure" };
+            let _ = writeln!(
+                out,
+                "    enabled: false    # {why}: not read; point a tag at one element or field"
+            );
+        }
+    }
+    out
+}
+
+/// Convenience for the CLI: connect with `plan`, browse, disconnect.
+pub async fn browse_server(
+    plan: &OpcUaPlan,
+    root: &NodeId,
+    depth: usize,
+) -> Result<Vec<Found>, OpcUaError> {
+    let client = super::connect::client(plan, 1000)?;
+    let (session, event_loop) =
+        super::connect::connect(&client, plan, std::path::Path::new("<this tag map>")).await?;
+    let session: Arc<Session> = session;
+    let driver = event_loop.spawn();
+    let connected = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        session.wait_for_connection(),
+    )
+    .await;
+    if !matches!(connected, Ok(true)) {
+        driver.abort();
+        return Err(OpcUaError::Unreachable {
+            endpoint: plan.endpoint.clone(),
+            reason: "no session within 30 s (wrong user or password?)".into(),
+        });
+    }
+    let result = browse(&session, root, depth).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), session.disconnect()).await;
+    driver.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn plan() -> OpcUaPlan {
+        OpcUaPlan {
+            endpoint: "opc.tcp://127.0.0.1:4840/".into(),
+            security_policy: SecurityPolicy::None,
+            security_mode: SecurityMode::None,
+            user: UserPlan::Anonymous,
+            publishing_interval: Duration::from_secs(1),
+            pki_dir: None,
+            trust_on_first_use: false,
+            timestamps: Default::default(),
+            uncertain: Default::default(),
+            max_items_per_subscription: 0,
+            monitoring: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn rendered_tag_maps_compile() {
+        let found = vec![
+            Found {
+                path: vec!["Line1".into(), "Temp \"A\"".into()],
+                node: NodeId::new(2, "Line1/Temp"),
+                data_type: "Double".into(),
+                array: false,
+                structure: false,
+            },
+            Found {
+                path: vec!["Line1".into(), "Temp \"A\"".into()],
+                node: NodeId::new(2, 7u32),
+                data_type: "Int32".into(),
+                array: true,
+                structure: false,
+            },
+        ];
+        let text = render(
+            &plan(),
+            &opcua::types::ObjectId::ObjectsFolder.into(),
+            &found,
+            "tagbridge browse x",
+        );
+        let file = crate::config::parse_str::<crate::config::tagmap::TagMapFile>(&text);
+        assert!(file.problems.is_empty(), "{:?}\n{text}", file.problems);
+        let (compiled, problems) = crate::mapping::compile(
+            file.value.as_ref().unwrap(),
+            std::path::Path::new("b.yaml"),
+            &[],
+        );
+        assert!(problems.is_empty(), "{problems:?}\n{text}");
+        assert_eq!(compiled.tags.len(), 1, "{text}");
+        assert_eq!(&*compiled.tags[0].sensor_id, "Line1/Temp \"A\"");
+        assert_eq!(compiled.disabled, 1);
+        assert!(text.contains("Line1/Temp \\\"A\\\"~2"), "{text}");
+    }
+}

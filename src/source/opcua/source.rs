@@ -1,0 +1,420 @@
+//! The running source: the connect loop, the session event loop driver, the notification
+//! callback and the forwarding task. See the module docs of [`super`] for the invariants.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use opcua::client::transport::TcpConnector;
+use opcua::client::{
+    MonitoredItemMap, OnSubscriptionNotificationCore, Session, SessionEventLoop, SessionPollResult,
+};
+use opcua::types::{DataChangeNotification, NotificationMessage, StatusCode};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::convert::{self, EnumNames, Quality, TimestampSource, UncertainPolicy};
+use super::{connect, subscribe, OpcUaCounters};
+use crate::mapping::{OpcUaPlan, TagMapPlan};
+use crate::source::{Sample, SampleBatch};
+
+/// Per-tag flags, so each problem is logged once per episode.
+const FLAG_BAD: u8 = 1;
+const FLAG_UNSUPPORTED: u8 = 2;
+
+/// Everything the tasks of one source share.
+pub(super) struct Ctx {
+    pub plan: Arc<TagMapPlan>,
+    pub source: Arc<OpcUaPlan>,
+    pub counters: Arc<OpcUaCounters>,
+    pub queue: Arc<Queue>,
+    /// One per tag: [`FLAG_BAD`], [`FLAG_UNSUPPORTED`].
+    pub flags: Arc<Vec<AtomicU8>>,
+    pub timestamps: TimestampSource,
+    pub uncertain: UncertainPolicy,
+}
+
+pub(super) fn start(
+    plan: Arc<TagMapPlan>,
+    source: Arc<OpcUaPlan>,
+    tx: mpsc::Sender<SampleBatch>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+    counters: Arc<OpcUaCounters>,
+) {
+    // Room for a few publishes of every tag before the oldest samples are dropped.
+    let capacity = (plan.tags.len() * 4).max(10_000);
+    let queue = Arc::new(Queue::new(capacity));
+    let ctx = Arc::new(Ctx {
+        flags: Arc::new((0..plan.tags.len()).map(|_| AtomicU8::new(0)).collect()),
+        timestamps: source.timestamps,
+        uncertain: source.uncertain,
+        plan,
+        source,
+        counters,
+        queue: Arc::clone(&queue),
+    });
+    tracker.spawn(forward(queue, tx, cancel.child_token()));
+    tracker.spawn(run(ctx, cancel.child_token()));
+}
+
+/// Connects, runs the session until it ends, and connects again, with backoff, until
+/// cancelled.
+async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    let mut last_error = String::new();
+    if ctx.plan.tags.is_empty() {
+        return;
+    }
+    loop {
+        let chunk = subscribe::DEFAULT_CHUNK;
+        let attempt = async {
+            let client = connect::client(&ctx.source, chunk)?;
+            connect::connect(&client, &ctx.source, &ctx.plan.path).await
+        };
+        let connected = tokio::select! {
+            // Shutdown while connecting.
+            _ = cancel.cancelled() => return,
+            r = attempt => r,
+        };
+        match connected {
+            Ok((session, event_loop)) => {
+                backoff = Duration::from_millis(500);
+                last_error.clear();
+                run_session(&ctx, session, event_loop, &cancel).await;
+                if cancel.is_cancelled() {
+                    return;
+                }
+            }
+            Err(error) => {
+                ctx.counters
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let text = error.to_string();
+                if text != last_error {
+                    tracing::warn!(
+                        message = "Cannot connect to the OPC UA server.",
+                        tag_map = %ctx.plan.path.display(),
+                        %error
+                    );
+                    last_error = text;
+                } else {
+                    tracing::debug!(message = "Cannot connect to the OPC UA server.", %error);
+                }
+            }
+        }
+        tokio::select! {
+            // Shutdown while waiting to retry.
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Drives one session: the event loop, and the subscription manager beside it. Returns when
+/// the event loop ends (cancelled, or a fatal error).
+async fn run_session(
+    ctx: &Arc<Ctx>,
+    session: Arc<Session>,
+    event_loop: SessionEventLoop<TcpConnector>,
+    cancel: &CancellationToken,
+) {
+    // Bumped on every (re)connect; the manager re-checks its items.
+    let (connected_tx, connected_rx) = watch::channel(0u64);
+    let driver = drive(ctx, Arc::clone(&session), event_loop, connected_tx, cancel);
+    let manager = subscribe::manage(
+        Arc::clone(ctx),
+        Arc::clone(&session),
+        connected_rx,
+        cancel.clone(),
+    );
+    tokio::select! {
+        // The event loop ended: shutdown done, or a fatal session error.
+        status = driver => {
+            if !cancel.is_cancelled() {
+                tracing::warn!(message = "OPC UA session ended; connecting again.", %status);
+            }
+        }
+        // The manager never ends on its own.
+        _ = manager => {}
+    }
+    ctx.counters.connected.store(false, Ordering::Relaxed);
+    ctx.counters.items_monitored.store(0, Ordering::Relaxed);
+}
+
+/// Polls the session event loop: logs connection changes, kicks a publish after every
+/// reconnect, and closes the session on cancellation.
+async fn drive(
+    ctx: &Ctx,
+    session: Arc<Session>,
+    event_loop: SessionEventLoop<TcpConnector>,
+    connected: watch::Sender<u64>,
+    cancel: &CancellationToken,
+) -> StatusCode {
+    let stream = event_loop.enter();
+    tokio::pin!(stream);
+    let mut last_failure = None;
+    let mut connects = 0u64;
+    loop {
+        tokio::select! {
+            // Shutdown: close the session below.
+            _ = cancel.cancelled() => break,
+            next = stream.next() => match next {
+                None => return StatusCode::Good,
+                Some(Err(status)) => return status,
+                Some(Ok(SessionPollResult::Reconnected(mode))) => {
+                    ctx.counters.connected.store(true, Ordering::Relaxed);
+                    if connects > 0 {
+                        ctx.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(message = "OPC UA session re-established.", endpoint = %ctx.source.endpoint, ?mode);
+                    } else {
+                        tracing::info!(message = "OPC UA session established.", endpoint = %ctx.source.endpoint, ?mode);
+                    }
+                    connects += 1;
+                    last_failure = None;
+                    // Known async-opcua quirk: without this, publishing may not resume until
+                    // the next keep-alive after a reconnect.
+                    session.trigger_publish_now();
+                    connected.send_modify(|n| *n += 1);
+                }
+                Some(Ok(SessionPollResult::ConnectionLost(status))) => {
+                    ctx.counters.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!(message = "OPC UA connection lost; reconnecting.", endpoint = %ctx.source.endpoint, %status);
+                }
+                Some(Ok(SessionPollResult::ReconnectFailed(status))) => {
+                    ctx.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    if last_failure != Some(status) {
+                        tracing::warn!(message = "OPC UA reconnect failed; retrying with backoff.", endpoint = %ctx.source.endpoint, %status);
+                        last_failure = Some(status);
+                    }
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+    // Close the session (deleting its subscriptions) while still polling the event loop that
+    // carries the request; bounded so shutdown cannot hang on a dead server.
+    let close = async {
+        let disconnect = session.disconnect();
+        tokio::pin!(disconnect);
+        loop {
+            tokio::select! {
+                _ = &mut disconnect => break,
+                next = stream.next() => if next.is_none() { break },
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
+    StatusCode::Good
+}
+
+/// Samples waiting for the forwarding task. Bounded: when full, the oldest are dropped.
+pub(super) struct Queue {
+    samples: Mutex<Vec<Sample>>,
+    notify: Notify,
+    capacity: usize,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Queue {
+        Queue {
+            samples: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+            capacity,
+        }
+    }
+
+    /// Appends `batch`; returns how many old samples were dropped to make room.
+    fn push(&self, mut batch: Vec<Sample>) -> usize {
+        if batch.is_empty() {
+            return 0;
+        }
+        let mut dropped = 0;
+        {
+            // A poisoned lock only means another callback panicked mid-push; the Vec is
+            // still valid.
+            let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            let total = samples.len() + batch.len();
+            if total > self.capacity {
+                let excess = total - self.capacity;
+                let from_old = excess.min(samples.len());
+                samples.drain(..from_old);
+                let from_new = excess - from_old;
+                batch.drain(..from_new);
+                dropped = excess;
+            }
+            samples.append(&mut batch);
+        }
+        self.notify.notify_one();
+        dropped
+    }
+
+    fn take(&self) -> Vec<Sample> {
+        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Moves queued samples onto the bounded channel, waiting when the mapping stage is behind.
+async fn forward(queue: Arc<Queue>, tx: mpsc::Sender<SampleBatch>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            // Shutdown: drop the sender.
+            _ = cancel.cancelled() => return,
+            _ = queue.notify.notified() => {}
+        }
+        let batch = queue.take();
+        if batch.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            // Shutdown while the mapping stage is behind.
+            _ = cancel.cancelled() => return,
+            sent = tx.send(batch) => if sent.is_err() { return },
+        }
+    }
+}
+
+/// The subscription callback: one batch per publish response.
+pub(super) struct Notifier {
+    pub ctx: Arc<Ctx>,
+    /// State names per tag (enumerations), read at start.
+    pub names: Arc<Vec<Option<EnumNames>>>,
+}
+
+impl OnSubscriptionNotificationCore for Notifier {
+    fn on_subscription_notification(
+        &mut self,
+        notification: NotificationMessage,
+        _items: MonitoredItemMap<'_>,
+    ) {
+        let Some(data) = notification.notification_data else {
+            return;
+        };
+        let now = Utc::now();
+        let ctx = &self.ctx;
+        let mut batch = Vec::new();
+        let (mut bad, mut uncertain, mut unsupported) = (0u64, 0u64, 0u64);
+        for object in data {
+            let Some(change) = object.into_inner_as::<DataChangeNotification>() else {
+                continue;
+            };
+            let items = change.monitored_items.unwrap_or_default();
+            batch.reserve(items.len());
+            for item in items {
+                let Some(tag) = (item.client_handle as usize).checked_sub(1) else {
+                    continue;
+                };
+                let (Some(plan), Some(flags)) = (ctx.plan.tags.get(tag), ctx.flags.get(tag)) else {
+                    continue;
+                };
+                let value = item.value;
+                match convert::quality(value.status) {
+                    Quality::Bad => {
+                        bad += 1;
+                        if flags.fetch_or(FLAG_BAD, Ordering::Relaxed) & FLAG_BAD == 0 {
+                            ctx.counters.tags_bad.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                message = "OPC UA tag has a Bad status; its values are skipped until it recovers.",
+                                sensor_id = %plan.sensor_id,
+                                status = %value.status.unwrap_or(StatusCode::Bad)
+                            );
+                        }
+                        continue;
+                    }
+                    Quality::Uncertain => {
+                        uncertain += 1;
+                        if ctx.uncertain == UncertainPolicy::Skip {
+                            continue;
+                        }
+                    }
+                    Quality::Good => {}
+                }
+                if flags.load(Ordering::Relaxed) & FLAG_BAD != 0
+                    && flags.fetch_and(!FLAG_BAD, Ordering::Relaxed) & FLAG_BAD != 0
+                {
+                    ctx.counters.tags_bad.fetch_sub(1, Ordering::Relaxed);
+                    tracing::info!(message = "OPC UA tag recovered from a Bad status.", sensor_id = %plan.sensor_id);
+                }
+                let Some(variant) = &value.value else {
+                    unsupported += 1;
+                    continue;
+                };
+                let names = self.names.get(tag).and_then(Option::as_ref);
+                match convert::convert(variant, names) {
+                    Ok(raw) => batch.push(Sample {
+                        tag,
+                        timestamp: convert::timestamp(&value, ctx.timestamps, now),
+                        value: raw,
+                    }),
+                    Err(error) => {
+                        unsupported += 1;
+                        if flags.fetch_or(FLAG_UNSUPPORTED, Ordering::Relaxed) & FLAG_UNSUPPORTED
+                            == 0
+                        {
+                            tracing::warn!(
+                                message = "OPC UA tag value cannot be read; skipping it.",
+                                sensor_id = %plan.sensor_id,
+                                %error
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let c = &ctx.counters;
+        if bad > 0 {
+            c.bad.fetch_add(bad, Ordering::Relaxed);
+        }
+        if uncertain > 0 {
+            c.uncertain.fetch_add(uncertain, Ordering::Relaxed);
+        }
+        if unsupported > 0 {
+            c.unsupported.fetch_add(unsupported, Ordering::Relaxed);
+        }
+        c.readings.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let dropped = ctx.queue.push(batch);
+        if dropped > 0
+            && c.overflow_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed)
+                == 0
+        {
+            tracing::warn!(
+                message = "The mapping stage is behind; dropping the oldest OPC UA samples.",
+                tag_map = %ctx.plan.path.display(),
+                dropped
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::RawValue;
+
+    fn sample(tag: usize) -> Sample {
+        Sample {
+            tag,
+            timestamp: Utc::now(),
+            value: RawValue::Int(tag as i64),
+        }
+    }
+
+    #[test]
+    fn queue_drops_the_oldest_when_full() {
+        let q = Queue::new(3);
+        assert_eq!(q.push(vec![sample(0), sample(1)]), 0);
+        assert_eq!(q.push(vec![sample(2), sample(3)]), 1);
+        let tags: Vec<usize> = q.take().iter().map(|s| s.tag).collect();
+        assert_eq!(tags, vec![1, 2, 3]);
+        // A batch larger than the queue keeps its newest samples.
+        assert_eq!(q.push((0..5).map(sample).collect()), 2);
+        let tags: Vec<usize> = q.take().iter().map(|s| s.tag).collect();
+        assert_eq!(tags, vec![2, 3, 4]);
+        assert!(q.take().is_empty());
+    }
+}

@@ -1,0 +1,600 @@
+//! Subscriptions and monitored items: operation limits, enumeration names, creating items in
+//! chunks across as many subscriptions as needed, and re-creating what a reconnect lost.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opcua::client::Session;
+use opcua::types::{
+    AttributeId, BrowsePath, DataChangeFilter, DataTypeId, EnumValueType, ExtensionObject,
+    LocalizedText, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
+    QualifiedName, ReadValueId, ReferenceTypeId, RelativePath, RelativePathElement, StatusCode,
+    TimestampsToReturn, VariableId, Variant,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::convert::EnumNames;
+use super::source::{Ctx, Notifier};
+use super::RETRY_INTERVAL;
+use crate::config::tagmap::{DataChangeTrigger, ServerDeadband};
+use crate::mapping::plan::{MonitoringPlan, TagAddress};
+
+/// Items per CreateMonitoredItems call when the server sets no lower limit; also bounds the
+/// size of one request message.
+pub(super) const DEFAULT_CHUNK: usize = 1000;
+/// Nodes per Read call when the server sets no lower limit.
+const DEFAULT_READ_CHUNK: usize = 1000;
+/// Retry soon after a request failed for connection reasons.
+const RETRY_SOON: Duration = Duration::from_secs(2);
+
+/// One subscription of this session.
+struct Sub {
+    id: u32,
+    count: usize,
+    /// The server refused more items.
+    full: bool,
+}
+
+/// Creates and maintains the monitored items of one session. Never returns before `cancel`;
+/// after it, pends so that the driver can close the session.
+pub(super) async fn manage(
+    ctx: Arc<Ctx>,
+    session: Arc<Session>,
+    mut connected: watch::Receiver<u64>,
+    cancel: CancellationToken,
+) {
+    // Wait for the first connection.
+    loop {
+        if *connected.borrow_and_update() > 0 {
+            break;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return futures::future::pending().await,
+            r = connected.changed() => if r.is_err() { return futures::future::pending().await },
+        }
+    }
+    let nodes: Vec<Option<NodeId>> = ctx
+        .plan
+        .tags
+        .iter()
+        .map(|t| match &t.address {
+            TagAddress::OpcUa { node } => NodeId::from_str(node).ok(),
+            TagAddress::Modbus(_) => None,
+        })
+        .collect();
+    let (chunk, read_chunk) = limits(&session).await;
+    let names = Arc::new(enum_names(&ctx, &session, &nodes, read_chunk).await);
+    let mut m = Manager {
+        ctx: Arc::clone(&ctx),
+        session,
+        nodes,
+        names,
+        chunk,
+        subs: Vec::new(),
+        pending: (0..ctx.plan.tags.len()).collect(),
+        reported: HashMap::new(),
+    };
+    let started = std::time::Instant::now();
+    let mut announced = false;
+    loop {
+        let soon = m.create_pending().await;
+        let c = &ctx.counters;
+        let total = ctx.plan.tags.len();
+        c.items_monitored
+            .store((total - m.pending.len()) as u64, Ordering::Relaxed);
+        c.items_failed
+            .store(m.pending.len() as u64, Ordering::Relaxed);
+        if !announced && !soon {
+            announced = true;
+            tracing::info!(
+                message = "OPC UA monitored items created.",
+                tag_map = %ctx.plan.path.display(),
+                monitored = total - m.pending.len(),
+                failed = m.pending.len(),
+                subscriptions = m.subs.len(),
+                seconds = started.elapsed().as_secs_f64()
+            );
+        }
+        let wait = if soon {
+            Some(RETRY_SOON)
+        } else if m.pending.is_empty() {
+            None
+        } else {
+            Some(RETRY_INTERVAL)
+        };
+        tokio::select! {
+            // Shutdown: the driver closes the session.
+            _ = cancel.cancelled() => return futures::future::pending().await,
+            r = connected.changed() => {
+                if r.is_err() {
+                    return futures::future::pending().await;
+                }
+                m.refresh();
+            }
+            _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+        }
+    }
+}
+
+struct Manager {
+    ctx: Arc<Ctx>,
+    session: Arc<Session>,
+    nodes: Vec<Option<NodeId>>,
+    names: Arc<Vec<Option<EnumNames>>>,
+    chunk: usize,
+    subs: Vec<Sub>,
+    /// Tags without a monitored item.
+    pending: BTreeSet<usize>,
+    /// The last failure reported per tag, so each is logged once.
+    reported: HashMap<usize, StatusCode>,
+}
+
+impl Manager {
+    /// After a reconnect: learn the (possibly re-created) subscriptions and which tags lost
+    /// their item.
+    fn refresh(&mut self) {
+        let mut present: HashSet<u32> = HashSet::new();
+        let mut subs = Vec::new();
+        {
+            let state = self.session.subscription_state().lock();
+            for id in state.subscription_ids().unwrap_or_default() {
+                let Some(sub) = state.get(id) else { continue };
+                let mut count = 0;
+                for item in sub.monitored_items() {
+                    present.insert(item.client_handle());
+                    count += 1;
+                }
+                subs.push(Sub {
+                    id,
+                    count,
+                    full: false,
+                });
+            }
+        }
+        self.subs = subs;
+        self.pending = (0..self.nodes.len())
+            .filter(|t| !present.contains(&handle(*t)))
+            .collect();
+        if !self.pending.is_empty() {
+            tracing::info!(
+                message = "Re-creating OPC UA monitored items lost in a reconnect.",
+                tag_map = %self.ctx.plan.path.display(),
+                count = self.pending.len()
+            );
+        }
+    }
+
+    /// Tries to create every pending item. Returns true when a request failed for connection
+    /// reasons (try again soon).
+    async fn create_pending(&mut self) -> bool {
+        let mut queue: VecDeque<usize> = std::mem::take(&mut self.pending).into_iter().collect();
+        let max = self.ctx.source.max_items_per_subscription as usize;
+        let mut soon = false;
+        while !queue.is_empty() {
+            let sub = match self
+                .subs
+                .iter()
+                .position(|s| !s.full && (max == 0 || s.count < max))
+            {
+                Some(i) => i,
+                None => match self.new_subscription().await {
+                    Ok(i) => i,
+                    Err(status) => {
+                        tracing::warn!(
+                            message = "Cannot create an OPC UA subscription; retrying later.",
+                            tag_map = %self.ctx.plan.path.display(),
+                            %status
+                        );
+                        soon = status != StatusCode::BadTooManySubscriptions;
+                        break;
+                    }
+                },
+            };
+            let room = if max == 0 {
+                self.chunk
+            } else {
+                self.chunk.min(max - self.subs[sub].count)
+            };
+            let mut batch = Vec::with_capacity(room.min(queue.len()));
+            let mut requests = Vec::with_capacity(batch.capacity());
+            while batch.len() < room {
+                let Some(tag) = queue.pop_front() else { break };
+                match self.request(tag) {
+                    Some(r) => {
+                        batch.push(tag);
+                        requests.push(r);
+                    }
+                    // A node id that does not parse was refused by `check`; keep it pending.
+                    None => {
+                        self.pending.insert(tag);
+                    }
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let id = self.subs[sub].id;
+            match self
+                .session
+                .create_monitored_items(id, TimestampsToReturn::Both, requests)
+                .await
+            {
+                Ok(results) => {
+                    let mut accepted = 0;
+                    let mut again = Vec::new();
+                    for (i, tag) in batch.iter().enumerate() {
+                        let status = results
+                            .get(i)
+                            .map(|r| r.result.status_code)
+                            .unwrap_or(StatusCode::BadUnexpectedError);
+                        if status.is_good() {
+                            accepted += 1;
+                            if self.reported.remove(tag).is_some() {
+                                tracing::info!(message = "OPC UA tag is monitored now.", sensor_id = %self.ctx.plan.tags[*tag].sensor_id);
+                            }
+                        } else if status == StatusCode::BadTooManyMonitoredItems {
+                            again.push(*tag);
+                        } else {
+                            self.report(*tag, status);
+                            self.pending.insert(*tag);
+                        }
+                    }
+                    self.subs[sub].count += accepted;
+                    if !again.is_empty() {
+                        self.subs[sub].full = true;
+                        if self.subs[sub].count == 0 {
+                            // Even an empty subscription takes none: give up until later.
+                            self.pending.extend(again);
+                        } else {
+                            for tag in again.into_iter().rev() {
+                                queue.push_front(tag);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.status() == StatusCode::BadTooManyMonitoredItems => {
+                    self.subs[sub].full = true;
+                    if self.subs[sub].count == 0 {
+                        self.pending.extend(batch);
+                    } else {
+                        for tag in batch.into_iter().rev() {
+                            queue.push_front(tag);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        message = "Creating OPC UA monitored items failed; retrying.",
+                        tag_map = %self.ctx.plan.path.display(),
+                        error = %e
+                    );
+                    self.pending.extend(batch);
+                    soon = true;
+                    break;
+                }
+            }
+        }
+        self.pending.extend(queue);
+        soon
+    }
+
+    fn report(&mut self, tag: usize, status: StatusCode) {
+        if self.reported.insert(tag, status) != Some(status) {
+            let plan = &self.ctx.plan.tags[tag];
+            let node = match &plan.address {
+                TagAddress::OpcUa { node } => node.as_str(),
+                TagAddress::Modbus(_) => "",
+            };
+            tracing::warn!(
+                message = "OPC UA tag cannot be monitored; the other tags go on, and it is retried periodically.",
+                sensor_id = %plan.sensor_id,
+                node,
+                %status,
+                retry_seconds = RETRY_INTERVAL.as_secs()
+            );
+        }
+    }
+
+    async fn new_subscription(&mut self) -> Result<usize, StatusCode> {
+        let publishing = self
+            .ctx
+            .source
+            .publishing_interval
+            .max(Duration::from_millis(1));
+        // A keep-alive about every 10 s; the server keeps the subscription for 6 of them
+        // without publish requests, long enough to transfer it after a short outage.
+        let keep_alive =
+            (Duration::from_secs(10).as_millis() / publishing.as_millis()).max(1) as u32;
+        let notifier = Notifier {
+            ctx: Arc::clone(&self.ctx),
+            names: Arc::clone(&self.names),
+        };
+        let id = self
+            .session
+            .create_subscription(publishing, keep_alive * 6, keep_alive, 0, 0, true, notifier)
+            .await
+            .map_err(|e| e.status())?;
+        self.ctx
+            .counters
+            .subscriptions_created
+            .fetch_add(1, Ordering::Relaxed);
+        self.subs.push(Sub {
+            id,
+            count: 0,
+            full: false,
+        });
+        Ok(self.subs.len() - 1)
+    }
+
+    fn request(&self, tag: usize) -> Option<MonitoredItemCreateRequest> {
+        let node = self.nodes.get(tag)?.clone()?;
+        let plan = &self.ctx.plan.tags[tag];
+        let m = self
+            .ctx
+            .source
+            .monitoring
+            .get(tag)
+            .copied()
+            .unwrap_or_default();
+        let sampling = plan.interval;
+        Some(MonitoredItemCreateRequest {
+            item_to_monitor: ReadValueId {
+                node_id: node,
+                attribute_id: AttributeId::Value as u32,
+                ..Default::default()
+            },
+            monitoring_mode: MonitoringMode::Reporting,
+            requested_parameters: MonitoringParameters {
+                client_handle: handle(tag),
+                sampling_interval: sampling.as_secs_f64() * 1000.0,
+                filter: filter(&m),
+                queue_size: m.queue_size.unwrap_or_else(|| {
+                    default_queue_size(self.ctx.source.publishing_interval, sampling)
+                }),
+                discard_oldest: true,
+            },
+        })
+    }
+}
+
+/// The client handle of a tag's monitored item.
+fn handle(tag: usize) -> u32 {
+    u32::try_from(tag + 1).unwrap_or(u32::MAX)
+}
+
+/// Enough room for every sample of one publishing interval, plus one; at least 2 (a queue of
+/// 1 loses changes that fall in the same interval, DEPENDENCIES.md).
+pub(super) fn default_queue_size(publishing: Duration, sampling: Duration) -> u32 {
+    let sampling = sampling.as_secs_f64().max(0.001);
+    let per_publish = (publishing.as_secs_f64() / sampling).ceil() as u32;
+    (per_publish + 1).clamp(2, 1000)
+}
+
+/// The DataChangeFilter of a tag, or a null filter for the server's default.
+fn filter(m: &MonitoringPlan) -> ExtensionObject {
+    if m.trigger.is_none() && m.deadband.is_none() {
+        return ExtensionObject::null();
+    }
+    let trigger = match m.trigger.unwrap_or(DataChangeTrigger::StatusValue) {
+        DataChangeTrigger::Status => opcua::types::DataChangeTrigger::Status,
+        DataChangeTrigger::StatusValue => opcua::types::DataChangeTrigger::StatusValue,
+        DataChangeTrigger::StatusValueTimestamp => {
+            opcua::types::DataChangeTrigger::StatusValueTimestamp
+        }
+    };
+    // Part 4, 7.22.2: DeadbandType 0 none, 1 absolute, 2 percent.
+    let (deadband_type, deadband_value) = match m.deadband {
+        None => (0, 0.0),
+        Some(ServerDeadband::Absolute(v)) => (1, v),
+        Some(ServerDeadband::Percent(v)) => (2, v),
+    };
+    ExtensionObject::from_message(DataChangeFilter {
+        trigger,
+        deadband_type,
+        deadband_value,
+    })
+}
+
+/// The server's MaxMonitoredItemsPerCall and MaxNodesPerRead, capped at our defaults.
+async fn limits(session: &Session) -> (usize, usize) {
+    let ids = [
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+    ];
+    let read: Vec<ReadValueId> = ids
+        .iter()
+        .map(|id| ReadValueId::from(NodeId::from(*id)))
+        .collect();
+    let values = session
+        .read(&read, TimestampsToReturn::Neither, 0.0)
+        .await
+        .unwrap_or_default();
+    let limit = |i: usize, default: usize| -> usize {
+        match values.get(i).and_then(|v| v.value.as_ref()) {
+            Some(Variant::UInt32(n)) if *n > 0 => (*n as usize).min(default),
+            _ => default,
+        }
+    };
+    (limit(0, DEFAULT_CHUNK), limit(1, DEFAULT_READ_CHUNK))
+}
+
+/// State names for tags whose data type is an enumeration (EnumStrings or EnumValues of the
+/// data type), read once per session. Tags with their own `states:` keep numbers. Failures
+/// leave numbers too: they are logged, not fatal.
+async fn enum_names(
+    ctx: &Ctx,
+    session: &Session,
+    nodes: &[Option<NodeId>],
+    read_chunk: usize,
+) -> Vec<Option<EnumNames>> {
+    let mut out = vec![None; nodes.len()];
+    let wanted: Vec<usize> = (0..nodes.len())
+        .filter(|&t| nodes[t].is_some() && ctx.plan.tags[t].transform.states.is_none())
+        .collect();
+    // 1. The DataType attribute of each node.
+    let mut types: Vec<(usize, NodeId)> = Vec::new();
+    for chunk in wanted.chunks(read_chunk.max(1)) {
+        let read: Vec<ReadValueId> = chunk
+            .iter()
+            .filter_map(|&t| {
+                Some(ReadValueId {
+                    node_id: nodes[t].clone()?,
+                    attribute_id: AttributeId::DataType as u32,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let Ok(values) = session.read(&read, TimestampsToReturn::Neither, 0.0).await else {
+            tracing::warn!(message = "Cannot read OPC UA data types; enumerations stay numbers.");
+            return out;
+        };
+        for (&t, v) in chunk.iter().zip(values) {
+            if let Some(Variant::NodeId(id)) = v.value {
+                if !is_builtin(&id) {
+                    types.push((t, *id));
+                }
+            }
+        }
+    }
+    // 2. EnumStrings / EnumValues of each distinct data type.
+    let distinct: Vec<NodeId> = types
+        .iter()
+        .map(|(_, id)| id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut by_type: HashMap<NodeId, EnumNames> = HashMap::new();
+    for chunk in distinct.chunks(read_chunk.max(2) / 2) {
+        let paths: Vec<BrowsePath> = chunk
+            .iter()
+            .flat_map(|id| {
+                ["EnumStrings", "EnumValues"].map(|name| BrowsePath {
+                    starting_node: id.clone(),
+                    relative_path: RelativePath {
+                        elements: Some(vec![RelativePathElement {
+                            reference_type_id: ReferenceTypeId::HasProperty.into(),
+                            is_inverse: false,
+                            include_subtypes: true,
+                            target_name: QualifiedName::new(0, name),
+                        }]),
+                    },
+                })
+            })
+            .collect();
+        let Ok(results) = session.translate_browse_paths_to_node_ids(&paths).await else {
+            continue;
+        };
+        let mut props: Vec<(NodeId, NodeId)> = Vec::new();
+        for (i, r) in results.iter().enumerate() {
+            let target = r
+                .targets
+                .as_ref()
+                .and_then(|t| t.first())
+                .map(|t| t.target_id.node_id.clone());
+            if let (true, Some(target)) = (r.status_code.is_good(), target) {
+                props.push((chunk[i / 2].clone(), target));
+            }
+        }
+        let read: Vec<ReadValueId> = props
+            .iter()
+            .map(|(_, p)| ReadValueId::from(p.clone()))
+            .collect();
+        let Ok(values) = session.read(&read, TimestampsToReturn::Neither, 0.0).await else {
+            continue;
+        };
+        for ((type_id, _), v) in props.into_iter().zip(values) {
+            if let Some(names) = v.value.as_ref().and_then(names_of) {
+                by_type.entry(type_id).or_insert_with(|| Arc::new(names));
+            }
+        }
+    }
+    for (t, id) in types {
+        out[t] = by_type.get(&id).cloned();
+    }
+    out
+}
+
+/// Built-in data types (ns=0, ids up to Enumeration's 29) are never enumerations with names.
+fn is_builtin(id: &NodeId) -> bool {
+    match (id.namespace, id.as_u32()) {
+        (0, Some(n)) => n <= DataTypeId::Enumeration as u32,
+        _ => false,
+    }
+}
+
+/// Value → name from an EnumStrings (LocalizedText[]) or EnumValues (EnumValueType[]) value.
+fn names_of(v: &Variant) -> Option<HashMap<i64, Arc<str>>> {
+    let Variant::Array(a) = v else { return None };
+    let mut out = HashMap::new();
+    for (i, item) in a.values.iter().enumerate() {
+        match item {
+            Variant::LocalizedText(t) => {
+                out.insert(i as i64, text(t));
+            }
+            Variant::ExtensionObject(o) => {
+                if let Some(e) = o.inner_as::<EnumValueType>() {
+                    out.insert(e.value, text(&e.display_name));
+                }
+            }
+            _ => {}
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn text(t: &LocalizedText) -> Arc<str> {
+    t.text.as_ref().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_sizes_cover_one_publishing_interval() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(default_queue_size(s(1), s(1)), 2);
+        assert_eq!(default_queue_size(s(1), ms(500)), 3);
+        assert_eq!(default_queue_size(s(1), s(10)), 2);
+        assert_eq!(default_queue_size(s(10), ms(1)), 1000);
+    }
+
+    #[test]
+    fn filters() {
+        assert!(filter(&MonitoringPlan::default()).is_null());
+        let f = filter(&MonitoringPlan {
+            queue_size: None,
+            trigger: None,
+            deadband: Some(ServerDeadband::Percent(2.0)),
+        });
+        let f = f
+            .inner_as::<DataChangeFilter>()
+            .expect("a DataChangeFilter");
+        assert_eq!(f.deadband_type, 2);
+        assert_eq!(f.trigger, opcua::types::DataChangeTrigger::StatusValue);
+    }
+
+    #[test]
+    fn enum_strings_and_values() {
+        let strings = Variant::from(vec![
+            LocalizedText::new("", "Off"),
+            LocalizedText::new("", "On"),
+        ]);
+        let n = names_of(&strings).unwrap();
+        assert_eq!(&*n[&1], "On");
+        let values = Variant::from(vec![ExtensionObject::from_message(EnumValueType {
+            value: 10,
+            display_name: LocalizedText::new("", "Ten"),
+            description: LocalizedText::null(),
+        })]);
+        let n = names_of(&values).unwrap();
+        assert_eq!(&*n[&10], "Ten");
+        assert!(is_builtin(&DataTypeId::Int32.into()));
+        assert!(!is_builtin(&NodeId::new(2, "Types/SimEnum1")));
+    }
+}

@@ -1,0 +1,79 @@
+"""An independent OPC UA server (asyncua) for the OPC UA source tests.
+
+Usage: opcua_server.py
+Serves security None on 127.0.0.1 (a free port), prints `READY <endpoint>` on stdout, and runs
+until stdin closes. Variables live in namespace `urn:tagbridge:test:asyncua` under
+Objects/Plant; their node ids are string ids `ns=<idx>;s=Plant/<Name>` (idx is printed too:
+`NS <idx>`). `Plant/Counter` counts up every 100 ms; the rest are constant.
+"""
+
+import asyncio
+import datetime
+import socket
+import sys
+import uuid
+
+from asyncua import Server, ua
+
+NS_URI = "urn:tagbridge:test:asyncua"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def main():
+    port = free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{port}/"
+    server = Server()
+    await server.init()
+    server.set_endpoint(endpoint)
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    idx = await server.register_namespace(NS_URI)
+    plant = await server.nodes.objects.add_folder(ua.NodeId("Plant", idx), ua.QualifiedName("Plant", idx))
+
+    async def add(name, value, vtype):
+        return await plant.add_variable(ua.NodeId(f"Plant/{name}", idx), ua.QualifiedName(name, idx),
+                                        ua.Variant(value, vtype))
+
+    await add("Double", 3.25, ua.VariantType.Double)
+    await add("Float", 0.5, ua.VariantType.Float)
+    await add("Bool", False, ua.VariantType.Boolean)
+    await add("SByte", -5, ua.VariantType.SByte)
+    await add("Byte", 200, ua.VariantType.Byte)
+    await add("Int16", -7, ua.VariantType.Int16)
+    await add("UInt64", 18_000_000_000_000_000_000, ua.VariantType.UInt64)
+    await add("Text", "Ärger ✓", ua.VariantType.String)
+    await add("Localized", ua.LocalizedText("Open", "en"), ua.VariantType.LocalizedText)
+    await add("When", datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc),
+              ua.VariantType.DateTime)
+    await add("Guid", uuid.UUID("72962b91-fa75-4ae6-8d28-b404dc7daf63"), ua.VariantType.Guid)
+    await add("Bytes", b"\x01\x02\x03", ua.VariantType.ByteString)
+    await add("Array", [1, 2, 3], ua.VariantType.Int32)
+    # An enumeration of namespace 0 (MessageSecurityMode, i=302): EnumStrings come from the
+    # standard address space.
+    mode = await add("Mode", 3, ua.VariantType.Int32)
+    await mode.write_attribute(ua.AttributeIds.DataType, ua.DataValue(ua.Variant(ua.NodeId(302, 0))))
+    bad = await add("Broken", 1.0, ua.VariantType.Double)
+    uncertain = await add("Unsure", 2.0, ua.VariantType.Double)
+    counter = await add("Counter", 0, ua.VariantType.Int32)
+
+    async with server:
+        await bad.write_value(ua.DataValue(ua.Variant(1.0, ua.VariantType.Double),
+                                           StatusCode=ua.StatusCode(ua.StatusCodes.BadSensorFailure)))
+        await uncertain.write_value(ua.DataValue(ua.Variant(2.0, ua.VariantType.Double),
+                                                 StatusCode=ua.StatusCode(ua.StatusCodes.UncertainLastUsableValue)))
+        print(f"NS {idx}", flush=True)
+        print(f"READY {endpoint}", flush=True)
+        stdin_closed = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        n = 0
+        while not stdin_closed.done():
+            await asyncio.sleep(0.1)
+            n += 1
+            await counter.write_value(ua.Variant(n, ua.VariantType.Int32))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
