@@ -132,3 +132,23 @@ fn describe(source: &SourcePlan) -> String {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    #[test]
+    fn modbus_plans_print_reads_per_cycle_per_unit() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tag-maps/press-3.yaml");
+        let plans = crate::mapping::load_all(&[path]).expect("the shipped tag map is valid");
+        let out = super::summary(&plans);
+        // Holding 0..=11 joined across an 8-register gap, input 0..=5, discrete input 0; the
+        // 30 s string alone.
+        assert!(
+            out.contains(
+                "\n  unit 1: 3 reads per cycle every 1s (7 tags), 1 read per cycle every 30s (1 tag)\n"
+            ),
+            "{out}"
+        );
+    }
+}

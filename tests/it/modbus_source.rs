@@ -630,6 +630,12 @@ async fn a_device_that_goes_dark_comes_back_without_a_restart() {
         other.report()
     );
     assert!(wait_until(DEADLINE, || !plc.faults().is_silent()).await);
+    // Two timeouts of 300 ms in a 100 ms cycle: an overrun, counted.
+    assert!(
+        gateway.counters.snapshot().overruns >= 1,
+        "{}",
+        gateway.report()
+    );
     let after_silence = chrono::Utc::now();
     assert!(
         wait_until(DEADLINE, || all_flow(&gateway, after_silence)).await,
@@ -752,4 +758,167 @@ async fn every_type_and_order_decodes_against_pymodbus() {
     expect_values(&gateway, &expected, "pymodbus server").await;
     gateway.stop().await;
     let _ = server.child.kill().await;
+}
+
+/// Holding register `a` holds `a · 3`; anything else is refused.
+struct TimesThree;
+
+impl tokio_modbus::server::Service for TimesThree {
+    type Request = tokio_modbus::SlaveRequest<'static>;
+    type Response = tokio_modbus::Response;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<tokio_modbus::Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        std::future::ready(match req.request {
+            tokio_modbus::Request::ReadHoldingRegisters(a, n) => Ok(
+                tokio_modbus::Response::ReadHoldingRegisters((a..a + n).map(|x| x * 3).collect()),
+            ),
+            _ => Err(ExceptionCode::IllegalFunction),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_rtu_reads_through_a_pseudo_terminal() {
+    use tokio_serial::SerialPort;
+    // The server owns the pty's master side; the source opens the slave by its path, as it
+    // would open /dev/ttyUSB0.
+    let (master, mut slave) = tokio_serial::SerialStream::pair().expect("a pseudo terminal");
+    // Our end of the slave stays open (a pty master reads EIO once no slave is open), but lets
+    // the source take the exclusive lock it takes on a real port.
+    slave
+        .set_exclusive(false)
+        .expect("let the source open it too");
+    // SAFETY: a valid open descriptor; dropping our advisory lock has no other effect.
+    let unlocked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&slave), libc::LOCK_UN) };
+    assert_eq!(unlocked, 0, "cannot release the pty's lock");
+    let path = slave.name().expect("the pty's path");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(
+        tokio_modbus::server::rtu::Server::new(master)
+            .serve_until(TimesThree, stop.clone().cancelled_owned()),
+    );
+    let addresses: Vec<ModbusAddress> = [0u16, 1, 2, 40]
+        .iter()
+        .map(|a| address(1, Table::HoldingRegister, *a, DataType::Uint16))
+        .collect();
+    let mut int32 = address(1, Table::HoldingRegister, 10, DataType::Uint32);
+    int32.order = WordOrder::CDAB;
+    let mut addresses = addresses;
+    addresses.push(int32);
+    let gateway = Gateway::start(
+        tag_map(
+            ModbusTransport::Serial {
+                port: path,
+                baud: 19_200,
+                parity: tagbridge::config::tagmap::Parity::Even,
+                data_bits: 8,
+                stop_bits: 1,
+            },
+            &addresses,
+            Duration::from_millis(100),
+        ),
+        tuning(),
+    );
+    // Registers 10, 11 hold 30, 33; CDAB puts 33 in the high word.
+    let expected = [0u64, 3, 6, 120, 33 << 16 | 30].map(RawValue::UInt);
+    expect_values(&gateway, &expected, "serial RTU").await;
+    gateway.stop().await;
+    stop.cancel();
+    let _ = server.await;
+    drop(slave);
+}
+
+/// Random refused addresses (in tags and in gaps) over a mixed layout: exactly the tags that
+/// contain a refused address are quarantined, every other tag keeps its value flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_refused_addresses_quarantine_exactly_the_tags_that_hold_them() {
+    use rand::{Rng, SeedableRng};
+    for seed in 0..8u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut addresses = Vec::new();
+        let mut at = 0u16;
+        for _ in 0..40 {
+            let dt = [DataType::Uint16, DataType::Int32, DataType::Float64][rng.gen_range(0..3)];
+            addresses.push(address(1, Table::HoldingRegister, at, dt));
+            at += dt.registers() + rng.gen_range(0..4);
+        }
+        let layout: Vec<(ModbusAddress, SignalValue, RawValue)> = addresses
+            .iter()
+            .map(|a| {
+                let v = i64::from(a.address) + 1;
+                let want = match a.data_type {
+                    DataType::Float64 => RawValue::Float(v as f64),
+                    DataType::Int32 => RawValue::Int(v),
+                    _ => RawValue::UInt(v as u64),
+                };
+                (*a, SignalValue::Int(v), want)
+            })
+            .collect();
+        let refused: Vec<u16> = (0..3).map(|_| rng.gen_range(0..at)).collect();
+        let holds_refused = |a: &ModbusAddress| {
+            refused
+                .iter()
+                .any(|r| *r >= a.address && *r < a.address + a.count())
+        };
+        let plc = Plc::start(PlcConfig {
+            modbus: Some(ModbusConfig {
+                listen: Some("127.0.0.1:0".into()),
+                points: points(&layout),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("simulator starts");
+        for r in &refused {
+            plc.faults().modbus_exception(
+                1,
+                Table::HoldingRegister,
+                *r,
+                ExceptionCode::ServerDeviceFailure,
+            );
+        }
+        let gateway = Gateway::start(
+            tag_map(
+                ModbusTransport::Tcp(plc.modbus_addr().expect("modbus").to_string()),
+                &addresses,
+                Duration::from_millis(100),
+            ),
+            tuning(),
+        );
+        let bad: Vec<usize> = (0..addresses.len())
+            .filter(|i| holds_refused(&addresses[*i]))
+            .collect();
+        let ok = wait_until(DEADLINE, || {
+            (0..addresses.len()).all(|i| bad.contains(&i) || gateway.count(i) >= 3)
+                && gateway.counters.snapshot().quarantined_tags == bad.len() as u64
+        })
+        .await;
+        assert!(
+            ok,
+            "seed {seed}, refused {refused:?}, expected quarantined {bad:?}:\n{}",
+            gateway.report()
+        );
+        for (i, (_, _, want)) in layout.iter().enumerate() {
+            if bad.contains(&i) {
+                assert_eq!(
+                    gateway.count(i),
+                    0,
+                    "seed {seed}, tag {i}\n{}",
+                    gateway.report()
+                );
+            } else {
+                assert_eq!(
+                    gateway.latest(i).map(|s| s.value).as_ref(),
+                    Some(want),
+                    "seed {seed}, tag {i}\n{}",
+                    gateway.report()
+                );
+            }
+        }
+        gateway.stop().await;
+        plc.shutdown().await;
+    }
 }

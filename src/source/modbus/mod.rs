@@ -9,7 +9,8 @@
 //! - [`poller`]: the task: schedule per interval, retries, reconnect with backoff and jitter,
 //!   quarantine of refused tags, overrun accounting. Its module doc lists the invariants,
 //!   including the timestamp policy (the instant the response arrived).
-//! - [`ModbusCounters`]: what it did, as atomics, for metrics and tests.
+//! - [`ModbusCounters`]: what it did, as atomics, for metrics and tests; [`ModbusStats`] turns
+//!   the counters of every source into `tagbridge_modbus_*` Prometheus families.
 //!
 //! Addressing is resolved before this code runs (see `DESIGN.md`, "Modbus addressing"): every
 //! tag carries its 0-based wire address; `modicon: 40001` has already become holding register 0.
@@ -19,6 +20,7 @@ pub mod decode;
 pub mod link;
 pub mod planner;
 pub mod poller;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -28,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 pub use counters::{CountersSnapshot, ModbusCounters};
 pub use poller::Tuning;
+pub use stats::ModbusStats;
 
 use super::{SampleBatch, SourceError};
 use crate::mapping::{ModbusPlan, TagMapPlan};

@@ -271,14 +271,7 @@ impl Poller {
                 interval = ?interval,
             );
         }
-        // Keep the phase; skip ticks already past.
-        let mut next = due + interval;
-        if next <= now {
-            let behind = now.saturating_duration_since(next).as_nanos() / interval.as_nanos();
-            let skip = u32::try_from(behind + 1).unwrap_or(u32::MAX);
-            next += interval.saturating_mul(skip);
-        }
-        group.next_due = next;
+        group.next_due = next_tick(due, interval, now);
     }
 
     /// One cycle of group `gi`: its planned reads, then due retries of its quarantined tags.
@@ -624,6 +617,18 @@ impl Poller {
     }
 }
 
+/// The first tick after `now` in the schedule `due + k · interval` (k ≥ 1): the phase is kept
+/// and ticks already past are skipped, never caught up.
+fn next_tick(due: Instant, interval: Duration, now: Instant) -> Instant {
+    let next = due + interval;
+    if next > now {
+        return next;
+    }
+    let behind = now.saturating_duration_since(next).as_nanos() / interval.as_nanos().max(1);
+    let skip = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+    next + interval.saturating_mul(skip)
+}
+
 /// `min · 2^(failures-1)`, at most `max`, scaled by `jitter` (0.5..=1: "equal jitter", so
 /// reconnecting gateways spread out but never retry sooner than half the wait).
 fn backoff(min: Duration, max: Duration, failures: u32, jitter: f64) -> Duration {
@@ -634,6 +639,18 @@ fn backoff(min: Duration, max: Duration, failures: u32, jitter: f64) -> Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrun_cycles_skip_missed_ticks_and_keep_the_phase() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // On time: the next tick.
+        assert_eq!(next_tick(t0, ms(100), t0 + ms(30)), t0 + ms(100));
+        // Ended exactly on the next tick: that tick is past, take the one after.
+        assert_eq!(next_tick(t0, ms(100), t0 + ms(100)), t0 + ms(200));
+        // Took 3.5 intervals: ticks 1..=3 are skipped, not run back to back.
+        assert_eq!(next_tick(t0, ms(100), t0 + ms(350)), t0 + ms(400));
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {
