@@ -649,11 +649,15 @@ struct AsyncuaServer {
     _child: tokio::process::Child,
 }
 
-async fn asyncua_server() -> AsyncuaServer {
+async fn asyncua_server(secure: Option<&Path>) -> AsyncuaServer {
     use tokio::io::AsyncBufReadExt;
     let python = tokio::task::spawn_blocking(python::python).await.unwrap();
-    let mut child = tokio::process::Command::new(python)
-        .arg(support::repo().join("tests/python/opcua_server.py"))
+    let mut command = tokio::process::Command::new(python);
+    command.arg(support::repo().join("tests/python/opcua_server.py"));
+    if let Some(dir) = secure {
+        command.arg("--secure").arg(dir);
+    }
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -686,7 +690,7 @@ async fn asyncua_server() -> AsyncuaServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_from_python_asyncua_server() {
-    let server = asyncua_server().await;
+    let server = asyncua_server(None).await;
     let dir = tempfile::tempdir().unwrap();
     let names = [
         "Double",
@@ -810,4 +814,31 @@ async fn items_spread_over_subscriptions_past_the_limit() {
     }
     run.stop().await;
     plc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aes_policies_against_python_asyncua_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = asyncua_server(Some(dir.path())).await;
+    for (policy, mode) in [
+        ("aes128_sha256_rsaoaep", "sign_and_encrypt"),
+        ("aes256_sha256_rsapss", "sign"),
+        ("aes256_sha256_rsapss", "sign_and_encrypt"),
+    ] {
+        let yaml = format!(
+            "source:\n  opcua: {{endpoint: \"{}\", security_policy: {policy}, security_mode: {mode}, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: d, node: \"ns={};s=Plant/Double\"}}\n",
+            server.endpoint,
+            pki(dir.path()),
+            server.ns
+        );
+        let plan = tag_map(dir.path(), &yaml);
+        opcua::connect::trust_server(opcua_plan(&plan), None)
+            .await
+            .unwrap_or_else(|e| panic!("{policy} {mode}: trust: {e}"));
+        let run = Running::start(plan);
+        let ok = support::wait_until(DEADLINE, || !run.of("d").is_empty()).await;
+        assert!(ok, "{policy} {mode}: no reading\n{}", run.explain());
+        assert_eq!(run.of("d")[0].value, RawValue::Float(3.25));
+        run.stop().await;
+    }
 }
