@@ -817,16 +817,21 @@ async fn items_spread_over_subscriptions_past_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aes_policies_against_python_asyncua_server() {
+async fn aes_policies_and_x509_user_against_python_asyncua_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = asyncua_server(Some(dir.path())).await;
-    for (policy, mode) in [
-        ("aes128_sha256_rsaoaep", "sign_and_encrypt"),
-        ("aes256_sha256_rsapss", "sign"),
-        ("aes256_sha256_rsapss", "sign_and_encrypt"),
+    let x509 = format!(
+        "{{certificate: {{cert: \"{}\", key: \"{}\"}}}}",
+        dir.path().join("user-cert.der").display(),
+        dir.path().join("user-key.pem").display()
+    );
+    for (policy, mode, user) in [
+        ("aes128_sha256_rsaoaep", "sign_and_encrypt", x509.as_str()),
+        ("aes256_sha256_rsapss", "sign", x509.as_str()),
+        ("aes256_sha256_rsapss", "sign_and_encrypt", x509.as_str()),
     ] {
         let yaml = format!(
-            "source:\n  opcua: {{endpoint: \"{}\", security_policy: {policy}, security_mode: {mode}, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: d, node: \"ns={};s=Plant/Double\"}}\n",
+            "source:\n  opcua: {{endpoint: \"{}\", security_policy: {policy}, security_mode: {mode}, user: {user}, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: d, node: \"ns={};s=Plant/Double\"}}\n",
             server.endpoint,
             pki(dir.path()),
             server.ns

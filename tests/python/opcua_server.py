@@ -46,6 +46,11 @@ async def main():
             {"commonName": "tagbridge-test-asyncua"})
         await server.load_certificate(str(cert))
         await server.load_private_key(str(key))
+        # X.509 user authentication only (any certificate is accepted, anonymous is not).
+        await cert_gen.setup_self_signed_certificate(
+            work / "user-key.pem", work / "user-cert.der", "urn:tagbridge:test:user", "127.0.0.1",
+            [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "tagbridge-test-user"})
+        server.set_identity_tokens([ua.X509IdentityToken])
         server.set_security_policy([
             ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
             ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
