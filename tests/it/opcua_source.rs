@@ -847,3 +847,40 @@ async fn aes_policies_and_x509_user_against_python_asyncua_server() {
         run.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_once_a_late_server_comes_up() {
+    // A port that is free now; the server binds it after the source has failed at least once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "source:\n  opcua: {{endpoint: \"opc.tcp://127.0.0.1:{port}/\", security_policy: none, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: late, node: \"ns=2;s=L/Value\"}}\n",
+        pki(dir.path())
+    );
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    assert!(
+        support::wait_until(DEADLINE, || OpcUaCounters::get(
+            &run.counters.connect_failures
+        ) >= 1)
+        .await
+    );
+    let plc = start_sim(OpcUaConfig {
+        port,
+        variables: vec![var(
+            "L/Value",
+            OpcUaType::Int16,
+            constant(SignalValue::Int(5)),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let ok = support::wait_until(DEADLINE, || !run.of("late").is_empty()).await;
+    assert!(ok, "no reading after the server came up\n{}", run.explain());
+    assert_eq!(run.of("late")[0].value, RawValue::Int(5));
+    run.stop().await;
+    plc.shutdown().await;
+}
