@@ -649,11 +649,15 @@ struct AsyncuaServer {
     _child: tokio::process::Child,
 }
 
-async fn asyncua_server() -> AsyncuaServer {
+async fn asyncua_server(secure: Option<&Path>) -> AsyncuaServer {
     use tokio::io::AsyncBufReadExt;
     let python = tokio::task::spawn_blocking(python::python).await.unwrap();
-    let mut child = tokio::process::Command::new(python)
-        .arg(support::repo().join("tests/python/opcua_server.py"))
+    let mut command = tokio::process::Command::new(python);
+    command.arg(support::repo().join("tests/python/opcua_server.py"));
+    if let Some(dir) = secure {
+        command.arg("--secure").arg(dir);
+    }
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -686,7 +690,7 @@ async fn asyncua_server() -> AsyncuaServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_from_python_asyncua_server() {
-    let server = asyncua_server().await;
+    let server = asyncua_server(None).await;
     let dir = tempfile::tempdir().unwrap();
     let names = [
         "Double",
@@ -808,6 +812,75 @@ async fn items_spread_over_subscriptions_past_the_limit() {
     for i in 0..n {
         assert_eq!(run.latest()[&format!("v{i}")], RawValue::Int(i));
     }
+    run.stop().await;
+    plc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aes_policies_and_x509_user_against_python_asyncua_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = asyncua_server(Some(dir.path())).await;
+    let x509 = format!(
+        "{{certificate: {{cert: \"{}\", key: \"{}\"}}}}",
+        dir.path().join("user-cert.der").display(),
+        dir.path().join("user-key.pem").display()
+    );
+    for (policy, mode, user) in [
+        ("aes128_sha256_rsaoaep", "sign_and_encrypt", x509.as_str()),
+        ("aes256_sha256_rsapss", "sign", x509.as_str()),
+        ("aes256_sha256_rsapss", "sign_and_encrypt", x509.as_str()),
+    ] {
+        let yaml = format!(
+            "source:\n  opcua: {{endpoint: \"{}\", security_policy: {policy}, security_mode: {mode}, user: {user}, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: d, node: \"ns={};s=Plant/Double\"}}\n",
+            server.endpoint,
+            pki(dir.path()),
+            server.ns
+        );
+        let plan = tag_map(dir.path(), &yaml);
+        opcua::connect::trust_server(opcua_plan(&plan), None)
+            .await
+            .unwrap_or_else(|e| panic!("{policy} {mode}: trust: {e}"));
+        let run = Running::start(plan);
+        let ok = support::wait_until(DEADLINE, || !run.of("d").is_empty()).await;
+        assert!(ok, "{policy} {mode}: no reading\n{}", run.explain());
+        assert_eq!(run.of("d")[0].value, RawValue::Float(3.25));
+        run.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_once_a_late_server_comes_up() {
+    // A port that is free now; the server binds it after the source has failed at least once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "source:\n  opcua: {{endpoint: \"opc.tcp://127.0.0.1:{port}/\", security_policy: none, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: late, node: \"ns=2;s=L/Value\"}}\n",
+        pki(dir.path())
+    );
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    assert!(
+        support::wait_until(DEADLINE, || OpcUaCounters::get(
+            &run.counters.connect_failures
+        ) >= 1)
+        .await
+    );
+    let plc = start_sim(OpcUaConfig {
+        port,
+        variables: vec![var(
+            "L/Value",
+            OpcUaType::Int16,
+            constant(SignalValue::Int(5)),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let ok = support::wait_until(DEADLINE, || !run.of("late").is_empty()).await;
+    assert!(ok, "no reading after the server came up\n{}", run.explain());
+    assert_eq!(run.of("late")[0].value, RawValue::Int(5));
     run.stop().await;
     plc.shutdown().await;
 }
