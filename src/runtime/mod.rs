@@ -137,6 +137,7 @@ pub async fn run(
         totals.clone(),
         shutdown.clone(),
         status.maps.clone(),
+        status.modbus.clone(),
     );
     maps.apply(plans);
     let started = maps.len();

@@ -60,6 +60,8 @@ pub type RunningMaps = Arc<RwLock<Vec<MapEntry>>>;
 #[derive(Clone, Default)]
 pub struct GatewayStatus {
     pub maps: RunningMaps,
+    /// Every Modbus source's counters, for its `tagbridge_modbus_*` families.
+    pub modbus: crate::source::modbus::ModbusStats,
     pub sink: Option<SinkView>,
 }
 
@@ -236,7 +238,6 @@ impl GatewayStatus {
 
     /// Per-source families: connection state and what each protocol counts.
     fn register_sources(&self, metrics: &Metrics) {
-        use crate::source::modbus::ModbusCounters;
         use crate::source::opcua::OpcUaCounters;
         let status = self.clone();
         metrics.gauge(
@@ -252,63 +253,8 @@ impl GatewayStatus {
                 }
             },
         );
-        let modbus = |read: fn(&ModbusCounters) -> u64| {
-            let status = self.clone();
-            move |points: &mut Points| {
-                for m in &status.maps() {
-                    if let SourceCounters::Modbus(c) = &m.source {
-                        points.push((vec![("tag_map".into(), m.name.to_string())], read(c) as f64));
-                    }
-                }
-            }
-        };
-        metrics.counter(
-            "tagbridge_modbus_requests",
-            "Modbus read requests sent.",
-            modbus(|c| load(&c.requests)),
-        );
-        metrics.counter(
-            "tagbridge_modbus_exceptions",
-            "Modbus exception responses.",
-            modbus(|c| load(&c.exceptions)),
-        );
-        metrics.counter(
-            "tagbridge_modbus_timeouts",
-            "Modbus requests that timed out.",
-            modbus(|c| load(&c.timeouts)),
-        );
-        metrics.counter(
-            "tagbridge_modbus_poll_overruns",
-            "Poll cycles that took longer than their interval.",
-            modbus(|c| load(&c.overruns)),
-        );
-        metrics.counter(
-            "tagbridge_modbus_connect_failures",
-            "Failed connection attempts to Modbus devices.",
-            modbus(|c| load(&c.connect_failures)),
-        );
-        metrics.gauge(
-            "tagbridge_modbus_quarantined_tags",
-            "Tags quarantined after exceptions (retried later).",
-            modbus(|c| load(&c.quarantined_tags)),
-        );
-        metrics.gauge(
-            "tagbridge_modbus_last_cycle_seconds",
-            "Duration of the last poll cycle.",
-            {
-                let status = self.clone();
-                move |points: &mut Points| {
-                    for m in &status.maps() {
-                        if let SourceCounters::Modbus(c) = &m.source {
-                            points.push((
-                                vec![("tag_map".into(), m.name.to_string())],
-                                load(&c.last_cycle_micros) as f64 / 1e6,
-                            ));
-                        }
-                    }
-                }
-            },
-        );
+        // Modbus families (requests, exceptions, timeouts, overruns, quarantine, cycle time).
+        self.modbus.register(metrics);
         let opcua = |read: fn(&OpcUaCounters) -> u64| {
             let status = self.clone();
             move |points: &mut Points| {
@@ -425,6 +371,7 @@ mod tests {
                 stats: Arc::default(),
                 journal: Arc::new(Journal::memory(8)),
             }),
+            ..Default::default()
         };
         let (ready, detail) = status.readiness();
         assert!(!ready);
@@ -445,7 +392,7 @@ mod tests {
         let stats = Arc::new(MapStats::default());
         let status = GatewayStatus {
             maps: Arc::new(RwLock::new(vec![entry("line1", stats.clone(), true)])),
-            sink: None,
+            ..Default::default()
         };
         let metrics = Metrics::default();
         status.register(&metrics);

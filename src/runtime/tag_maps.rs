@@ -42,6 +42,7 @@ pub struct TagMaps {
     shutdown: CancellationToken,
     running: HashMap<PathBuf, Running>,
     status: RunningMaps,
+    modbus: crate::source::modbus::ModbusStats,
 }
 
 impl TagMaps {
@@ -51,6 +52,7 @@ impl TagMaps {
         totals: Arc<Mutex<MappingCounters>>,
         shutdown: CancellationToken,
         status: RunningMaps,
+        modbus: crate::source::modbus::ModbusStats,
     ) -> Self {
         TagMaps {
             tracker,
@@ -59,6 +61,7 @@ impl TagMaps {
             shutdown,
             running: HashMap::new(),
             status,
+            modbus,
         }
     }
 
@@ -127,6 +130,9 @@ impl TagMaps {
             .unwrap_or_default()
             .into();
         let stats = Arc::new(MapStats::default());
+        if let source::SourceCounters::Modbus(c) = &counters {
+            self.modbus.add(&name, c);
+        }
         if let Ok(mut maps) = self.status.write() {
             maps.retain(|m| m.name != name);
             maps.push(MapEntry {
