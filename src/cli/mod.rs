@@ -9,6 +9,7 @@ mod send_test;
 mod sim_hub;
 mod sim_plc;
 mod spool;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,6 +56,14 @@ pub enum Command {
         config: Option<PathBuf>,
         /// Tag map files or directories.
         paths: Vec<PathBuf>,
+    },
+    /// What the running gateway is doing: readiness, hub, each tag map's source, the spool.
+    ///
+    /// Exits 0 when the gateway answers and is ready, 1 otherwise.
+    Status {
+        /// The gateway configuration (its telemetry.metrics address and spool directory).
+        #[arg(short, long, default_value = "gateway.yaml")]
+        config: PathBuf,
     },
     /// Send one marked test event with the configured credentials and say whether the hub
     /// accepted it (sensor_id `tagbridge:send-test`).
@@ -108,6 +117,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run(&config, format),
         Command::Check { config, paths } => check::check(config.as_deref(), &paths),
         Command::SendTest { config } => send_test::send_test(&config),
+        Command::Status { config } => status::status(&config),
         Command::Schema { dir, check } => schema(&dir, check),
         Command::Spool { command } => spool::run(command),
         Command::Browse(args) => browse::run(args),

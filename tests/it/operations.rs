@@ -129,6 +129,11 @@ async fn editing_a_tag_map_applies_without_restart_and_a_broken_edit_keeps_the_o
     let hub = Hub::start(HubConfig::default()).await.expect("hub");
 
     let dir = tempfile::tempdir().expect("temp dir");
+    // A free port for /metrics (the config file needs a number).
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     std::fs::create_dir(dir.path().join("maps")).unwrap();
     let map = dir.path().join("maps").join("line.yaml");
     std::fs::write(&map, tag_map(modbus, COUNTER, "")).unwrap();
@@ -136,7 +141,7 @@ async fn editing_a_tag_map_applies_without_restart_and_a_broken_edit_keeps_the_o
         dir.path().join("gateway.yaml"),
         format!(
             "tag_maps: maps\nsink:\n  eventhub:\n    connection_string_env: TB_RELOAD_TEST_CS\n    ca_file: {}\n    linger: 10ms\n\
-             spool:\n  dir: spool\n  fsync: never\ntelemetry:\n  metrics: 'off'\n",
+             spool:\n  dir: spool\n  fsync: never\ntelemetry:\n  metrics: 127.0.0.1:{metrics_port}\n",
             hub.ca_cert_path().display()
         ),
     )
@@ -198,6 +203,23 @@ async fn editing_a_tag_map_applies_without_restart_and_a_broken_edit_keeps_the_o
         );
     }
     let old_after_switch = values_of(&hub.events(), COUNTER).len();
+
+    // `tagbridge status` shows the person at the box the same thing.
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagbridge"))
+        .args(["status", "-c"])
+        .arg(dir.path().join("gateway.yaml"))
+        .output()
+        .await
+        .expect("tagbridge status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("READY"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("line ") && l.contains("modbus") && l.contains("yes")),
+        "{text}"
+    );
+    assert!(text.contains("readings waiting"), "{text}");
 
     // A broken edit: rejected; the running map keeps delivering under the new name.
     std::fs::write(&map, "source:\n  modbus:\n    tcp: [broken\n").unwrap();
