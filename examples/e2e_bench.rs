@@ -192,7 +192,7 @@ async fn measure(n: usize, seconds: u64) -> Result<Row, BoxError> {
     let spool_tasks = tokio_util::task::TaskTracker::new();
     // 1 GiB, fsync every 100 ms: the shipped defaults.
     let (spool, _) = tagbridge::spool::Spool::open(
-        &dir.join("spool"),
+        dir.join("spool"),
         tagbridge::spool::SpoolConfig::new(1 << 30),
     )?;
     let journal = Arc::new(Journal::spool(tagbridge::spool::handle::spawn(
