@@ -36,6 +36,9 @@ pub struct SimHubArgs {
     /// HTTPS port for REST and the token endpoint (0 = any free port).
     #[arg(long, default_value_t = 8443)]
     pub https_port: u16,
+    /// AMQP over WebSockets (TLS) port, path /$servicebus/websocket (0 = any free port).
+    #[arg(long, default_value_t = 9443)]
+    pub wss_port: u16,
     /// Directory for the generated CA and server certificate (kept across runs).
     #[arg(long, default_value = "hub-certs")]
     pub cert_dir: PathBuf,
@@ -99,6 +102,7 @@ pub fn run(args: SimHubArgs, format: LogFormat) -> ExitCode {
         amqps_port: args.amqps_port,
         amqp_port: args.amqp_port,
         https_port: args.https_port,
+        wss_port: args.wss_port,
         entra_clients,
         // The CLI streams events to the output; memory only keeps a few for nothing.
         retain_events: 0,
@@ -135,11 +139,13 @@ async fn serve(
     };
     // Endpoints go to stderr when stdout carries the events.
     let banner = format!(
-        "Event Hub emulator for hub `{hub_name}`\n  amqps  {amqps}  (TLS; trust {ca})\n  amqp   {amqp}  (plain, development only)\n  https  {https}  (POST /{hub_name}/messages; tokens at https://localhost:{https_port}/{{tenant}}/oauth2/v2.0/token)\n  connection string:\n    {cs}\n",
+        "Event Hub emulator for hub `{hub_name}`\n  amqps  {amqps}  (TLS; trust {ca})\n  amqp   {amqp}  (plain, development only)\n  wss    {wss}  (AMQP over WebSockets: wss://localhost:{wss_port}/$servicebus/websocket)\n  https  {https}  (POST /{hub_name}/messages; tokens at https://localhost:{https_port}/{{tenant}}/oauth2/v2.0/token)\n  connection string:\n    {cs}\n",
         hub_name = hub.hub(),
         amqps = hub.amqps_addr(),
         amqp = hub.amqp_addr(),
         https = hub.https_addr(),
+        wss = hub.wss_addr(),
+        wss_port = hub.wss_addr().port(),
         https_port = hub.https_addr().port(),
         ca = hub.ca_cert_path().display(),
         cs = hub.connection_string(&key_name),

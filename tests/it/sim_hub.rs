@@ -548,3 +548,31 @@ async fn fault_expire_tokens_closes_links_unless_renewed() {
     renewing.close().await;
     hub.shutdown().await;
 }
+
+/// Microsoft's SDK over WebSockets (`TransportType.AmqpOverWebsocket`, wss on
+/// /$servicebus/websocket with subprotocol AMQPWSB10): the same events arrive.
+#[tokio::test]
+async fn microsofts_sdk_sends_over_websockets() {
+    let hub = start(HubConfig::default()).await;
+    let port = hub.wss_addr().port().to_string();
+    let ca = hub.ca_cert_path().to_string_lossy().to_string();
+    let out = python::run_script_async(
+        "hub_sdk_send.py",
+        &[
+            "send",
+            &hub.connection_string(DEFAULT_KEY_NAME),
+            &port,
+            &ca,
+            "websocket",
+        ],
+    )
+    .await;
+    python::assert_success("hub_sdk_send.py send over websocket", &out);
+    let events = hub.wait_for_events(13, WAIT).await.expect("13 events");
+    assert_eq!(events[0].body, b"single-0", "{}", describe(&events));
+    assert_eq!(events[0].partition_key.as_deref(), Some("pk-0"));
+    assert!(events[3..]
+        .iter()
+        .all(|e| e.partition_key.as_deref() == Some("batch-key")));
+    hub.shutdown().await;
+}

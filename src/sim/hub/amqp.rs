@@ -186,7 +186,7 @@ fn peer_properties() -> definitions::Fields {
     fields
 }
 
-async fn serve_connection<Io>(io: Io, ctx: &Arc<ConnCtx>)
+pub(crate) async fn serve_connection<Io>(io: Io, ctx: &Arc<ConnCtx>)
 where
     Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {

@@ -5,6 +5,7 @@
 //!   plain TCP; SASL MSSBCBS or ANONYMOUS, then `$cbs` put-token with shared access signatures
 //!   (checked against the configured keys) or JWTs from the emulator's own token endpoint;
 //!   `$management` READ of the hub and its partitions. See [`amqp`].
+//! - AMQP over WebSockets (`wss://…/$servicebus/websocket`, subprotocol `AMQPWSB10`). See [`ws`].
 //! - HTTPS: `POST /{hub}/messages` (one event, or a JSON batch) and an Entra-style
 //!   client-credentials token endpoint `POST /{tenant}/oauth2/v2.0/token`. See [`rest`].
 //! - Output: accepted events in memory ([`HubHandle::events`], [`HubHandle::wait_for_events`])
@@ -24,6 +25,7 @@ pub mod faults;
 pub mod io;
 pub mod rest;
 pub mod store;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -68,6 +70,8 @@ pub struct HubConfig {
     pub amqp_port: u16,
     /// HTTPS port (REST and the token endpoint); 0 = any free port.
     pub https_port: u16,
+    /// AMQP over WebSockets (TLS) port (Event Hubs: 443); 0 = any free port.
+    pub wss_port: u16,
     /// Service principals the token endpoint knows: (client id, client secret).
     pub entra_clients: Vec<(String, String)>,
     /// Events kept in memory for [`HubHandle::events`] (the first this many; all are counted).
@@ -94,6 +98,7 @@ impl Default for HubConfig {
             amqps_port: 0,
             amqp_port: 0,
             https_port: 0,
+            wss_port: 0,
             entra_clients: Vec::new(),
             retain_events: 1_000_000,
             throttle_above: None,
@@ -168,6 +173,7 @@ impl Hub {
         let amqps = bind("AMQPS", config.amqps_port).await?;
         let amqp = bind("AMQP", config.amqp_port).await?;
         let https = bind("HTTPS", config.https_port).await?;
+        let wss = bind("WSS", config.wss_port).await?;
         let local = |l: &TcpListener, what: &str| {
             l.local_addr().map_err(|source| HubError::Io {
                 what: format!("read the {what} listener's address"),
@@ -177,6 +183,7 @@ impl Hub {
         let amqps_addr = local(&amqps, "AMQPS")?;
         let amqp_addr = local(&amqp, "AMQP")?;
         let https_addr = local(&https, "HTTPS")?;
+        let wss_addr = local(&wss, "WSS")?;
 
         let output = config.output.as_ref().map(|p| {
             if p.as_os_str() == "-" {
@@ -221,6 +228,11 @@ impl Hub {
             .spawn(amqp::serve(amqp, None, shared.clone()));
         shared.tracker.spawn(rest::serve(
             https,
+            tokio_rustls::TlsAcceptor::from(https_tls.clone()),
+            shared.clone(),
+        ));
+        shared.tracker.spawn(ws::serve(
+            wss,
             tokio_rustls::TlsAcceptor::from(https_tls),
             shared.clone(),
         ));
@@ -229,6 +241,7 @@ impl Hub {
             amqps_addr,
             amqp_addr,
             https_addr,
+            wss_addr,
             ca_cert: files.ca_cert,
             cert_dir,
             writer,
@@ -244,6 +257,7 @@ pub struct HubHandle {
     amqps_addr: SocketAddr,
     amqp_addr: SocketAddr,
     https_addr: SocketAddr,
+    wss_addr: SocketAddr,
     ca_cert: PathBuf,
     cert_dir: PathBuf,
     writer: Option<tokio::task::JoinHandle<()>>,
@@ -264,6 +278,12 @@ impl HubHandle {
     /// HTTPS (REST and the token endpoint).
     pub fn https_addr(&self) -> SocketAddr {
         self.https_addr
+    }
+
+    /// AMQP over WebSockets (TLS): `wss://localhost:PORT/$servicebus/websocket`, subprotocol
+    /// `AMQPWSB10`.
+    pub fn wss_addr(&self) -> SocketAddr {
+        self.wss_addr
     }
 
     /// The CA certificate (PEM) clients must trust; it signed the server certificate for
