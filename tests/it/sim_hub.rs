@@ -202,7 +202,7 @@ async fn microsofts_sdk_with_a_wrong_key_gets_an_authentication_error() {
     hub.shutdown().await;
 }
 
-/// The SDK's $management READ gets the hub's name and partition ids.
+/// The SDK's $management READs get the hub's name, partition ids and a partition's properties.
 #[tokio::test]
 async fn microsofts_sdk_reads_hub_properties() {
     let hub = start(HubConfig {
@@ -227,6 +227,8 @@ async fn microsofts_sdk_reads_hub_properties() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(props["eventhub_name"], "telemetry");
     assert_eq!(props["partition_ids"], serde_json::json!(["0", "1", "2"]));
+    assert_eq!(props["partition_0"]["id"], "0", "{props}");
+    assert_eq!(props["partition_0"]["eventhub_name"], "telemetry");
     hub.shutdown().await;
 }
 
@@ -407,7 +409,8 @@ async fn send_until_refused(c: &mut TestClient, deadline: Duration) -> Option<St
     None
 }
 
-/// Throttling rejects transfers with com.microsoft:server-busy; clearing it lets them through.
+/// Throttling (events/s, a fraction, bytes/s) rejects transfers with com.microsoft:server-busy;
+/// clearing it lets them through.
 #[tokio::test]
 async fn fault_throttle_rejects_with_server_busy() {
     let hub = start(HubConfig::default()).await;
@@ -422,6 +425,13 @@ async fn fault_throttle_rejects_with_server_busy() {
         .await
         .unwrap()
         .is_accepted());
+    hub.faults().throttle_fraction(1.0);
+    let refusal = send_until_refused(&mut c, WAIT).await.expect("a refusal");
+    assert!(refusal.contains("com.microsoft:server-busy"), "{refusal}");
+    hub.faults().clear();
+    hub.faults().throttle_bytes_above(1);
+    let refusal = send_until_refused(&mut c, WAIT).await.expect("a refusal");
+    assert!(refusal.contains("com.microsoft:server-busy"), "{refusal}");
     c.close().await;
     hub.shutdown().await;
 }

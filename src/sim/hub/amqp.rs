@@ -481,7 +481,8 @@ async fn on_delivery(
             return;
         }
     };
-    if !shared.faults.admit(events.len() as u64) {
+    let bytes: usize = events.iter().map(|e| e.body.len()).sum();
+    if !shared.faults.admit(events.len() as u64, bytes as u64) {
         Counters::inc(&shared.counters.throttled);
         let error = definitions::Error::new(
             ErrorCondition::Custom(Symbol::from(SERVER_BUSY)),
