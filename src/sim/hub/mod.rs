@@ -47,7 +47,7 @@ use faults::FaultState;
 use store::{lock, Counters, Store};
 
 /// How the emulator runs. `HubConfig { hub: "plant".into(), ..Default::default() }`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HubConfig {
     /// The event hub's name (the entity path clients send to).
     pub hub: String,
@@ -78,6 +78,29 @@ pub struct HubConfig {
     pub retain_events: usize,
     /// Start throttled above this many events/s (see [`Faults::throttle_above`]).
     pub throttle_above: Option<u64>,
+}
+
+impl std::fmt::Debug for HubConfig {
+    /// Key names and client ids only: keys and secrets stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        f.debug_struct("HubConfig")
+            .field("hub", &self.hub)
+            .field("keys", &names(&self.keys))
+            .field("max_message_size", &self.max_message_size)
+            .field("partitions", &self.partitions)
+            .field("cert_dir", &self.cert_dir)
+            .field("output", &self.output)
+            .field("bind", &self.bind)
+            .field("amqps_port", &self.amqps_port)
+            .field("amqp_port", &self.amqp_port)
+            .field("https_port", &self.https_port)
+            .field("wss_port", &self.wss_port)
+            .field("entra_clients", &names(&self.entra_clients))
+            .field("retain_events", &self.retain_events)
+            .field("throttle_above", &self.throttle_above)
+            .finish()
+    }
 }
 
 /// The key name [`HubConfig::default`] configures.
@@ -490,5 +513,37 @@ impl Shared {
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         Counters::inc(&self.counters.batches);
         self.store.record(events).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_keys_and_secrets() {
+        let config = HubConfig {
+            entra_clients: vec![("app".into(), "hunter2".into())],
+            ..Default::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(shown.contains(DEFAULT_KEY_NAME) && shown.contains("app"));
+        assert!(!shown.contains(DEFAULT_KEY) && !shown.contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn refuses_unusable_configurations() {
+        for config in [
+            HubConfig {
+                hub: "a/b".into(),
+                ..Default::default()
+            },
+            HubConfig {
+                partitions: 0,
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(Hub::start(config).await, Err(HubError::Config(_))));
+        }
     }
 }
