@@ -15,6 +15,17 @@
 //! - `$cbs` and `$management` answer on the sender link the client attached with the node as
 //!   source, matched by `correlation-id` = the request's `message-id`. Requests that arrive
 //!   before that link is attached wait in a bounded queue.
+//!
+//! What Microsoft's Python SDK (azure-eventhub 5.15, its own `pyamqp`) needs beyond the spec,
+//! found the hard way:
+//! - it indexes every field of Open, Begin, Attach and Transfer, while fe2o3 leaves trailing
+//!   default fields out: Open/Begin/Attach carry properties (the last field), Begin carries a
+//!   handle-max other than fe2o3's default, and management replies are sent batchable;
+//! - its sender ignores dispositions that are not settled, so links settle in mode first even
+//!   when the client asks for second (as the service does);
+//! - over TLS, frames must be flushed as they are written (see `io`);
+//! - with `logging_enable=True` it formats every frame and fails on fe2o3's short Disposition;
+//!   that only affects its debug tracing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
