@@ -491,21 +491,24 @@ async fn fault_down_for_a_period() {
     hub.shutdown().await;
 }
 
-/// Delayed dispositions: the event is recorded before the client hears it was accepted.
+/// Delayed dispositions: the event is recorded but the client hears nothing until the delay
+/// ends (here: until the fault is cleared).
 #[tokio::test]
 async fn fault_delay_dispositions() {
     let hub = start(HubConfig::default()).await;
     let mut c = client(&hub, hub.hub()).await.expect("connect");
-    hub.faults().delay_dispositions(Duration::from_secs(3));
+    hub.faults().delay_dispositions(Duration::from_secs(3600));
     let mut outcome = c
         .send_batch(&[OutEvent::text("slow")])
         .await
         .expect("start sending");
     hub.wait_for_events(1, WAIT).await.expect("recorded");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         futures::FutureExt::now_or_never(&mut outcome).is_none(),
-        "settled before the delay"
+        "settled despite the delay"
     );
+    hub.faults().clear();
     let outcome = tokio::time::timeout(WAIT, outcome).await.expect("settled");
     assert!(
         matches!(outcome, Ok(ref o) if o.is_accepted()),

@@ -505,7 +505,7 @@ async fn on_delivery(
         return;
     }
     shared.accept_events(events).await;
-    let delay = shared.faults.disposition_delay();
+    let (delay, released) = shared.faults.disposition_delay();
     if delay.is_zero() {
         let _ = receiver.accept(info).await;
     } else {
@@ -514,6 +514,8 @@ async fn on_delivery(
         shared.tracker.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => { let _ = disposer.accept(info).await; }
+                // The fault was cleared: settle now.
+                _ = released.cancelled() => { let _ = disposer.accept(info).await; }
                 // Cut meanwhile: the delivery stays unsettled, as with a real outage.
                 _ = cut.cancelled() => {}
             }

@@ -10,8 +10,8 @@
 //! - **drop connections**: every open AMQP connection is cut (TCP closed, no AMQP close).
 //! - **down for D**: connections are cut and new ones closed on accept until D has passed
 //!   (REST answers 503).
-//! - **delay dispositions by D**: accepted transfers are settled D later (the link keeps
-//!   receiving meanwhile).
+//! - **delay dispositions by D**: accepted transfers are settled D later, or at `clear()`
+//!   (the link keeps receiving meanwhile).
 //! - **expire tokens after D**: every token, already granted or put later, expires at most D
 //!   after the fault was set (or it was put); links relying on it are then closed with
 //!   `amqp:unauthorized-access` unless the client renews.
@@ -36,6 +36,8 @@ pub(crate) struct FaultState {
     window: Mutex<Option<(Instant, u64, u64)>>,
     pub down_until: Mutex<Option<Instant>>,
     pub delay_dispositions: Mutex<Duration>,
+    /// Cancelled (and replaced) by `clear()`: settles every delayed disposition at once.
+    release_delayed: Mutex<tokio_util::sync::CancellationToken>,
     /// The cap on token lifetimes; None = tokens live as long as they say.
     pub expire_tokens_after: Mutex<Option<Duration>>,
 }
@@ -75,8 +77,12 @@ impl FaultState {
         matches!(*lock(&self.down_until), Some(until) if Instant::now() < until)
     }
 
-    pub fn disposition_delay(&self) -> Duration {
-        *lock(&self.delay_dispositions)
+    /// The current delay, and the token that ends it early.
+    pub fn disposition_delay(&self) -> (Duration, tokio_util::sync::CancellationToken) {
+        (
+            *lock(&self.delay_dispositions),
+            lock(&self.release_delayed).clone(),
+        )
     }
 
     pub fn token_cap(&self) -> Option<Duration> {
@@ -139,7 +145,8 @@ impl Faults {
         self.shared.cap_all_grants(after);
     }
 
-    /// Turns every fault off (tokens already shortened stay short).
+    /// Turns every fault off and settles delayed dispositions now (tokens already shortened
+    /// stay short).
     pub fn clear(&self) {
         let f = &self.shared.faults;
         f.throttle_above.store(0, Ordering::Relaxed);
@@ -147,6 +154,8 @@ impl Faults {
         f.throttle_ppm.store(0, Ordering::Relaxed);
         *lock(&f.down_until) = None;
         *lock(&f.delay_dispositions) = Duration::ZERO;
+        let released = std::mem::take(&mut *lock(&f.release_delayed));
+        released.cancel();
         *lock(&f.expire_tokens_after) = None;
     }
 }
