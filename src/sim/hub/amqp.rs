@@ -930,6 +930,31 @@ mod tests {
     }
 
     #[test]
+    fn sasl_accepts_what_event_hubs_accepts() {
+        let outcome = |mechanism: &str| {
+            let init = SaslInit {
+                mechanism: Symbol::from(mechanism),
+                initial_response: None,
+                hostname: None,
+            };
+            match HubSasl.on_init(init) {
+                SaslServerFrame::Outcome(o) => o.code,
+                SaslServerFrame::Challenge(_) => panic!("no challenge expected"),
+            }
+        };
+        assert!(matches!(outcome("MSSBCBS"), SaslCode::Ok));
+        assert!(matches!(outcome("ANONYMOUS"), SaslCode::Ok));
+        assert!(matches!(outcome("PLAIN"), SaslCode::Auth));
+        let offered: Vec<String> = HubSasl
+            .mechanisms()
+            .0
+            .into_iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        assert_eq!(offered, ["MSSBCBS", "ANONYMOUS"]);
+    }
+
+    #[test]
     fn values_as_text() {
         assert_eq!(value_text(&Value::String("a".into())), "a");
         assert_eq!(value_text(&Value::Long(-3)), "-3");
