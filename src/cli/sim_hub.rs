@@ -36,6 +36,9 @@ pub struct SimHubArgs {
     /// HTTPS port for REST and the token endpoint (0 = any free port).
     #[arg(long, default_value_t = 8443)]
     pub https_port: u16,
+    /// AMQP over WebSockets (TLS) port, path /$servicebus/websocket (0 = any free port).
+    #[arg(long, default_value_t = 9443)]
+    pub wss_port: u16,
     /// Directory for the generated CA and server certificate (kept across runs).
     #[arg(long, default_value = "hub-certs")]
     pub cert_dir: PathBuf,
@@ -51,6 +54,12 @@ pub struct SimHubArgs {
     /// Reject transfers with com.microsoft:server-busy above this many events/s (1 TU ≈ 1000).
     #[arg(long, value_name = "EVENTS_PER_S")]
     pub throttle_above: Option<u64>,
+    /// Reject transfers with com.microsoft:server-busy above this many body bytes/s (1 TU ≈ 1 MB).
+    #[arg(long, value_name = "BYTES_PER_S")]
+    pub throttle_bytes_above: Option<u64>,
+    /// Reject this fraction (0..1) of transfers with com.microsoft:server-busy.
+    #[arg(long, value_name = "P")]
+    pub throttle_fraction: Option<f64>,
     /// Exit after this long (for scripts).
     #[arg(long)]
     pub exit_after: Option<Span>,
@@ -99,6 +108,7 @@ pub fn run(args: SimHubArgs, format: LogFormat) -> ExitCode {
         amqps_port: args.amqps_port,
         amqp_port: args.amqp_port,
         https_port: args.https_port,
+        wss_port: args.wss_port,
         entra_clients,
         // The CLI streams events to the output; memory only keeps a few for nothing.
         retain_events: 0,
@@ -111,8 +121,10 @@ pub fn run(args: SimHubArgs, format: LogFormat) -> ExitCode {
             return ExitCode::from(super::EXIT_FAILURE);
         }
     };
+    let throttles = (args.throttle_bytes_above, args.throttle_fraction);
     runtime.block_on(serve(
         config,
+        throttles,
         args.exit_after.map(|s| s.0),
         args.quiet,
         args.output.as_deref().is_some_and(|p| p.as_os_str() == "-"),
@@ -121,6 +133,7 @@ pub fn run(args: SimHubArgs, format: LogFormat) -> ExitCode {
 
 async fn serve(
     config: HubConfig,
+    (bytes_above, fraction): (Option<u64>, Option<f64>),
     exit_after: Option<Duration>,
     quiet: bool,
     stdout_output: bool,
@@ -133,13 +146,21 @@ async fn serve(
             return ExitCode::from(super::EXIT_FAILURE);
         }
     };
+    if let Some(b) = bytes_above {
+        hub.faults().throttle_bytes_above(b);
+    }
+    if let Some(p) = fraction {
+        hub.faults().throttle_fraction(p);
+    }
     // Endpoints go to stderr when stdout carries the events.
     let banner = format!(
-        "Event Hub emulator for hub `{hub_name}`\n  amqps  {amqps}  (TLS; trust {ca})\n  amqp   {amqp}  (plain, development only)\n  https  {https}  (POST /{hub_name}/messages; tokens at https://localhost:{https_port}/{{tenant}}/oauth2/v2.0/token)\n  connection string:\n    {cs}\n",
+        "Event Hub emulator for hub `{hub_name}`\n  amqps  {amqps}  (TLS; trust {ca})\n  amqp   {amqp}  (plain, development only)\n  wss    {wss}  (AMQP over WebSockets: wss://localhost:{wss_port}/$servicebus/websocket)\n  https  {https}  (POST /{hub_name}/messages; tokens at https://localhost:{https_port}/{{tenant}}/oauth2/v2.0/token)\n  connection string:\n    {cs}\n",
         hub_name = hub.hub(),
         amqps = hub.amqps_addr(),
         amqp = hub.amqp_addr(),
         https = hub.https_addr(),
+        wss = hub.wss_addr(),
+        wss_port = hub.wss_addr().port(),
         https_port = hub.https_addr().port(),
         ca = hub.ca_cert_path().display(),
         cs = hub.connection_string(&key_name),

@@ -202,7 +202,7 @@ async fn microsofts_sdk_with_a_wrong_key_gets_an_authentication_error() {
     hub.shutdown().await;
 }
 
-/// The SDK's $management READ gets the hub's name and partition ids.
+/// The SDK's $management READs get the hub's name, partition ids and a partition's properties.
 #[tokio::test]
 async fn microsofts_sdk_reads_hub_properties() {
     let hub = start(HubConfig {
@@ -227,6 +227,8 @@ async fn microsofts_sdk_reads_hub_properties() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(props["eventhub_name"], "telemetry");
     assert_eq!(props["partition_ids"], serde_json::json!(["0", "1", "2"]));
+    assert_eq!(props["partition_0"]["id"], "0", "{props}");
+    assert_eq!(props["partition_0"]["eventhub_name"], "telemetry");
     hub.shutdown().await;
 }
 
@@ -407,7 +409,8 @@ async fn send_until_refused(c: &mut TestClient, deadline: Duration) -> Option<St
     None
 }
 
-/// Throttling rejects transfers with com.microsoft:server-busy; clearing it lets them through.
+/// Throttling (events/s, a fraction, bytes/s) rejects transfers with com.microsoft:server-busy;
+/// clearing it lets them through.
 #[tokio::test]
 async fn fault_throttle_rejects_with_server_busy() {
     let hub = start(HubConfig::default()).await;
@@ -422,6 +425,13 @@ async fn fault_throttle_rejects_with_server_busy() {
         .await
         .unwrap()
         .is_accepted());
+    hub.faults().throttle_fraction(1.0);
+    let refusal = send_until_refused(&mut c, WAIT).await.expect("a refusal");
+    assert!(refusal.contains("com.microsoft:server-busy"), "{refusal}");
+    hub.faults().clear();
+    hub.faults().throttle_bytes_above(1);
+    let refusal = send_until_refused(&mut c, WAIT).await.expect("a refusal");
+    assert!(refusal.contains("com.microsoft:server-busy"), "{refusal}");
     c.close().await;
     hub.shutdown().await;
 }
@@ -481,21 +491,24 @@ async fn fault_down_for_a_period() {
     hub.shutdown().await;
 }
 
-/// Delayed dispositions: the event is recorded before the client hears it was accepted.
+/// Delayed dispositions: the event is recorded but the client hears nothing until the delay
+/// ends (here: until the fault is cleared).
 #[tokio::test]
 async fn fault_delay_dispositions() {
     let hub = start(HubConfig::default()).await;
     let mut c = client(&hub, hub.hub()).await.expect("connect");
-    hub.faults().delay_dispositions(Duration::from_secs(3));
+    hub.faults().delay_dispositions(Duration::from_secs(3600));
     let mut outcome = c
         .send_batch(&[OutEvent::text("slow")])
         .await
         .expect("start sending");
     hub.wait_for_events(1, WAIT).await.expect("recorded");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         futures::FutureExt::now_or_never(&mut outcome).is_none(),
-        "settled before the delay"
+        "settled despite the delay"
     );
+    hub.faults().clear();
     let outcome = tokio::time::timeout(WAIT, outcome).await.expect("settled");
     assert!(
         matches!(outcome, Ok(ref o) if o.is_accepted()),
@@ -522,9 +535,11 @@ async fn fault_expire_tokens_closes_links_unless_renewed() {
         "{refusal}"
     );
     assert!(hub.stats().auth_failures >= 1, "{:?}", hub.stats());
-    // With the fault still on, a client that renews keeps sending past the first expiry.
+    // With the fault still on, a client that renews keeps sending well past the first expiry
+    // (3 s lifetimes leave room for a slow machine between renewals).
+    hub.faults().expire_tokens_after(Duration::from_secs(3));
     let mut renewing = client(&hub, hub.hub()).await.expect("connect");
-    let end = std::time::Instant::now() + Duration::from_secs(3);
+    let end = std::time::Instant::now() + Duration::from_secs(7);
     while std::time::Instant::now() < end {
         let (audience, token) = sas_for(&hub, 3600);
         renewing
@@ -546,5 +561,33 @@ async fn fault_expire_tokens_closes_links_unless_renewed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     renewing.close().await;
+    hub.shutdown().await;
+}
+
+/// Microsoft's SDK over WebSockets (`TransportType.AmqpOverWebsocket`, wss on
+/// /$servicebus/websocket with subprotocol AMQPWSB10): the same events arrive.
+#[tokio::test]
+async fn microsofts_sdk_sends_over_websockets() {
+    let hub = start(HubConfig::default()).await;
+    let port = hub.wss_addr().port().to_string();
+    let ca = hub.ca_cert_path().to_string_lossy().to_string();
+    let out = python::run_script_async(
+        "hub_sdk_send.py",
+        &[
+            "send",
+            &hub.connection_string(DEFAULT_KEY_NAME),
+            &port,
+            &ca,
+            "websocket",
+        ],
+    )
+    .await;
+    python::assert_success("hub_sdk_send.py send over websocket", &out);
+    let events = hub.wait_for_events(13, WAIT).await.expect("13 events");
+    assert_eq!(events[0].body, b"single-0", "{}", describe(&events));
+    assert_eq!(events[0].partition_key.as_deref(), Some("pk-0"));
+    assert!(events[3..]
+        .iter()
+        .all(|e| e.partition_key.as_deref() == Some("batch-key")));
     hub.shutdown().await;
 }

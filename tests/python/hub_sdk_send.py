@@ -5,7 +5,7 @@ usage: hub_sdk_send.py MODE CONNECTION_STRING PORT CA_PEM [TRANSPORT]
   MODE send       send_event x3 (with partition keys and properties) and a create_batch() of 10;
                   prints one JSON line per event sent, then "done"
   MODE wrong-key  expects the SDK to raise its authentication error; prints the class name
-  MODE props      prints the hub's properties (exercises $management)
+  MODE props      prints the hub's and partition 0's properties (exercises $management)
   TRANSPORT       amqp (default) or websocket
 """
 
@@ -62,7 +62,9 @@ def main():
                 send(producer)
         elif mode == "props":
             with producer:
-                print(json.dumps(producer.get_eventhub_properties(), default=str))
+                props = producer.get_eventhub_properties()
+                props["partition_0"] = producer.get_partition_properties("0")
+                print(json.dumps(props, default=str))
         elif mode == "wrong-key":
             try:
                 with producer:

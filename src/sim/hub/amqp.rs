@@ -15,6 +15,17 @@
 //! - `$cbs` and `$management` answer on the sender link the client attached with the node as
 //!   source, matched by `correlation-id` = the request's `message-id`. Requests that arrive
 //!   before that link is attached wait in a bounded queue.
+//!
+//! What Microsoft's Python SDK (azure-eventhub 5.15, its own `pyamqp`) needs beyond the spec,
+//! found the hard way:
+//! - it indexes every field of Open, Begin, Attach and Transfer, while fe2o3 leaves trailing
+//!   default fields out: Open/Begin/Attach carry properties (the last field), Begin carries a
+//!   handle-max other than fe2o3's default, and management replies are sent batchable;
+//! - its sender ignores dispositions that are not settled, so links settle in mode first even
+//!   when the client asks for second (as the service does);
+//! - over TLS, frames must be flushed as they are written (see `io`);
+//! - with `logging_enable=True` it formats every frame and fails on fe2o3's short Disposition;
+//!   that only affects its debug tracing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -186,7 +197,7 @@ fn peer_properties() -> definitions::Fields {
     fields
 }
 
-async fn serve_connection<Io>(io: Io, ctx: &Arc<ConnCtx>)
+pub(crate) async fn serve_connection<Io>(io: Io, ctx: &Arc<ConnCtx>)
 where
     Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
@@ -481,7 +492,8 @@ async fn on_delivery(
             return;
         }
     };
-    if !shared.faults.admit(events.len() as u64) {
+    let bytes: usize = events.iter().map(|e| e.body.len()).sum();
+    if !shared.faults.admit(events.len() as u64, bytes as u64) {
         Counters::inc(&shared.counters.throttled);
         let error = definitions::Error::new(
             ErrorCondition::Custom(Symbol::from(SERVER_BUSY)),
@@ -493,7 +505,7 @@ async fn on_delivery(
         return;
     }
     shared.accept_events(events).await;
-    let delay = shared.faults.disposition_delay();
+    let (delay, released) = shared.faults.disposition_delay();
     if delay.is_zero() {
         let _ = receiver.accept(info).await;
     } else {
@@ -502,6 +514,8 @@ async fn on_delivery(
         shared.tracker.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => { let _ = disposer.accept(info).await; }
+                // The fault was cleared: settle now.
+                _ = released.cancelled() => { let _ = disposer.accept(info).await; }
                 // Cut meanwhile: the delivery stays unsettled, as with a real outage.
                 _ = cut.cancelled() => {}
             }
@@ -913,6 +927,31 @@ mod tests {
             0x77, 0x88,
         ];
         assert_eq!(uuid_text(&b), "12345678-9abc-def0-1122-334455667788");
+    }
+
+    #[test]
+    fn sasl_accepts_what_event_hubs_accepts() {
+        let outcome = |mechanism: &str| {
+            let init = SaslInit {
+                mechanism: Symbol::from(mechanism),
+                initial_response: None,
+                hostname: None,
+            };
+            match HubSasl.on_init(init) {
+                SaslServerFrame::Outcome(o) => o.code,
+                SaslServerFrame::Challenge(_) => panic!("no challenge expected"),
+            }
+        };
+        assert!(matches!(outcome("MSSBCBS"), SaslCode::Ok));
+        assert!(matches!(outcome("ANONYMOUS"), SaslCode::Ok));
+        assert!(matches!(outcome("PLAIN"), SaslCode::Auth));
+        let offered: Vec<String> = HubSasl
+            .mechanisms()
+            .0
+            .into_iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        assert_eq!(offered, ["MSSBCBS", "ANONYMOUS"]);
     }
 
     #[test]
