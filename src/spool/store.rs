@@ -735,7 +735,23 @@ impl Spool {
             self.read_pos = self.read_pos.max(seg.first);
             let offset = match self.cursor {
                 Some((f, off, seq)) if f == seg.first && seq == self.read_pos => off,
-                _ => self.walk(&seg, self.read_pos, SEGMENT_HEADER as u64)?,
+                _ => match self.walk(&seg, self.read_pos, SEGMENT_HEADER as u64) {
+                    Ok(offset) => offset,
+                    // The record is not where the segment's index says: damaged since
+                    // recovery. Skip the rest of the segment, counted, rather than stall.
+                    Err(SpoolError::Io { source, path, .. })
+                        if source.kind() == io::ErrorKind::InvalidData =>
+                    {
+                        let last = seg.last().unwrap_or(self.read_pos);
+                        let lost = last + 1 - self.read_pos;
+                        tracing::error!(message = "Spool segment damaged while open; skipping the rest of it.", path = %path.display(), reason = %source, readings = lost);
+                        self.count_dropped(lost);
+                        self.read_pos = last + 1;
+                        self.cursor = None;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             let avail = seg.bytes - offset;
             let path = segment_path(&self.dir, seg.first);

@@ -180,6 +180,26 @@ fn a_flipped_byte_costs_one_record_and_the_rest_is_rescued() {
 }
 
 #[test]
+fn a_segment_damaged_while_open_is_skipped_and_counted_not_a_stall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(tmp.path(), &config(1 << 20, 200));
+    for i in 0..4 {
+        s.append(&recs(i * 5..i * 5 + 5));
+    }
+    let first = segment_files(tmp.path()).remove(0);
+    let in_first = s.segments[0].count;
+    let mut bytes = fs::read(&first).unwrap();
+    for b in &mut bytes[SEGMENT_HEADER..SEGMENT_HEADER + 30] {
+        *b = 0;
+    }
+    fs::write(&first, &bytes).unwrap();
+    let got = s.read(100).unwrap();
+    assert_eq!(got.len() as u64, 20 - in_first);
+    assert_eq!(s.dropped(), in_first);
+    assert_eq!(payloads(&got)[0], format!("reading-{in_first}"));
+}
+
+#[test]
 fn a_damaged_ack_file_replays_everything_rather_than_lose_anything() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(1 << 20, 1 << 16);
