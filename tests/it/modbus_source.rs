@@ -922,3 +922,94 @@ async fn random_refused_addresses_quarantine_exactly_the_tags_that_hold_them() {
         plc.shutdown().await;
     }
 }
+
+/// Unit 1 answers (holding register `a` holds `a + 100`); unit 2 never answers, like a dead
+/// device behind a gateway.
+struct OneDeadUnit;
+
+impl tokio_modbus::server::Service for OneDeadUnit {
+    type Request = tokio_modbus::SlaveRequest<'static>;
+    /// `None` sends nothing.
+    type Response = Option<tokio_modbus::Response>;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Option<tokio_modbus::Response>, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        std::future::ready(match (req.slave, req.request) {
+            (1, tokio_modbus::Request::ReadHoldingRegisters(a, n)) => Ok(Some(
+                tokio_modbus::Response::ReadHoldingRegisters((a..a + n).map(|x| x + 100).collect()),
+            )),
+            (2, _) => Ok(None),
+            _ => Err(ExceptionCode::IllegalFunction),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_unit_behind_a_gateway_backs_off_and_the_live_unit_keeps_flowing() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let on_connected = |stream: tokio::net::TcpStream, _peer| async move {
+                Ok::<_, std::io::Error>(Some((OneDeadUnit, stream)))
+            };
+            tokio_modbus::server::tcp::Server::new(listener)
+                .serve_until(&on_connected, |_error| {}, stop.cancelled_owned())
+                .await
+        }
+    });
+    let addresses = vec![
+        address(1, Table::HoldingRegister, 0, DataType::Uint16),
+        address(1, Table::HoldingRegister, 1, DataType::Uint16),
+        address(2, Table::HoldingRegister, 0, DataType::Uint16),
+    ];
+    let mut plan = tag_map(
+        ModbusTransport::Tcp(addr.to_string()),
+        &addresses,
+        Duration::from_millis(100),
+    );
+    if let SourcePlan::Modbus(m) = &mut plan.source {
+        m.timeout = Duration::from_millis(200);
+    }
+    // Backoff up to 2 s, as a real deployment would have (30 s by default).
+    let gateway = Gateway::start(
+        plan,
+        Tuning {
+            backoff_max: Duration::from_secs(2),
+            ..tuning()
+        },
+    );
+    assert!(
+        wait_until(DEADLINE, || gateway.count(0) >= 60
+            && gateway.count(1) >= 60)
+        .await,
+        "the live unit stalled:\n{}",
+        gateway.report()
+    );
+    let c = gateway.counters.snapshot();
+    assert_eq!(gateway.count(2), 0, "{}", gateway.report());
+    assert_eq!(
+        gateway.latest(1).map(|s| s.value),
+        Some(RawValue::UInt(101))
+    );
+    // Without the unit's backoff every cycle would spend a timeout or two on it; with it,
+    // most cycles skip it.
+    assert!(
+        c.timeouts >= 1 && c.skipped_unit_down > 0,
+        "{}",
+        gateway.report()
+    );
+    assert!(
+        c.timeouts * 3 < c.cycles,
+        "the dead unit was tried too often:\n{}",
+        gateway.report()
+    );
+    gateway.stop().await;
+    stop.cancel();
+    let _ = server.await;
+}

@@ -13,8 +13,8 @@
 //!   changes only) and re-sends unchanged values on `heartbeat`.
 //! - **The link failed** (timeout, closed, garbled) → the connection is dropped and the read is
 //!   retried on a fresh one, up to `retries` times. Reads that keep timing out mark their *unit*
-//!   as down for a backoff (exponential with jitter), so a dead device behind a gateway costs the
-//!   others at most one timeout per backoff; other link failures end the cycle and reconnecting
+//!   as down for a backoff (exponential with jitter) and later probes of it are not retried, so a
+//!   dead device behind a gateway costs the others one timeout per backoff; other link failures end the cycle and reconnecting
 //!   backs off the same way. Nothing restarts: once the device answers, values flow again.
 //! - **The device said no** (a Modbus exception) to a read of several tags → the read is split
 //!   in halves until the refused address is found. A single tag refused is *quarantined*:
@@ -446,6 +446,13 @@ impl Poller {
         count: u16,
     ) -> Result<Result<Items, ExceptionCode>, CallError> {
         let mut attempt = 0;
+        // A unit already known not to answer is probed once, not retried: a dead device
+        // behind a gateway costs one timeout per backoff.
+        let retries = if self.units.get(&unit).is_some_and(|u| u.failures > 0) {
+            0
+        } else {
+            self.tuning.retries
+        };
         loop {
             if self.link.is_none() {
                 if self.reconnect_at.is_some_and(|at| Instant::now() < at) {
@@ -498,7 +505,7 @@ impl Poller {
                     // The stream may still carry a late answer: never reuse it.
                     self.link = None;
                     Counters::set(&self.counters.connected, 0);
-                    if attempt >= self.tuning.retries {
+                    if attempt >= retries {
                         if timed_out {
                             return Err(CallError::Timeout);
                         }
