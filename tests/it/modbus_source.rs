@@ -69,6 +69,7 @@ fn tag_map(
             transport,
             timeout: Duration::from_millis(500),
             max_gap: 8,
+            connections: std::num::NonZeroU8::MIN,
         }),
         tags: addresses
             .iter()
@@ -1012,4 +1013,76 @@ async fn a_dead_unit_behind_a_gateway_backs_off_and_the_live_unit_keeps_flowing(
     gateway.stop().await;
     stop.cancel();
     let _ = server.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_connections_share_the_reads_of_one_device() {
+    let addresses: Vec<ModbusAddress> = (0..600)
+        .map(|a| address(1, Table::InputRegister, a, DataType::Uint16))
+        .collect();
+    let layout: Vec<(ModbusAddress, SignalValue, RawValue)> = addresses
+        .iter()
+        .map(|a| {
+            let v = i64::from(a.address) * 7;
+            (*a, SignalValue::Int(v), RawValue::UInt(v as u64))
+        })
+        .collect();
+    let plc = Plc::start(PlcConfig {
+        modbus: Some(ModbusConfig {
+            listen: Some("127.0.0.1:0".into()),
+            points: points(&layout),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator starts");
+    let mut plan = tag_map(
+        ModbusTransport::Tcp(plc.modbus_addr().expect("modbus").to_string()),
+        &addresses,
+        Duration::from_millis(100),
+    );
+    if let SourcePlan::Modbus(m) = &mut plan.source {
+        m.connections = std::num::NonZeroU8::new(3).expect("non-zero");
+    }
+    let gateway = Gateway::start(plan, tuning());
+    let expected: Vec<RawValue> = layout.iter().map(|(_, _, v)| v.clone()).collect();
+    expect_values(&gateway, &expected, "three connections").await;
+    assert!(
+        wait_until(DEADLINE, || gateway.counters.snapshot().connected == 3).await,
+        "{}",
+        gateway.report()
+    );
+    let counters = Arc::clone(&gateway.counters);
+    gateway.stop().await;
+    assert_eq!(counters.snapshot().connected, 0, "gauge after shutdown");
+    plc.shutdown().await;
+}
+
+#[test]
+fn connections_are_checked_against_the_transport() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let serial = dir.path().join("serial.yaml");
+    std::fs::write(
+        &serial,
+        "source:\n  modbus:\n    serial: {port: /dev/ttyUSB0}\n    connections: 2\ntags:\n  - {sensor_id: a, modicon: \"40001\"}\n",
+    )
+    .expect("write");
+    let zero = dir.path().join("zero.yaml");
+    std::fs::write(
+        &zero,
+        "source:\n  modbus:\n    tcp: 10.0.0.7:502\n    connections: 0\ntags:\n  - {sensor_id: b, modicon: \"40001\"}\n",
+    )
+    .expect("write");
+    let report = tagbridge::mapping::load_all(&[serial, zero])
+        .expect_err("both files are invalid")
+        .render();
+    assert!(
+        report.contains("serial.yaml:4:18: error: `connections: 2` on a serial line"),
+        "{report}"
+    );
+    assert!(
+        report.contains("zero.yaml:4:18: error: `connections: 0` is out of range"),
+        "{report}"
+    );
 }

@@ -146,6 +146,8 @@ pub(crate) struct Poller {
     counters: Arc<Counters>,
     /// Bounded: when the mapping stage is behind, the poller waits here (and its cycles overrun).
     tx: mpsc::Sender<SampleBatch>,
+    /// Whether this poller counts in the `connected` gauge (shared by a tag map's connections).
+    connected: bool,
 }
 
 impl Poller {
@@ -155,6 +157,7 @@ impl Poller {
         tuning: Tuning,
         counters: Arc<Counters>,
         tx: mpsc::Sender<SampleBatch>,
+        only: &[usize],
     ) -> Poller {
         let limits = Limits {
             max_registers: tuning.max_registers,
@@ -170,7 +173,10 @@ impl Poller {
             })
             .collect();
         let mut by_interval: Vec<(Duration, Vec<usize>)> = Vec::new();
-        for (i, tag) in plan.tags.iter().enumerate() {
+        for &i in only {
+            let Some(tag) = plan.tags.get(i) else {
+                continue;
+            };
             if tags[i].is_none() {
                 continue;
             }
@@ -208,6 +214,7 @@ impl Poller {
             reconnect_at: None,
             counters,
             tx,
+            connected: false,
         }
     }
 
@@ -461,7 +468,7 @@ impl Poller {
                 match link::connect(&self.transport, self.timeout).await {
                     Ok(l) => {
                         Counters::inc(&self.counters.connects);
-                        Counters::set(&self.counters.connected, 1);
+                        self.set_connected(true);
                         if self.link_failures > 0 {
                             tracing::info!(message = "Modbus connection open again.", tag_map = %self.name, target = %self.target);
                         }
@@ -504,7 +511,7 @@ impl Poller {
                     }
                     // The stream may still carry a late answer: never reuse it.
                     self.link = None;
-                    Counters::set(&self.counters.connected, 0);
+                    self.set_connected(false);
                     if attempt >= retries {
                         if timed_out {
                             return Err(CallError::Timeout);
@@ -523,7 +530,7 @@ impl Poller {
     /// The link failed for good this cycle: back off before reconnecting.
     fn link_down(&mut self, error: &LinkError) {
         self.link = None;
-        Counters::set(&self.counters.connected, 0);
+        self.set_connected(false);
         self.link_failures = self.link_failures.saturating_add(1);
         let wait = self.backoff(self.link_failures);
         self.reconnect_at = Some(Instant::now() + wait);
@@ -568,10 +575,7 @@ impl Poller {
             },
         );
         Counters::inc(&self.counters.quarantines);
-        Counters::set(
-            &self.counters.quarantined_tags,
-            self.quarantine.len() as u64,
-        );
+        Counters::inc(&self.counters.quarantined_tags);
         self.mark_dirty();
         tracing::warn!(
             message = "Quarantined a Modbus tag the device refuses to read; the other tags keep flowing.",
@@ -595,10 +599,9 @@ impl Poller {
             self.blocked.remove(a.unit, a.table, start, end);
             tracing::info!(message = "A quarantined Modbus tag reads again.", tag_map = %self.name, tag, unit = a.unit, table = a.table.name(), address = a.address);
         }
-        Counters::set(
-            &self.counters.quarantined_tags,
-            self.quarantine.len() as u64,
-        );
+        self.counters
+            .quarantined_tags
+            .fetch_sub(1, Ordering::Relaxed);
         self.mark_dirty();
     }
 
@@ -617,10 +620,33 @@ impl Poller {
         );
     }
 
+    /// Moves the shared `connected` gauge (connections open, over all of a tag map's pollers).
+    fn set_connected(&mut self, up: bool) {
+        if up != self.connected {
+            self.connected = up;
+            if up {
+                Counters::inc(&self.counters.connected);
+            } else {
+                self.counters.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn mark_dirty(&mut self) {
         for g in &mut self.groups {
             g.dirty = true;
         }
+    }
+}
+
+impl Drop for Poller {
+    /// Takes this poller out of the shared gauges.
+    fn drop(&mut self) {
+        self.set_connected(false);
+        let quarantined = self.quarantine.len() as u64;
+        self.counters
+            .quarantined_tags
+            .fetch_sub(quarantined, Ordering::Relaxed);
     }
 }
 
