@@ -104,6 +104,7 @@ fn run_row(
         transport: ModbusTransport::Tcp(addr.to_string()),
         timeout: Duration::from_secs(2),
         max_gap: 8,
+        connections: std::num::NonZeroU8::MIN,
     };
     let plan = TagMapPlan {
         path: "bench.yaml".into(),

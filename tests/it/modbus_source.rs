@@ -69,6 +69,7 @@ fn tag_map(
             transport,
             timeout: Duration::from_millis(500),
             max_gap: 8,
+            connections: std::num::NonZeroU8::MIN,
         }),
         tags: addresses
             .iter()
@@ -921,4 +922,167 @@ async fn random_refused_addresses_quarantine_exactly_the_tags_that_hold_them() {
         gateway.stop().await;
         plc.shutdown().await;
     }
+}
+
+/// Unit 1 answers (holding register `a` holds `a + 100`); unit 2 never answers, like a dead
+/// device behind a gateway.
+struct OneDeadUnit;
+
+impl tokio_modbus::server::Service for OneDeadUnit {
+    type Request = tokio_modbus::SlaveRequest<'static>;
+    /// `None` sends nothing.
+    type Response = Option<tokio_modbus::Response>;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Option<tokio_modbus::Response>, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        std::future::ready(match (req.slave, req.request) {
+            (1, tokio_modbus::Request::ReadHoldingRegisters(a, n)) => Ok(Some(
+                tokio_modbus::Response::ReadHoldingRegisters((a..a + n).map(|x| x + 100).collect()),
+            )),
+            (2, _) => Ok(None),
+            _ => Err(ExceptionCode::IllegalFunction),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_unit_behind_a_gateway_backs_off_and_the_live_unit_keeps_flowing() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let on_connected = |stream: tokio::net::TcpStream, _peer| async move {
+                Ok::<_, std::io::Error>(Some((OneDeadUnit, stream)))
+            };
+            tokio_modbus::server::tcp::Server::new(listener)
+                .serve_until(&on_connected, |_error| {}, stop.cancelled_owned())
+                .await
+        }
+    });
+    let addresses = vec![
+        address(1, Table::HoldingRegister, 0, DataType::Uint16),
+        address(1, Table::HoldingRegister, 1, DataType::Uint16),
+        address(2, Table::HoldingRegister, 0, DataType::Uint16),
+    ];
+    let mut plan = tag_map(
+        ModbusTransport::Tcp(addr.to_string()),
+        &addresses,
+        Duration::from_millis(100),
+    );
+    if let SourcePlan::Modbus(m) = &mut plan.source {
+        m.timeout = Duration::from_millis(200);
+    }
+    // Backoff up to 2 s, as a real deployment would have (30 s by default).
+    let gateway = Gateway::start(
+        plan,
+        Tuning {
+            backoff_max: Duration::from_secs(2),
+            ..tuning()
+        },
+    );
+    assert!(
+        wait_until(DEADLINE, || gateway.count(0) >= 60
+            && gateway.count(1) >= 60)
+        .await,
+        "the live unit stalled:\n{}",
+        gateway.report()
+    );
+    let c = gateway.counters.snapshot();
+    assert_eq!(gateway.count(2), 0, "{}", gateway.report());
+    assert_eq!(
+        gateway.latest(1).map(|s| s.value),
+        Some(RawValue::UInt(101))
+    );
+    // Without the unit's backoff every cycle would spend a timeout or two on it; with it,
+    // most cycles skip it.
+    assert!(
+        c.timeouts >= 1 && c.skipped_unit_down > 0,
+        "{}",
+        gateway.report()
+    );
+    assert!(
+        c.timeouts * 3 < c.cycles,
+        "the dead unit was tried too often:\n{}",
+        gateway.report()
+    );
+    gateway.stop().await;
+    stop.cancel();
+    let _ = server.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_connections_share_the_reads_of_one_device() {
+    let addresses: Vec<ModbusAddress> = (0..600)
+        .map(|a| address(1, Table::InputRegister, a, DataType::Uint16))
+        .collect();
+    let layout: Vec<(ModbusAddress, SignalValue, RawValue)> = addresses
+        .iter()
+        .map(|a| {
+            let v = i64::from(a.address) * 7;
+            (*a, SignalValue::Int(v), RawValue::UInt(v as u64))
+        })
+        .collect();
+    let plc = Plc::start(PlcConfig {
+        modbus: Some(ModbusConfig {
+            listen: Some("127.0.0.1:0".into()),
+            points: points(&layout),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator starts");
+    let mut plan = tag_map(
+        ModbusTransport::Tcp(plc.modbus_addr().expect("modbus").to_string()),
+        &addresses,
+        Duration::from_millis(100),
+    );
+    if let SourcePlan::Modbus(m) = &mut plan.source {
+        m.connections = std::num::NonZeroU8::new(3).expect("non-zero");
+    }
+    let gateway = Gateway::start(plan, tuning());
+    let expected: Vec<RawValue> = layout.iter().map(|(_, _, v)| v.clone()).collect();
+    expect_values(&gateway, &expected, "three connections").await;
+    assert!(
+        wait_until(DEADLINE, || gateway.counters.snapshot().connected == 3).await,
+        "{}",
+        gateway.report()
+    );
+    let counters = Arc::clone(&gateway.counters);
+    gateway.stop().await;
+    assert_eq!(counters.snapshot().connected, 0, "gauge after shutdown");
+    plc.shutdown().await;
+}
+
+#[test]
+fn connections_are_checked_against_the_transport() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let serial = dir.path().join("serial.yaml");
+    std::fs::write(
+        &serial,
+        "source:\n  modbus:\n    serial: {port: /dev/ttyUSB0}\n    connections: 2\ntags:\n  - {sensor_id: a, modicon: \"40001\"}\n",
+    )
+    .expect("write");
+    let zero = dir.path().join("zero.yaml");
+    std::fs::write(
+        &zero,
+        "source:\n  modbus:\n    tcp: 10.0.0.7:502\n    connections: 0\ntags:\n  - {sensor_id: b, modicon: \"40001\"}\n",
+    )
+    .expect("write");
+    let report = tagbridge::mapping::load_all(&[serial, zero])
+        .expect_err("both files are invalid")
+        .render();
+    assert!(
+        report.contains("serial.yaml:4:18: error: `connections: 2` on a serial line"),
+        "{report}"
+    );
+    assert!(
+        report.contains("zero.yaml:4:18: error: `connections: 0` is out of range"),
+        "{report}"
+    );
 }

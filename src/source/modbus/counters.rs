@@ -5,7 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of one Modbus source (one tag map, one connection).
+/// Counters of one Modbus source: one tag map, summed over its connections. `last_cycle_*`
+/// are those of whichever connection finished a cycle last.
 #[derive(Debug, Default)]
 pub struct ModbusCounters {
     /// Read requests sent (retries and bisection reads included).
@@ -24,7 +25,7 @@ pub struct ModbusCounters {
     pub connects: AtomicU64,
     /// Connection attempts that failed.
     pub connect_failures: AtomicU64,
-    /// 1 while a connection is open, else 0.
+    /// Connections open now.
     pub connected: AtomicU64,
     /// Poll cycles completed (one per interval group per tick).
     pub cycles: AtomicU64,

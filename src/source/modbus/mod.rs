@@ -6,7 +6,8 @@
 //! - [`decode`]: registers → typed values in every byte/word order.
 //! - [`link`]: one connection (Modbus TCP, RTU over TCP, RTU over a serial port), one read at a
 //!   time with a timeout.
-//! - [`poller`]: the task: schedule per interval, retries, reconnect with backoff and jitter,
+//! - [`poller`]: the task per connection (a tag map may ask for several with `connections`,
+//!   each polling a contiguous run of the planned reads): schedule per interval, retries, reconnect with backoff and jitter,
 //!   quarantine of refused tags, overrun accounting. Its module doc lists the invariants,
 //!   including the timestamp policy (the instant the response arrived).
 //! - [`ModbusCounters`]: what it did, as atomics, for metrics and tests; [`ModbusStats`] turns
@@ -46,9 +47,10 @@ pub fn spawn(
     start(plan, source, Tuning::default(), tx, cancel, tracker).map(|_| ())
 }
 
-/// Starts polling for one tag map and returns its counters. The task sends one batch per poll
-/// cycle on `tx` (waiting while the mapping stage is behind) until `cancel` fires or the
-/// receiver is gone, then drops `tx` and its connection.
+/// Starts polling for one tag map and returns its counters: one task per connection
+/// (`connections`, default 1), each sending one batch per poll cycle on `tx` (waiting while the
+/// mapping stage is behind) until `cancel` fires or the receiver is gone, then dropping its
+/// sender and connection.
 pub fn start(
     plan: &TagMapPlan,
     source: &ModbusPlan,
@@ -58,14 +60,31 @@ pub fn start(
     tracker: &TaskTracker,
 ) -> Result<Arc<ModbusCounters>, SourceError> {
     let counters = Arc::new(ModbusCounters::default());
-    let poller = poller::Poller::new(plan, source, tuning, Arc::clone(&counters), tx);
-    tracker.spawn(async move {
-        tokio::select! {
-            // Shutdown: dropping the poller closes the connection and the sender.
-            _ = cancel.cancelled() => {}
-            // The mapping stage went away.
-            _ = poller.run() => {}
-        }
-    });
+    let limits = planner::Limits {
+        max_registers: tuning.max_registers,
+        max_bits: tuning.max_bits,
+        max_gap: source.max_gap,
+    };
+    // One poller per connection, each with a contiguous run of the planned reads.
+    let shares = planner::share(plan, limits, usize::from(source.connections.get()));
+    for share in shares.iter().filter(|s| !s.is_empty()) {
+        let poller = poller::Poller::new(
+            plan,
+            source,
+            tuning.clone(),
+            Arc::clone(&counters),
+            tx.clone(),
+            share,
+        );
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                // Shutdown: dropping the poller closes its connection and its sender.
+                _ = cancel.cancelled() => {}
+                // The mapping stage went away.
+                _ = poller.run() => {}
+            }
+        });
+    }
     Ok(counters)
 }

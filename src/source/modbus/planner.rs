@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 
 use crate::config::tagmap::Table;
+#[cfg(test)]
+use crate::mapping::plan::TagPlan;
 use crate::mapping::plan::{ModbusAddress, ModbusPlan, TagAddress, TagMapPlan};
 
 /// Modbus Application Protocol V1.1b3, 6.3/6.4: 1..=125 registers per read.
@@ -166,6 +168,30 @@ fn finish((unit, table, start, end, tags): (u8, Table, u32, u32, Vec<usize>)) ->
     }
 }
 
+/// Splits the tags of a tag map over `n` connections: each interval's reads, as planned, in
+/// `n` contiguous runs, so every connection's own plan is the same reads. Returns `n` lists of
+/// tag indexes (some empty when there are fewer reads than connections).
+pub fn share(plan: &TagMapPlan, limits: Limits, n: usize) -> Vec<Vec<usize>> {
+    let n = n.max(1);
+    let mut shares = vec![Vec::new(); n];
+    let mut groups: BTreeMap<std::time::Duration, Vec<(usize, ModbusAddress)>> = BTreeMap::new();
+    for (i, tag) in plan.tags.iter().enumerate() {
+        if let TagAddress::Modbus(a) = &tag.address {
+            groups.entry(tag.interval).or_default().push((i, *a));
+        }
+    }
+    for tags in groups.values() {
+        let reads = self::plan(tags, limits, &Blocked::default());
+        let len = reads.len();
+        for (k, share) in shares.iter_mut().enumerate() {
+            for read in &reads[k * len / n..(k + 1) * len / n] {
+                share.extend_from_slice(&read.tags);
+            }
+        }
+    }
+    shares
+}
+
 /// One line of `tagbridge check`: requests per cycle, per unit and interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CycleSummary {
@@ -291,6 +317,39 @@ mod tests {
         let p = plan(&indexed(vec![a, b]), limits(0), &Blocked::default());
         assert_eq!(p.len(), 1);
         assert_eq!((p[0].address, p[0].count), (10, 1));
+    }
+
+    #[test]
+    fn connections_share_contiguous_runs_of_reads() {
+        let tags: Vec<TagPlan> = (0..500u16)
+            .map(|a| TagPlan {
+                sensor_id: format!("t{a}").into(),
+                address: TagAddress::Modbus(reg(a, DataType::Uint16)),
+                interval: std::time::Duration::from_secs(1),
+                transform: Default::default(),
+                extra: "".into(),
+                pos: crate::config::Pos { line: 1, col: 1 },
+            })
+            .collect();
+        let plan = TagMapPlan {
+            path: "x.yaml".into(),
+            source: crate::mapping::SourcePlan::Modbus(ModbusPlan {
+                transport: crate::mapping::plan::ModbusTransport::Tcp("h:1".into()),
+                timeout: std::time::Duration::from_secs(1),
+                max_gap: 8,
+                connections: std::num::NonZeroU8::MIN,
+            }),
+            tags,
+            disabled: 0,
+        };
+        // 500 registers = 4 reads over 3 connections: 1, 1 and 2 reads.
+        let shares = share(&plan, limits(8), 3);
+        let sizes: Vec<usize> = shares.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![125, 125, 250]);
+        let mut all: Vec<usize> = shares.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..500).collect::<Vec<_>>());
+        assert_eq!(share(&plan, limits(8), 1)[0].len(), 500);
     }
 
     proptest! {

@@ -13,8 +13,8 @@
 //!   changes only) and re-sends unchanged values on `heartbeat`.
 //! - **The link failed** (timeout, closed, garbled) → the connection is dropped and the read is
 //!   retried on a fresh one, up to `retries` times. Reads that keep timing out mark their *unit*
-//!   as down for a backoff (exponential with jitter), so a dead device behind a gateway costs the
-//!   others at most one timeout per backoff; other link failures end the cycle and reconnecting
+//!   as down for a backoff (exponential with jitter) and later probes of it are not retried, so a
+//!   dead device behind a gateway costs the others one timeout per backoff; other link failures end the cycle and reconnecting
 //!   backs off the same way. Nothing restarts: once the device answers, values flow again.
 //! - **The device said no** (a Modbus exception) to a read of several tags → the read is split
 //!   in halves until the refused address is found. A single tag refused is *quarantined*:
@@ -146,6 +146,8 @@ pub(crate) struct Poller {
     counters: Arc<Counters>,
     /// Bounded: when the mapping stage is behind, the poller waits here (and its cycles overrun).
     tx: mpsc::Sender<SampleBatch>,
+    /// Whether this poller counts in the `connected` gauge (shared by a tag map's connections).
+    connected: bool,
 }
 
 impl Poller {
@@ -155,6 +157,7 @@ impl Poller {
         tuning: Tuning,
         counters: Arc<Counters>,
         tx: mpsc::Sender<SampleBatch>,
+        only: &[usize],
     ) -> Poller {
         let limits = Limits {
             max_registers: tuning.max_registers,
@@ -170,7 +173,10 @@ impl Poller {
             })
             .collect();
         let mut by_interval: Vec<(Duration, Vec<usize>)> = Vec::new();
-        for (i, tag) in plan.tags.iter().enumerate() {
+        for &i in only {
+            let Some(tag) = plan.tags.get(i) else {
+                continue;
+            };
             if tags[i].is_none() {
                 continue;
             }
@@ -208,6 +214,7 @@ impl Poller {
             reconnect_at: None,
             counters,
             tx,
+            connected: false,
         }
     }
 
@@ -446,6 +453,13 @@ impl Poller {
         count: u16,
     ) -> Result<Result<Items, ExceptionCode>, CallError> {
         let mut attempt = 0;
+        // A unit already known not to answer is probed once, not retried: a dead device
+        // behind a gateway costs one timeout per backoff.
+        let retries = if self.units.get(&unit).is_some_and(|u| u.failures > 0) {
+            0
+        } else {
+            self.tuning.retries
+        };
         loop {
             if self.link.is_none() {
                 if self.reconnect_at.is_some_and(|at| Instant::now() < at) {
@@ -454,7 +468,7 @@ impl Poller {
                 match link::connect(&self.transport, self.timeout).await {
                     Ok(l) => {
                         Counters::inc(&self.counters.connects);
-                        Counters::set(&self.counters.connected, 1);
+                        self.set_connected(true);
                         if self.link_failures > 0 {
                             tracing::info!(message = "Modbus connection open again.", tag_map = %self.name, target = %self.target);
                         }
@@ -497,8 +511,8 @@ impl Poller {
                     }
                     // The stream may still carry a late answer: never reuse it.
                     self.link = None;
-                    Counters::set(&self.counters.connected, 0);
-                    if attempt >= self.tuning.retries {
+                    self.set_connected(false);
+                    if attempt >= retries {
                         if timed_out {
                             return Err(CallError::Timeout);
                         }
@@ -516,7 +530,7 @@ impl Poller {
     /// The link failed for good this cycle: back off before reconnecting.
     fn link_down(&mut self, error: &LinkError) {
         self.link = None;
-        Counters::set(&self.counters.connected, 0);
+        self.set_connected(false);
         self.link_failures = self.link_failures.saturating_add(1);
         let wait = self.backoff(self.link_failures);
         self.reconnect_at = Some(Instant::now() + wait);
@@ -561,10 +575,7 @@ impl Poller {
             },
         );
         Counters::inc(&self.counters.quarantines);
-        Counters::set(
-            &self.counters.quarantined_tags,
-            self.quarantine.len() as u64,
-        );
+        Counters::inc(&self.counters.quarantined_tags);
         self.mark_dirty();
         tracing::warn!(
             message = "Quarantined a Modbus tag the device refuses to read; the other tags keep flowing.",
@@ -588,10 +599,9 @@ impl Poller {
             self.blocked.remove(a.unit, a.table, start, end);
             tracing::info!(message = "A quarantined Modbus tag reads again.", tag_map = %self.name, tag, unit = a.unit, table = a.table.name(), address = a.address);
         }
-        Counters::set(
-            &self.counters.quarantined_tags,
-            self.quarantine.len() as u64,
-        );
+        self.counters
+            .quarantined_tags
+            .fetch_sub(1, Ordering::Relaxed);
         self.mark_dirty();
     }
 
@@ -610,10 +620,33 @@ impl Poller {
         );
     }
 
+    /// Moves the shared `connected` gauge (connections open, over all of a tag map's pollers).
+    fn set_connected(&mut self, up: bool) {
+        if up != self.connected {
+            self.connected = up;
+            if up {
+                Counters::inc(&self.counters.connected);
+            } else {
+                self.counters.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn mark_dirty(&mut self) {
         for g in &mut self.groups {
             g.dirty = true;
         }
+    }
+}
+
+impl Drop for Poller {
+    /// Takes this poller out of the shared gauges.
+    fn drop(&mut self) {
+        self.set_connected(false);
+        let quarantined = self.quarantine.len() as u64;
+        self.counters
+            .quarantined_tags
+            .fetch_sub(quarantined, Ordering::Relaxed);
     }
 }
 
