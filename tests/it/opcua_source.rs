@@ -722,10 +722,15 @@ async fn values_from_python_asyncua_server() {
             server.ns
         ));
     }
+    // An array read per element.
+    yaml.push_str(&format!(
+        "  - {{sensor_id: El, node: \"ns={};s=Plant/Vector\", elements: 3}}\n",
+        server.ns
+    ));
     let run = Running::start(tag_map(dir.path(), &yaml));
     let c = &run.counters;
     let ok = support::wait_until(DEADLINE, || {
-        run.latest().len() == names.len() - 2
+        run.latest().len() == names.len() - 2 + 3
             && run.of("Counter").len() >= 3
             && OpcUaCounters::get(&c.bad) >= 1
             && OpcUaCounters::get(&c.unsupported) >= 1
@@ -748,6 +753,9 @@ async fn values_from_python_asyncua_server() {
         ("Mode", RawValue::Text("SignAndEncrypt".into())),
         // Uncertain values pass by default.
         ("Unsure", RawValue::Float(2.0)),
+        ("El[0]", RawValue::Float(1.5)),
+        ("El[1]", RawValue::Float(2.5)),
+        ("El[2]", RawValue::Float(3.5)),
     ];
     for (sensor, value) in expect {
         assert_eq!(

@@ -33,6 +33,8 @@ pub(super) struct Ctx {
     pub queue: Arc<Queue>,
     /// One per tag: [`FLAG_BAD`], [`FLAG_UNSUPPORTED`].
     pub flags: Arc<Vec<AtomicU8>>,
+    /// Per tag: the array element it monitors (`elements:`).
+    pub elements: Vec<Option<u32>>,
     pub timestamps: TimestampSource,
     pub uncertain: UncertainPolicy,
 }
@@ -50,6 +52,9 @@ pub(super) fn start(
     let queue = Arc::new(Queue::new(capacity));
     let ctx = Arc::new(Ctx {
         flags: Arc::new((0..plan.tags.len()).map(|_| AtomicU8::new(0)).collect()),
+        elements: (0..plan.tags.len())
+            .map(|t| source.monitoring.get(t).and_then(|m| m.index))
+            .collect(),
         timestamps: source.timestamps,
         uncertain: source.uncertain,
         plan,
@@ -344,7 +349,11 @@ impl OnSubscriptionNotificationCore for Notifier {
                     continue;
                 };
                 let names = self.names.get(tag).and_then(Option::as_ref);
-                match convert::convert(variant, names) {
+                let converted = match ctx.elements.get(tag).copied().flatten() {
+                    Some(index) => convert::convert_element(variant, index, names),
+                    None => convert::convert(variant, names),
+                };
+                match converted {
                     Ok(raw) => batch.push(Sample {
                         tag,
                         timestamp: convert::timestamp(&value, ctx.timestamps, now),

@@ -345,6 +345,10 @@ impl Manager {
             item_to_monitor: ReadValueId {
                 node_id: node,
                 attribute_id: AttributeId::Value as u32,
+                index_range: m
+                    .index
+                    .map(opcua::types::NumericRange::Index)
+                    .unwrap_or_default(),
                 ..Default::default()
             },
             monitoring_mode: MonitoringMode::Reporting,
@@ -568,6 +572,7 @@ mod tests {
     fn filters() {
         assert!(filter(&MonitoringPlan::default()).is_null());
         let f = filter(&MonitoringPlan {
+            index: None,
             queue_size: None,
             trigger: None,
             deadband: Some(ServerDeadband::Percent(2.0)),
