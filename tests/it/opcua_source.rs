@@ -892,3 +892,51 @@ async fn connects_once_a_late_server_comes_up() {
     run.stop().await;
     plc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_trust_command_checks_the_thumbprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let plc = secure_sim(dir.path()).await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    let plan = tag_map(dir.path(), &secure_yaml(dir.path(), &endpoint));
+    let tag_map_path = plan.path.display().to_string();
+    let trust = |extra: &[&str]| {
+        let mut args = vec!["opcua".to_string(), "trust".into(), tag_map_path.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        cli(args)
+    };
+    let wrong = trust(&["--thumbprint", "00:11:22"]).await;
+    assert!(!wrong.status.success(), "a wrong thumbprint was accepted");
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("not 001122"), "{stderr}");
+    let trusted_dir = dir.path().join("pki/trusted");
+    let count = || {
+        std::fs::read_dir(&trusted_dir)
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(), 0);
+    // The thumbprint an operator would compare: the one the refusal names.
+    let client = opcua::connect::client(opcua_plan(&plan), 1000).unwrap();
+    let Err(OpcUaError::Untrusted(untrusted)) =
+        opcua::connect::connect(&client, opcua_plan(&plan), &plan.path).await
+    else {
+        panic!("expected an untrusted-certificate error")
+    };
+    let right = trust(&["--thumbprint", &untrusted.thumbprint.to_lowercase()]).await;
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    assert!(String::from_utf8_lossy(&right.stdout).contains(&untrusted.thumbprint));
+    assert_eq!(count(), 1);
+    assert!(
+        !untrusted.rejected.exists(),
+        "the rejected copy stays behind"
+    );
+    let run = Running::start(plan);
+    assert!(support::wait_until(DEADLINE, || !run.of("secure").is_empty()).await);
+    run.stop().await;
+    plc.shutdown().await;
+}
