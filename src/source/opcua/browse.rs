@@ -343,12 +343,18 @@ pub async fn browse_server(
     result
 }
 
+/// A minimal plan for unit tests of this module's siblings.
+#[cfg(test)]
+pub(crate) fn tests_plan() -> OpcUaPlan {
+    tests::plan()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn plan() -> OpcUaPlan {
+    pub(super) fn plan() -> OpcUaPlan {
         OpcUaPlan {
             endpoint: "opc.tcp://127.0.0.1:4840/".into(),
             security_policy: SecurityPolicy::None,
