@@ -79,6 +79,7 @@ async def main():
     await add("Guid", uuid.UUID("72962b91-fa75-4ae6-8d28-b404dc7daf63"), ua.VariantType.Guid)
     await add("Bytes", b"\x01\x02\x03", ua.VariantType.ByteString)
     await add("Array", [1, 2, 3], ua.VariantType.Int32)
+    await add("Vector", [1.5, 2.5, 3.5], ua.VariantType.Double)
     # An enumeration of namespace 0 (MessageSecurityMode, i=302): EnumStrings come from the
     # standard address space.
     mode = await add("Mode", 3, ua.VariantType.Int32)
