@@ -6,8 +6,10 @@ mod check;
 mod demo;
 mod opcua;
 mod send_test;
+mod sim_hub;
 mod sim_plc;
 mod spool;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,6 +57,14 @@ pub enum Command {
         /// Tag map files or directories.
         paths: Vec<PathBuf>,
     },
+    /// What the running gateway is doing: readiness, hub, each tag map's source, the spool.
+    ///
+    /// Exits 0 when the gateway answers and is ready, 1 otherwise.
+    Status {
+        /// The gateway configuration (its telemetry.metrics address and spool directory).
+        #[arg(short, long, default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
     /// Send one marked test event with the configured credentials and say whether the hub
     /// accepted it (sensor_id `tagbridge:send-test`).
     SendTest {
@@ -94,6 +104,8 @@ pub enum Command {
 pub enum SimCommand {
     /// A simulated PLC: OPC UA and Modbus TCP servers driven by deterministic signals.
     Plc(sim_plc::SimPlcArgs),
+    /// A local Event Hub emulator: AMQP 1.0 over TLS and TCP, HTTPS REST, faults on demand.
+    Hub(sim_hub::SimHubArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -105,6 +117,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run(&config, format),
         Command::Check { config, paths } => check::check(config.as_deref(), &paths),
         Command::SendTest { config } => send_test::send_test(&config),
+        Command::Status { config } => status::status(&config),
         Command::Schema { dir, check } => schema(&dir, check),
         Command::Spool { command } => spool::run(command),
         Command::Browse(args) => browse::run(args),
@@ -112,6 +125,9 @@ pub fn main() -> ExitCode {
         Command::Sim {
             command: SimCommand::Plc(args),
         } => sim_plc::run(args, format),
+        Command::Sim {
+            command: SimCommand::Hub(args),
+        } => sim_hub::run(args, format),
     }
 }
 
@@ -251,6 +267,7 @@ fn run_options(
     };
     Ok(crate::runtime::RunOptions {
         metrics,
+        metrics_bound: None,
         summary_every: telemetry
             .summary_every
             .map_or(std::time::Duration::from_secs(60), |s| s.as_duration()),

@@ -246,6 +246,9 @@ pub struct TagSpec {
     pub trigger: Option<DataChangeTrigger>,
     /// OPC UA: a deadband the server applies, `{absolute: 0.5}` or `{percent: 2}`.
     pub server_deadband: Option<Spanned<ServerDeadband>>,
+    /// OPC UA: the node holds an array; read its first N elements, each as its own tag
+    /// `sensor_id[i]` (0-based). Without it, an array value is reported and not sent.
+    pub elements: Option<Spanned<u32>>,
 
     /// Modbus: the table, with `address`.
     pub table: Option<Spanned<Table>>,

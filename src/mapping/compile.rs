@@ -167,6 +167,25 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
             .unwrap_or(DEFAULT_INTERVAL);
         if !is_modbus {
             let Some(m) = c.monitoring(tag) else { continue };
+            // An array node read per element: one tag `sensor_id[i]` per element.
+            if let Some(n) = tag.elements.as_ref().map(|e| e.value) {
+                let extra = encode_extra(&extra);
+                for i in 0..n {
+                    monitoring.push(MonitoringPlan {
+                        index: Some(i),
+                        ..m
+                    });
+                    tags.push(TagPlan {
+                        sensor_id: format!("{sensor_id}[{i}]").into(),
+                        address: address.clone(),
+                        interval,
+                        transform: transform.clone(),
+                        extra: extra.clone(),
+                        pos: tag.sensor_id.pos,
+                    });
+                }
+                continue;
+            }
             monitoring.push(m);
         }
         tags.push(TagPlan {
@@ -346,7 +365,17 @@ impl Compiler<'_> {
                 );
             }
         }
+        if let Some(e) = &tag.elements {
+            if !(1..=100_000).contains(&e.value) {
+                return self.err(
+                    e.pos,
+                    "elements must be between 1 and 100000",
+                    "the number of array elements to read, each as `sensor_id[i]`",
+                );
+            }
+        }
         Some(MonitoringPlan {
+            index: None,
             queue_size: tag.queue_size.as_ref().map(|q| q.value),
             trigger: tag.trigger,
             deadband: tag.server_deadband.as_ref().map(|d| d.value),

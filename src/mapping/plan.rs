@@ -49,6 +49,8 @@ pub struct OpcUaPlan {
 /// How the server watches one OPC UA tag.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct MonitoringPlan {
+    /// For one element of an array node (`elements:`): its index.
+    pub index: Option<u32>,
     /// None: derived from the sampling and publishing intervals.
     pub queue_size: Option<u32>,
     /// None: the server's default (status or value changes, no deadband).

@@ -71,6 +71,14 @@ impl Journal {
         }
     }
 
+    /// The spool's bytes, drops and oldest age (refreshed every second); `None` in memory.
+    pub fn spool_status(&self) -> Option<crate::spool::SpoolStatus> {
+        match self {
+            Journal::Memory(_) => None,
+            Journal::Spool(h) => Some(h.status()),
+        }
+    }
+
     /// Records not yet acknowledged.
     pub fn depth(&self) -> u64 {
         match self {

@@ -58,10 +58,12 @@ pub enum Output {
 }
 
 /// Operations settings of a run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunOptions {
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None`: not at all.
     pub metrics: Option<SocketAddr>,
+    /// Told the address actually bound (port 0 picks a free one; tests use that).
+    pub metrics_bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
     /// How often to log the one-line summary.
     pub summary_every: Duration,
     /// Live reload of tag maps; `None`: the tag maps given are run as they are.
@@ -81,6 +83,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             metrics: None,
+            metrics_bound: None,
             summary_every: Duration::from_secs(60),
             reload: None,
         }
@@ -134,6 +137,7 @@ pub async fn run(
         totals.clone(),
         shutdown.clone(),
         status.maps.clone(),
+        status.modbus.clone(),
     );
     maps.apply(plans);
     let started = maps.len();
@@ -155,6 +159,11 @@ pub async fn run(
     // stay truthful while the sink drains.
     let ops_cancel = CancellationToken::new();
     let ops = TaskTracker::new();
+    if let (Some(listener), Some(bound)) = (&listener, options.metrics_bound) {
+        if let Ok(addr) = listener.local_addr() {
+            let _ = bound.send(addr);
+        }
+    }
     if let Some(listener) = listener {
         let metrics = crate::telemetry::metrics::Metrics::default();
         status.register(&metrics);

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::journal::Journal;
 use crate::mapping::MappingCounters;
 use crate::sink::eventhub::sink::{SinkState, SinkStats};
+use crate::source::SourceCounters;
 use crate::telemetry::metrics::{single, Labels, Metrics, Points};
 
 /// Live mapping counters of one tag map.
@@ -43,33 +44,55 @@ pub struct SinkView {
     pub journal: Arc<Journal>,
 }
 
-/// The tag maps running now, by file stem; a reload replaces entries.
-pub type RunningMaps = Arc<RwLock<Vec<(Arc<str>, Arc<MapStats>)>>>;
+/// One running tag map.
+#[derive(Debug, Clone)]
+pub struct MapEntry {
+    /// The file stem, the `tag_map` label.
+    pub name: Arc<str>,
+    pub stats: Arc<MapStats>,
+    pub source: SourceCounters,
+}
+
+/// The tag maps running now; a reload replaces entries.
+pub type RunningMaps = Arc<RwLock<Vec<MapEntry>>>;
 
 /// Everything `/metrics`, `/readyz` and the summary line read.
 #[derive(Clone, Default)]
 pub struct GatewayStatus {
     pub maps: RunningMaps,
+    /// Every Modbus source's counters, for its `tagbridge_modbus_*` families.
+    pub modbus: crate::source::modbus::ModbusStats,
     pub sink: Option<SinkView>,
 }
 
 impl GatewayStatus {
-    fn maps(&self) -> Vec<(Arc<str>, Arc<MapStats>)> {
+    fn maps(&self) -> Vec<MapEntry> {
         self.maps.read().map(|m| m.clone()).unwrap_or_default()
     }
 
     pub fn readings_total(&self) -> u64 {
         self.maps()
             .iter()
-            .map(|(_, s)| s.readings.load(Ordering::Relaxed))
+            .map(|m| m.stats.readings.load(Ordering::Relaxed))
             .sum()
     }
 
     /// Ready when at least one source runs and the sink (if any) is connected and authorised.
     /// The JSON says which part is not.
     pub fn readiness(&self) -> (bool, serde_json::Value) {
-        let running = self.maps().len();
-        let sources_ok = running > 0;
+        let maps = self.maps();
+        let running = maps.len();
+        let connected: Vec<&str> = maps
+            .iter()
+            .filter(|m| m.source.connected())
+            .map(|m| &*m.name)
+            .collect();
+        let disconnected: Vec<&str> = maps
+            .iter()
+            .filter(|m| !m.source.connected())
+            .map(|m| &*m.name)
+            .collect();
+        let sources_ok = !connected.is_empty();
         let (sink_ok, sink_detail) = match &self.sink {
             None => (true, "lines output".to_string()),
             Some(view) => {
@@ -80,7 +103,7 @@ impl GatewayStatus {
         (
             sources_ok && sink_ok,
             serde_json::json!({
-                "sources": {"ok": sources_ok, "running": running},
+                "sources": {"ok": sources_ok, "running": running, "connected": connected, "disconnected": disconnected},
                 "sink": {"ok": sink_ok, "state": sink_detail},
             }),
         )
@@ -92,12 +115,13 @@ impl GatewayStatus {
         let per_map = move |read: fn(&MapStats) -> u64| {
             let status = status.clone();
             move |points: &mut Points| {
-                for (name, stats) in &status.maps() {
-                    let labels: Labels = vec![("tag_map".into(), name.to_string())];
-                    points.push((labels, read(stats) as f64));
+                for m in &status.maps() {
+                    let labels: Labels = vec![("tag_map".into(), m.name.to_string())];
+                    points.push((labels, read(&m.stats) as f64));
                 }
             }
         };
+        self.register_sources(metrics);
         metrics.counter(
             "tagbridge_samples",
             "Values received from sources, per tag map.",
@@ -182,6 +206,100 @@ impl GatewayStatus {
             "Readings waiting for the hub's acknowledgement.",
             move |points: &mut Points| single(journal.depth() as f64)(points),
         );
+        // The durable spool's size, drops and backlog age (nothing with the memory journal).
+        if view.journal.spool_status().is_some() {
+            let journal = view.journal.clone();
+            metrics.gauge(
+                "tagbridge_spool_bytes",
+                "Bytes in the spool's files.",
+                move |p: &mut Points| {
+                    single(journal.spool_status().unwrap_or_default().bytes as f64)(p)
+                },
+            );
+            let journal = view.journal.clone();
+            metrics.counter(
+                "tagbridge_spool_dropped",
+                "Readings dropped by the spool (full, too old, disk full), over its life.",
+                move |p: &mut Points| {
+                    single(journal.spool_status().unwrap_or_default().dropped as f64)(p)
+                },
+            );
+            let journal = view.journal.clone();
+            metrics.gauge(
+                "tagbridge_spool_oldest_age_seconds",
+                "Age of the oldest unacknowledged reading (0 when none).",
+                move |p: &mut Points| {
+                    let age = journal.spool_status().and_then(|s| s.oldest_age);
+                    single(age.map_or(0.0, |a| a.as_secs_f64()))(p)
+                },
+            );
+        }
+    }
+
+    /// Per-source families: connection state and what each protocol counts.
+    fn register_sources(&self, metrics: &Metrics) {
+        use crate::source::opcua::OpcUaCounters;
+        let status = self.clone();
+        metrics.gauge(
+            "tagbridge_source_connected",
+            "1 when the source has a working connection to its device.",
+            move |points: &mut Points| {
+                for m in &status.maps() {
+                    let labels: Labels = vec![
+                        ("tag_map".into(), m.name.to_string()),
+                        ("protocol".into(), m.source.protocol().into()),
+                    ];
+                    points.push((labels, f64::from(u8::from(m.source.connected()))));
+                }
+            },
+        );
+        // Modbus families (requests, exceptions, timeouts, overruns, quarantine, cycle time).
+        self.modbus.register(metrics);
+        let opcua = |read: fn(&OpcUaCounters) -> u64| {
+            let status = self.clone();
+            move |points: &mut Points| {
+                for m in &status.maps() {
+                    if let SourceCounters::OpcUa(c) = &m.source {
+                        points.push((vec![("tag_map".into(), m.name.to_string())], read(c) as f64));
+                    }
+                }
+            }
+        };
+        metrics.gauge(
+            "tagbridge_opcua_monitored_items",
+            "Tags with a monitored item now.",
+            opcua(|c| load(&c.items_monitored)),
+        );
+        metrics.gauge(
+            "tagbridge_opcua_failed_items",
+            "Tags whose monitored item could not be created (retried).",
+            opcua(|c| load(&c.items_failed)),
+        );
+        metrics.counter(
+            "tagbridge_opcua_subscriptions_created",
+            "Subscriptions created.",
+            opcua(|c| load(&c.subscriptions_created)),
+        );
+        metrics.counter(
+            "tagbridge_opcua_reconnects",
+            "Sessions re-established after a lost connection.",
+            opcua(|c| load(&c.reconnects)),
+        );
+        metrics.counter(
+            "tagbridge_opcua_bad_values",
+            "Notifications with a Bad status (not sent).",
+            opcua(|c| load(&c.bad)),
+        );
+        metrics.counter(
+            "tagbridge_opcua_uncertain_values",
+            "Notifications with an Uncertain status.",
+            opcua(|c| load(&c.uncertain)),
+        );
+        metrics.counter(
+            "tagbridge_opcua_overflow_dropped",
+            "Values dropped because the forwarding queue was full.",
+            opcua(|c| load(&c.overflow_dropped)),
+        );
     }
 
     /// Logs one info line every `every` (readings/s, queue depth, hub state) until cancelled.
@@ -213,6 +331,10 @@ impl GatewayStatus {
     }
 }
 
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
 fn describe(state: &SinkState) -> String {
     match state {
         SinkState::Connecting => "connecting".into(),
@@ -227,16 +349,29 @@ fn describe(state: &SinkState) -> String {
 mod tests {
     use super::*;
 
+    fn entry(name: &str, stats: Arc<MapStats>, connected: bool) -> MapEntry {
+        let counters = crate::source::modbus::ModbusCounters::default();
+        counters
+            .connected
+            .store(u64::from(connected), Ordering::Relaxed);
+        MapEntry {
+            name: name.into(),
+            stats,
+            source: SourceCounters::Modbus(Arc::new(counters)),
+        }
+    }
+
     #[test]
     fn readiness_names_the_part_that_is_not_ready() {
         let (tx, rx) = watch::channel(SinkState::Unauthorized("key `send` refused".into()));
         let status = GatewayStatus {
-            maps: Arc::new(RwLock::new(vec![("press-3".into(), Arc::default())])),
+            maps: Arc::new(RwLock::new(vec![entry("press-3", Arc::default(), true)])),
             sink: Some(SinkView {
                 state: rx,
                 stats: Arc::default(),
                 journal: Arc::new(Journal::memory(8)),
             }),
+            ..Default::default()
         };
         let (ready, detail) = status.readiness();
         assert!(!ready);
@@ -256,8 +391,8 @@ mod tests {
     fn metrics_read_live_counters() {
         let stats = Arc::new(MapStats::default());
         let status = GatewayStatus {
-            maps: Arc::new(RwLock::new(vec![("line1".into(), stats.clone())])),
-            sink: None,
+            maps: Arc::new(RwLock::new(vec![entry("line1", stats.clone(), true)])),
+            ..Default::default()
         };
         let metrics = Metrics::default();
         status.register(&metrics);

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::delivery::TaggedReadings;
-use super::status::{MapStats, RunningMaps};
+use super::status::{MapEntry, MapStats, RunningMaps};
 use super::{map_task, SAMPLE_QUEUE};
 use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
 use crate::source::{self, SampleBatch};
@@ -42,6 +42,7 @@ pub struct TagMaps {
     shutdown: CancellationToken,
     running: HashMap<PathBuf, Running>,
     status: RunningMaps,
+    modbus: crate::source::modbus::ModbusStats,
 }
 
 impl TagMaps {
@@ -51,6 +52,7 @@ impl TagMaps {
         totals: Arc<Mutex<MappingCounters>>,
         shutdown: CancellationToken,
         status: RunningMaps,
+        modbus: crate::source::modbus::ModbusStats,
     ) -> Self {
         TagMaps {
             tracker,
@@ -59,6 +61,7 @@ impl TagMaps {
             shutdown,
             running: HashMap::new(),
             status,
+            modbus,
         }
     }
 
@@ -113,10 +116,13 @@ impl TagMaps {
     fn start(&mut self, plan: &TagMapPlan, content: u64) -> bool {
         let (tx, rx) = mpsc::channel::<SampleBatch>(SAMPLE_QUEUE);
         let cancel = self.shutdown.child_token();
-        if let Err(error) = source::spawn(plan, tx, cancel.clone(), &self.tracker) {
-            tracing::error!(message = "Source not started; the other tag maps keep running.", %error);
-            return false;
-        }
+        let counters = match source::spawn(plan, tx, cancel.clone(), &self.tracker) {
+            Ok(counters) => counters,
+            Err(error) => {
+                tracing::error!(message = "Source not started; the other tag maps keep running.", %error);
+                return false;
+            }
+        };
         let name: Arc<str> = plan
             .path
             .file_stem()
@@ -124,9 +130,16 @@ impl TagMaps {
             .unwrap_or_default()
             .into();
         let stats = Arc::new(MapStats::default());
+        if let source::SourceCounters::Modbus(c) = &counters {
+            self.modbus.add(&name, c);
+        }
         if let Ok(mut maps) = self.status.write() {
-            maps.retain(|(n, _)| *n != name);
-            maps.push((name.clone(), stats.clone()));
+            maps.retain(|m| m.name != name);
+            maps.push(MapEntry {
+                name: name.clone(),
+                stats: stats.clone(),
+                source: counters,
+            });
         }
         self.tracker.spawn(map_task(
             name,
@@ -148,7 +161,7 @@ impl TagMaps {
         }
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         if let (Ok(mut maps), Some(stem)) = (self.status.write(), stem) {
-            maps.retain(|(n, _)| **n != *stem);
+            maps.retain(|m| *m.name != *stem);
         }
     }
 }

@@ -73,6 +73,7 @@ pub fn spawn(mut spool: Spool, tracker: &TaskTracker, cancel: CancellationToken)
         closed: AtomicBool::new(false),
     });
     let worker = Worker {
+        shared: shared.clone(),
         logged_dropped: spool.dropped(),
         spool,
         parked: VecDeque::new(),
@@ -147,6 +148,7 @@ impl SpoolHandle {
 
 struct Worker {
     spool: Spool,
+    shared: Arc<Shared>,
     /// Reads waiting for records, in arrival order.
     parked: VecDeque<(usize, oneshot::Sender<Vec<Record>>)>,
     /// `dropped` as of the last log line.
@@ -186,10 +188,9 @@ async fn run(
             }
         }
         let closed = shared.closed.load(Ordering::Acquire);
-        let sh = shared.clone();
         worker = match tokio::task::spawn_blocking(move || {
-            worker.process(group, closed, &sh);
-            worker.publish(&sh, false);
+            worker.process(group, closed);
+            worker.publish(false);
             worker
         })
         .await
@@ -207,15 +208,15 @@ async fn run(
         group.push(cmd);
     }
     let _ = tokio::task::spawn_blocking(move || {
-        worker.process(group, true, &shared);
+        worker.process(group, true);
         worker.finish();
-        worker.publish(&shared, true);
+        worker.publish(true);
     })
     .await;
 }
 
 impl Worker {
-    fn process(&mut self, group: Vec<Command>, closed: bool, shared: &Shared) {
+    fn process(&mut self, group: Vec<Command>, closed: bool) {
         let mut answers = Vec::new();
         for cmd in group {
             match cmd {
@@ -230,9 +231,11 @@ impl Worker {
         }
         // One commit for the whole group.
         let committed = self.spool.tick();
+        // Depth first, so that whoever gets an answer sees the depth that goes with it.
+        self.shared
+            .depth
+            .store(self.spool.depth(), Ordering::Relaxed);
         let mut error = committed.err().map(|e| e.to_string());
-        // Before the replies: a caller that saw its append done sees it in the depth too.
-        shared.depth.store(self.spool.depth(), Ordering::Relaxed);
         for (outcome, reply) in answers {
             if let Some(e) = &outcome.error {
                 error.get_or_insert_with(|| e.to_string());
@@ -330,7 +333,8 @@ impl Worker {
     }
 
     /// Shares depth (always) and the status (every [`TICK`]; it may read the disk).
-    fn publish(&mut self, shared: &Shared, force: bool) {
+    fn publish(&mut self, force: bool) {
+        let shared = &self.shared;
         shared.depth.store(self.spool.depth(), Ordering::Relaxed);
         if force || self.last_status.elapsed() >= TICK {
             self.last_status = Instant::now();

@@ -36,9 +36,11 @@
 //! - Bounds: the files never exceed `max_bytes` after an append (except a lone segment header).
 //!   When full, `drop_oldest` deletes the oldest segments, `drop_newest` refuses new records.
 //!   Records older than `max_age` are deleted a segment at a time (a segment goes when its newest
-//!   record is older). Every record removed before it was acknowledged is counted in `dropped`,
-//!   including records already handed to the sink (which may still deliver them). A full disk
-//!   (ENOSPC) is handled by the same policy; no I/O error panics.
+//!   record is older). Every record removed before it was handed to the sink is counted in
+//!   `dropped` (and persisted in the ack file); records the sink already holds are not, because
+//!   it keeps them until the hub accepts them (a warning says so: a crash before then loses
+//!   them). So after a drain, delivered + dropped = appended, exactly. A full disk (ENOSPC) is
+//!   handled by the same policy; no I/O error panics.
 
 pub mod format;
 pub mod handle;

@@ -545,8 +545,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Deletes the oldest segment (never the active one); returns its unacknowledged records,
-    /// now counted as dropped.
+    /// Deletes the oldest segment (never the active one); returns its records not yet handed
+    /// to a reader, now counted as dropped. Records already read stay with the sink, which
+    /// keeps them until the hub accepts them.
     fn evict_front(&mut self) -> u64 {
         if self.segments.len() < 2 {
             return 0;
@@ -554,7 +555,14 @@ impl Spool {
         let Some(seg) = self.segments.pop_front() else {
             return 0;
         };
-        let dropped = seg.unacked(self.state.acked);
+        let in_flight = seg.unacked(self.state.acked);
+        let dropped = seg.unacked(self.state.acked.max(self.read_pos - 1));
+        if in_flight > dropped {
+            tracing::warn!(
+                message = "Spool full: deleted readings the sink is still sending; they are lost if the gateway stops before the hub accepts them.",
+                readings = in_flight - dropped
+            );
+        }
         self.remove_segment(&seg);
         self.count_dropped(dropped);
         dropped
@@ -727,7 +735,23 @@ impl Spool {
             self.read_pos = self.read_pos.max(seg.first);
             let offset = match self.cursor {
                 Some((f, off, seq)) if f == seg.first && seq == self.read_pos => off,
-                _ => self.walk(&seg, self.read_pos, SEGMENT_HEADER as u64)?,
+                _ => match self.walk(&seg, self.read_pos, SEGMENT_HEADER as u64) {
+                    Ok(offset) => offset,
+                    // The record is not where the segment's index says: damaged since
+                    // recovery. Skip the rest of the segment, counted, rather than stall.
+                    Err(SpoolError::Io { source, path, .. })
+                        if source.kind() == io::ErrorKind::InvalidData =>
+                    {
+                        let last = seg.last().unwrap_or(self.read_pos);
+                        let lost = last + 1 - self.read_pos;
+                        tracing::error!(message = "Spool segment damaged while open; skipping the rest of it.", path = %path.display(), reason = %source, readings = lost);
+                        self.count_dropped(lost);
+                        self.read_pos = last + 1;
+                        self.cursor = None;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             let avail = seg.bytes - offset;
             let path = segment_path(&self.dir, seg.first);

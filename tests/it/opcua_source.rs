@@ -120,7 +120,9 @@ impl Running {
     fn explain(&self) -> String {
         let c = &self.counters;
         format!(
-            "counters: tags_bad {} readings {} bad {} unsupported {} reconnects {} connect_failures {} monitored {} failed {} connected {}\nlatest: {:#?}",
+            "counters: republished {} lost {} tags_bad {} readings {} bad {} unsupported {} reconnects {} connect_failures {} monitored {} failed {} connected {}\nlatest: {:#?}",
+            OpcUaCounters::get(&c.republished),
+            OpcUaCounters::get(&c.lost_messages),
             OpcUaCounters::get(&c.tags_bad),
             OpcUaCounters::get(&c.readings),
             OpcUaCounters::get(&c.bad),
@@ -649,11 +651,15 @@ struct AsyncuaServer {
     _child: tokio::process::Child,
 }
 
-async fn asyncua_server() -> AsyncuaServer {
+async fn asyncua_server(secure: Option<&Path>) -> AsyncuaServer {
     use tokio::io::AsyncBufReadExt;
     let python = tokio::task::spawn_blocking(python::python).await.unwrap();
-    let mut child = tokio::process::Command::new(python)
-        .arg(support::repo().join("tests/python/opcua_server.py"))
+    let mut command = tokio::process::Command::new(python);
+    command.arg(support::repo().join("tests/python/opcua_server.py"));
+    if let Some(dir) = secure {
+        command.arg("--secure").arg(dir);
+    }
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -686,7 +692,7 @@ async fn asyncua_server() -> AsyncuaServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_from_python_asyncua_server() {
-    let server = asyncua_server().await;
+    let server = asyncua_server(None).await;
     let dir = tempfile::tempdir().unwrap();
     let names = [
         "Double",
@@ -718,10 +724,15 @@ async fn values_from_python_asyncua_server() {
             server.ns
         ));
     }
+    // An array read per element.
+    yaml.push_str(&format!(
+        "  - {{sensor_id: El, node: \"ns={};s=Plant/Vector\", elements: 3}}\n",
+        server.ns
+    ));
     let run = Running::start(tag_map(dir.path(), &yaml));
     let c = &run.counters;
     let ok = support::wait_until(DEADLINE, || {
-        run.latest().len() == names.len() - 2
+        run.latest().len() == names.len() - 2 + 3
             && run.of("Counter").len() >= 3
             && OpcUaCounters::get(&c.bad) >= 1
             && OpcUaCounters::get(&c.unsupported) >= 1
@@ -744,6 +755,9 @@ async fn values_from_python_asyncua_server() {
         ("Mode", RawValue::Text("SignAndEncrypt".into())),
         // Uncertain values pass by default.
         ("Unsure", RawValue::Float(2.0)),
+        ("El[0]", RawValue::Float(1.5)),
+        ("El[1]", RawValue::Float(2.5)),
+        ("El[2]", RawValue::Float(3.5)),
     ];
     for (sensor, value) in expect {
         assert_eq!(
@@ -808,6 +822,235 @@ async fn items_spread_over_subscriptions_past_the_limit() {
     for i in 0..n {
         assert_eq!(run.latest()[&format!("v{i}")], RawValue::Int(i));
     }
+    run.stop().await;
+    plc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aes_policies_and_x509_user_against_python_asyncua_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = asyncua_server(Some(dir.path())).await;
+    let x509 = format!(
+        "{{certificate: {{cert: \"{}\", key: \"{}\"}}}}",
+        dir.path().join("user-cert.der").display(),
+        dir.path().join("user-key.pem").display()
+    );
+    for (policy, mode, user) in [
+        ("aes128_sha256_rsaoaep", "sign_and_encrypt", x509.as_str()),
+        ("aes256_sha256_rsapss", "sign", x509.as_str()),
+        ("aes256_sha256_rsapss", "sign_and_encrypt", x509.as_str()),
+    ] {
+        let yaml = format!(
+            "source:\n  opcua: {{endpoint: \"{}\", security_policy: {policy}, security_mode: {mode}, user: {user}, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: d, node: \"ns={};s=Plant/Double\"}}\n",
+            server.endpoint,
+            pki(dir.path()),
+            server.ns
+        );
+        let plan = tag_map(dir.path(), &yaml);
+        opcua::connect::trust_server(opcua_plan(&plan), None)
+            .await
+            .unwrap_or_else(|e| panic!("{policy} {mode}: trust: {e}"));
+        let run = Running::start(plan);
+        let ok = support::wait_until(DEADLINE, || !run.of("d").is_empty()).await;
+        assert!(ok, "{policy} {mode}: no reading\n{}", run.explain());
+        assert_eq!(run.of("d")[0].value, RawValue::Float(3.25));
+        run.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_once_a_late_server_comes_up() {
+    // A port that is free now; the server binds it after the source has failed at least once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "source:\n  opcua: {{endpoint: \"opc.tcp://127.0.0.1:{port}/\", security_policy: none, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: late, node: \"ns=2;s=L/Value\"}}\n",
+        pki(dir.path())
+    );
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    assert!(
+        support::wait_until(DEADLINE, || OpcUaCounters::get(
+            &run.counters.connect_failures
+        ) >= 1)
+        .await
+    );
+    let plc = start_sim(OpcUaConfig {
+        port,
+        variables: vec![var(
+            "L/Value",
+            OpcUaType::Int16,
+            constant(SignalValue::Int(5)),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let ok = support::wait_until(DEADLINE, || !run.of("late").is_empty()).await;
+    assert!(ok, "no reading after the server came up\n{}", run.explain());
+    assert_eq!(run.of("late")[0].value, RawValue::Int(5));
+    run.stop().await;
+    plc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_trust_command_checks_the_thumbprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let plc = secure_sim(dir.path()).await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    let plan = tag_map(dir.path(), &secure_yaml(dir.path(), &endpoint));
+    let tag_map_path = plan.path.display().to_string();
+    let trust = |extra: &[&str]| {
+        let mut args = vec!["opcua".to_string(), "trust".into(), tag_map_path.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        cli(args)
+    };
+    let wrong = trust(&["--thumbprint", "00:11:22"]).await;
+    assert!(!wrong.status.success(), "a wrong thumbprint was accepted");
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("not 001122"), "{stderr}");
+    let trusted_dir = dir.path().join("pki/trusted");
+    let count = || {
+        std::fs::read_dir(&trusted_dir)
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(), 0);
+    // The thumbprint an operator would compare: the one the refusal names.
+    let client = opcua::connect::client(opcua_plan(&plan), 1000).unwrap();
+    let Err(OpcUaError::Untrusted(untrusted)) =
+        opcua::connect::connect(&client, opcua_plan(&plan), &plan.path).await
+    else {
+        panic!("expected an untrusted-certificate error")
+    };
+    let right = trust(&["--thumbprint", &untrusted.thumbprint.to_lowercase()]).await;
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    assert!(String::from_utf8_lossy(&right.stdout).contains(&untrusted.thumbprint));
+    assert_eq!(count(), 1);
+    assert!(
+        !untrusted.rejected.exists(),
+        "the rejected copy stays behind"
+    );
+    let run = Running::start(plan);
+    assert!(support::wait_until(DEADLINE, || !run.of("secure").is_empty()).await);
+    run.stop().await;
+    plc.shutdown().await;
+}
+
+/// A TCP proxy whose connections can be cut, to drop the link without stopping the server.
+struct Proxy {
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    /// Listens on `listen` and forwards every connection to `upstream`.
+    async fn start(listen: &str, upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .expect("bind the proxy");
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let cuts = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut rx = cuts.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { cut }
+    }
+
+    /// Closes every open connection; new ones are accepted.
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_loses_no_values() {
+    let counter = Signal::Counter {
+        start: 0,
+        step: 1,
+        wrap: None,
+        update: Some(tagbridge::config::duration::Span(Duration::from_millis(
+            200,
+        ))),
+    };
+    let plc = start_sim(OpcUaConfig {
+        variables: vec![var("D/Counter", OpcUaType::Int32, counter.clone())],
+        ..Default::default()
+    })
+    .await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    let port = endpoint
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    // Same port on another loopback address: the endpoint URL the server advertises still
+    // matches, and the client's traffic goes through the proxy.
+    let proxy = Proxy::start(&format!("127.0.0.2:{port}"), format!("127.0.0.1:{port}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "source:\n  opcua: {{endpoint: \"opc.tcp://127.0.0.2:{port}/\", security_policy: none, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: c, node: \"ns=2;s=D/Counter\", interval: 50ms, queue_size: 100}}\n",
+        pki(dir.path())
+    );
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    assert!(
+        support::wait_until(DEADLINE, || run.of("c").len() >= 3).await,
+        "no readings through the proxy\n{}",
+        run.explain()
+    );
+    proxy.cut();
+    let cut_at = Utc::now();
+    let resumed = support::wait_until(DEADLINE, || {
+        OpcUaCounters::get(&run.counters.reconnects) >= 1
+            && run
+                .of("c")
+                .iter()
+                .filter(|s| s.timestamp > cut_at + chrono::Duration::seconds(1))
+                .count()
+                >= 3
+    })
+    .await;
+    assert!(
+        resumed,
+        "readings did not resume after the cut\n{}",
+        run.explain()
+    );
+    // Every value the counter took arrived once: the server kept them queued while the link
+    // was down (queue_size 100), the session carried on, and a publish response lost with the
+    // link was republished (it then arrives after later ones: order by timestamp).
+    let mut samples = run.of("c");
+    samples.sort_by_key(|s| s.timestamp);
+    let values: Vec<i64> = samples
+        .iter()
+        .map(|s| match s.value {
+            RawValue::Int(n) => n,
+            ref v => panic!("{v:?}"),
+        })
+        .collect();
+    let gaps: Vec<&[i64]> = values.windows(2).filter(|w| w[1] != w[0] + 1).collect();
+    assert!(
+        gaps.is_empty(),
+        "values skipped or repeated: {gaps:?}\nall: {values:?}\n{}",
+        run.explain()
+    );
     run.stop().await;
     plc.shutdown().await;
 }

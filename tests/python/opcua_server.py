@@ -1,7 +1,9 @@
 """An independent OPC UA server (asyncua) for the OPC UA source tests.
 
-Usage: opcua_server.py
-Serves security None on 127.0.0.1 (a free port), prints `READY <endpoint>` on stdout, and runs
+Usage: opcua_server.py [--secure DIR]
+Serves security None on 127.0.0.1 (a free port), or with --secure only Aes128Sha256RsaOaep
+SignAndEncrypt and Aes256Sha256RsaPss Sign / SignAndEncrypt with a certificate created in DIR
+(client certificates are accepted), prints `READY <endpoint>` on stdout, and runs
 until stdin closes. Variables live in namespace `urn:tagbridge:test:asyncua` under
 Objects/Plant; their node ids are string ids `ns=<idx>;s=Plant/<Name>` (idx is printed too:
 `NS <idx>`). `Plant/Counter` counts up every 100 ms; the rest are constant.
@@ -12,8 +14,11 @@ import datetime
 import socket
 import sys
 import uuid
+from pathlib import Path
 
 from asyncua import Server, ua
+from asyncua.crypto import cert_gen
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 NS_URI = "urn:tagbridge:test:asyncua"
 
@@ -30,7 +35,29 @@ async def main():
     server = Server()
     await server.init()
     server.set_endpoint(endpoint)
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    if len(sys.argv) > 2 and sys.argv[1] == "--secure":
+        work = Path(sys.argv[2])
+        key, cert = work / "server-key.pem", work / "server-cert.der"
+        app_uri = "urn:tagbridge:test:asyncua-server"
+        await server.set_application_uri(app_uri)
+        await cert_gen.setup_self_signed_certificate(
+            key, cert, app_uri, "127.0.0.1",
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            {"commonName": "tagbridge-test-asyncua"})
+        await server.load_certificate(str(cert))
+        await server.load_private_key(str(key))
+        # X.509 user authentication only (any certificate is accepted, anonymous is not).
+        await cert_gen.setup_self_signed_certificate(
+            work / "user-key.pem", work / "user-cert.der", "urn:tagbridge:test:user", "127.0.0.1",
+            [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "tagbridge-test-user"})
+        server.set_identity_tokens([ua.X509IdentityToken])
+        server.set_security_policy([
+            ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+            ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+            ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+        ])
+    else:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     idx = await server.register_namespace(NS_URI)
     plant = await server.nodes.objects.add_folder(ua.NodeId("Plant", idx), ua.QualifiedName("Plant", idx))
 
@@ -52,6 +79,7 @@ async def main():
     await add("Guid", uuid.UUID("72962b91-fa75-4ae6-8d28-b404dc7daf63"), ua.VariantType.Guid)
     await add("Bytes", b"\x01\x02\x03", ua.VariantType.ByteString)
     await add("Array", [1, 2, 3], ua.VariantType.Int32)
+    await add("Vector", [1.5, 2.5, 3.5], ua.VariantType.Double)
     # An enumeration of namespace 0 (MessageSecurityMode, i=302): EnumStrings come from the
     # standard address space.
     mode = await add("Mode", 3, ua.VariantType.Int32)

@@ -15,6 +15,17 @@
 //! - `$cbs` and `$management` answer on the sender link the client attached with the node as
 //!   source, matched by `correlation-id` = the request's `message-id`. Requests that arrive
 //!   before that link is attached wait in a bounded queue.
+//!
+//! What Microsoft's Python SDK (azure-eventhub 5.15, its own `pyamqp`) needs beyond the spec,
+//! found the hard way:
+//! - it indexes every field of Open, Begin, Attach and Transfer, while fe2o3 leaves trailing
+//!   default fields out: Open/Begin/Attach carry properties (the last field), Begin carries a
+//!   handle-max other than fe2o3's default, and management replies are sent batchable;
+//! - its sender ignores dispositions that are not settled, so links settle in mode first even
+//!   when the client asks for second (as the service does);
+//! - over TLS, frames must be flushed as they are written (see `io`);
+//! - with `logging_enable=True` it formats every frame and fails on fe2o3's short Disposition;
+//!   that only affects its debug tracing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,9 +35,10 @@ use chrono::Utc;
 use fe2o3_amqp::acceptor::sasl_acceptor::{SaslAcceptor, SaslServerFrame};
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SessionAcceptor,
+    SupportedReceiverSettleModes,
 };
 use fe2o3_amqp::link::RecvError;
-use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Role};
+use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, ReceiverSettleMode, Role};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::message::__private::Deserializable;
 use fe2o3_amqp::types::messaging::{
@@ -58,6 +70,8 @@ const TOKEN_CHECK: Duration = Duration::from_millis(200);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed for polite closes (detach, end, close) before giving up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Links per session (Begin's handle-max).
+const SESSION_HANDLE_MAX: u32 = 65_535;
 /// Management responses queued per node before the request link waits.
 const REPLY_QUEUE: usize = 64;
 
@@ -171,12 +185,25 @@ impl SaslAcceptor for HubSasl {
     }
 }
 
-async fn serve_connection<Io>(io: Io, ctx: &Arc<ConnCtx>)
+/// Properties sent in Open, Begin and Attach. Microsoft's Python SDK indexes every field of
+/// those performatives, so the last field (properties) must be present for fe2o3 to encode
+/// the list in full.
+fn peer_properties() -> definitions::Fields {
+    let mut fields = definitions::Fields::new();
+    fields.insert(
+        Symbol::from("product"),
+        Value::String("tagbridge hub emulator".into()),
+    );
+    fields
+}
+
+pub(crate) async fn serve_connection<Io>(io: Io, ctx: &Arc<ConnCtx>)
 where
     Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
     let acceptor = ConnectionAcceptor::builder()
         .container_id("tagbridge-hub-emulator")
+        .properties(peer_properties())
         .sasl_acceptor(HubSasl)
         .build();
     let mut connection = tokio::select! {
@@ -204,7 +231,12 @@ where
             // Cut by a fault or shutdown.
             _ = ctx.cut.cancelled() => break,
         };
-        match SessionAcceptor::new()
+        match SessionAcceptor::builder()
+            .properties(peer_properties())
+            // Not fe2o3's default (u32::MAX), which it leaves out of Begin; the Python SDK
+            // then reads None and fails comparing handle counts against it.
+            .handle_max(SESSION_HANDLE_MAX)
+            .build()
             .accept_incoming_session(incoming, &mut connection)
             .await
         {
@@ -222,7 +254,8 @@ where
     }
     Counters::dec(&counters.connections);
     if !ctx.cut.is_cancelled() {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
+        let closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
+        tracing::debug!(message = "Connection ended.", peer = %ctx.peer, close = ?closed);
     }
 }
 
@@ -255,8 +288,16 @@ async fn serve_session(mut session: ListenerSessionHandle, ctx: Arc<ConnCtx>) {
         let acceptor = match node {
             Node::Hub { .. } => LinkAcceptor::builder()
                 .max_message_size(ctx.shared.max_message_size as u64)
+                .properties(peer_properties())
+                // Event Hubs settles at once (mode first) even when the client asks for mode
+                // second, as Microsoft's Python SDK does; that SDK ignores unsettled
+                // dispositions and would wait for ever.
+                .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+                .fallback_receiver_settle_mode(ReceiverSettleMode::First)
                 .build(),
-            _ => LinkAcceptor::builder().build(),
+            _ => LinkAcceptor::builder()
+                .properties(peer_properties())
+                .build(),
         };
         let link = match acceptor.accept_incoming_attach(attach, &mut session).await {
             Ok(link) => link,
@@ -283,7 +324,7 @@ async fn serve_session(mut session: ListenerSessionHandle, ctx: Arc<ConnCtx>) {
                 tracker.spawn(replies(s, rx, ctx2));
             }
             (LinkEndpoint::Receiver(r), Node::Hub { path, partition }) => {
-                if ctx.auth.covers(&path, Utc::now().timestamp()) {
+                if ctx.auth.covers(&path, Utc::now().timestamp_millis()) {
                     tracker.spawn(events(r, ctx2, path, partition));
                 } else {
                     Counters::inc(&ctx.shared.counters.auth_failures);
@@ -405,7 +446,7 @@ async fn events(mut receiver: Receiver, ctx: Arc<ConnCtx>, path: String, partiti
             _ = ctx.cut.cancelled() => break,
             // The token may have expired.
             _ = check.tick() => {
-                if !ctx.auth.covers(&path, Utc::now().timestamp()) {
+                if !ctx.auth.covers(&path, Utc::now().timestamp_millis()) {
                     Counters::inc(&shared.counters.auth_failures);
                     close_with = Some(unauthorized(shared, &path, "ExpiredToken: the token expired and was not renewed"));
                     break;
@@ -451,7 +492,8 @@ async fn on_delivery(
             return;
         }
     };
-    if !shared.faults.admit(events.len() as u64) {
+    let bytes: usize = events.iter().map(|e| e.body.len()).sum();
+    if !shared.faults.admit(events.len() as u64, bytes as u64) {
         Counters::inc(&shared.counters.throttled);
         let error = definitions::Error::new(
             ErrorCondition::Custom(Symbol::from(SERVER_BUSY)),
@@ -463,7 +505,7 @@ async fn on_delivery(
         return;
     }
     shared.accept_events(events).await;
-    let delay = shared.faults.disposition_delay();
+    let (delay, released) = shared.faults.disposition_delay();
     if delay.is_zero() {
         let _ = receiver.accept(info).await;
     } else {
@@ -472,6 +514,8 @@ async fn on_delivery(
         shared.tracker.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => { let _ = disposer.accept(info).await; }
+                // The fault was cleared: settle now.
+                _ = released.cancelled() => { let _ = disposer.accept(info).await; }
                 // Cut meanwhile: the delivery stays unsettled, as with a real outage.
                 _ = cut.cancelled() => {}
             }
@@ -658,9 +702,15 @@ async fn replies(
             _ = ctx.cut.cancelled() => return,
         };
         let sendable = Sendable::builder().message(message).settled(true).build();
-        if let Err(error) = sender.send(sendable).await {
-            tracing::debug!(message = "Management reply not sent.", %error);
-            break;
+        // Batchable, because Microsoft's Python SDK indexes all 11 fields of a transfer and
+        // fe2o3 leaves out trailing fields at their defaults (batchable = false).
+        match sender.send_batchable(sendable).await {
+            // Pre-settled: the outcome resolves at once.
+            Ok(outcome) => drop(outcome.await),
+            Err(error) => {
+                tracing::debug!(message = "Management reply not sent.", %error);
+                break;
+            }
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sender.close()).await;
@@ -803,9 +853,10 @@ fn management(request: &Message<Body<Value>>, ctx: &ConnCtx) -> (i32, String, Va
             };
             shared.check_token(kind, &token, &shared.hub).is_ok()
         }
-        None => ctx
-            .auth
-            .covers(&shared.hub.to_ascii_lowercase(), Utc::now().timestamp()),
+        None => ctx.auth.covers(
+            &shared.hub.to_ascii_lowercase(),
+            Utc::now().timestamp_millis(),
+        ),
     };
     if !token_ok {
         Counters::inc(&shared.counters.auth_failures);
@@ -876,6 +927,31 @@ mod tests {
             0x77, 0x88,
         ];
         assert_eq!(uuid_text(&b), "12345678-9abc-def0-1122-334455667788");
+    }
+
+    #[test]
+    fn sasl_accepts_what_event_hubs_accepts() {
+        let outcome = |mechanism: &str| {
+            let init = SaslInit {
+                mechanism: Symbol::from(mechanism),
+                initial_response: None,
+                hostname: None,
+            };
+            match HubSasl.on_init(init) {
+                SaslServerFrame::Outcome(o) => o.code,
+                SaslServerFrame::Challenge(_) => panic!("no challenge expected"),
+            }
+        };
+        assert!(matches!(outcome("MSSBCBS"), SaslCode::Ok));
+        assert!(matches!(outcome("ANONYMOUS"), SaslCode::Ok));
+        assert!(matches!(outcome("PLAIN"), SaslCode::Auth));
+        let offered: Vec<String> = HubSasl
+            .mechanisms()
+            .0
+            .into_iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        assert_eq!(offered, ["MSSBCBS", "ANONYMOUS"]);
     }
 
     #[test]

@@ -31,8 +31,8 @@ pub const EVENT_HUBS_AUDIENCE: &str = "https://eventhubs.azure.net";
 pub struct Grant {
     /// Lower-case entity path the token covers; empty for the whole namespace.
     pub scope: String,
-    /// Unix seconds.
-    pub expires_at: i64,
+    /// Unix milliseconds (faults shorten tokens below a second).
+    pub expires_at_ms: i64,
 }
 
 /// Why a token was refused (the text goes to the client as the status description).
@@ -98,7 +98,7 @@ pub fn check_sas(token: &str, keys: &[(String, String)], now: i64) -> Result<Gra
     }
     Ok(Grant {
         scope: entity_path(&sr),
-        expires_at,
+        expires_at_ms: expires_at.saturating_mul(1000),
     })
 }
 
@@ -171,7 +171,7 @@ pub fn check_jwt(token: &str, secret: &[u8], now: i64) -> Result<Grant, TokenErr
     }
     Ok(Grant {
         scope: String::new(),
-        expires_at: exp,
+        expires_at_ms: exp.saturating_mul(1000),
     })
 }
 
@@ -210,17 +210,18 @@ impl ConnAuth {
         grants.push(grant);
     }
 
-    /// Whether some unexpired grant covers the (lower-case) entity `path` at Unix time `now`.
-    pub fn covers(&self, path: &str, now: i64) -> bool {
+    /// Whether some unexpired grant covers the (lower-case) entity `path` at `now_ms` (Unix
+    /// milliseconds).
+    pub fn covers(&self, path: &str, now_ms: i64) -> bool {
         super::store::lock(&self.grants)
             .iter()
-            .any(|g| g.expires_at > now && covers(&g.scope, path))
+            .any(|g| g.expires_at_ms > now_ms && covers(&g.scope, path))
     }
 
-    /// Shortens every grant to expire at `latest` at the latest.
-    pub fn cap(&self, latest: i64) {
+    /// Shortens every grant to expire at `latest_ms` at the latest.
+    pub fn cap(&self, latest_ms: i64) {
         for g in super::store::lock(&self.grants).iter_mut() {
-            g.expires_at = g.expires_at.min(latest);
+            g.expires_at_ms = g.expires_at_ms.min(latest_ms);
         }
     }
 }
@@ -261,7 +262,7 @@ mod tests {
         let t = sas::sign("sb://localhost:5671/Telemetry", "send", "c2VjcmV0", 2_000);
         let g = check_sas(&t.token, &keys(), 1_000).unwrap();
         assert_eq!(g.scope, "telemetry");
-        assert_eq!(g.expires_at, 2_000);
+        assert_eq!(g.expires_at_ms, 2_000_000);
         assert_eq!(
             check_sas(&t.token, &keys(), 2_000),
             Err(TokenError::Expired(2_000))
@@ -293,7 +294,7 @@ mod tests {
         let jwt = issue_jwt(b"secret", "https://x/t/v2.0", "t", "client", 100, 60);
         let g = check_jwt(&jwt, b"secret", 120).unwrap();
         assert_eq!(g.scope, "");
-        assert_eq!(g.expires_at, 160);
+        assert_eq!(g.expires_at_ms, 160_000);
         assert!(check_jwt(&jwt, b"secret", 160).is_err());
         assert!(check_jwt(&jwt, b"other", 120).is_err());
         assert!(check_jwt("a.b", b"secret", 120).is_err());
@@ -319,7 +320,7 @@ mod tests {
         assert!(!auth.covers("tel", 0));
         auth.grant(Grant {
             scope: "tel".into(),
-            expires_at: 100,
+            expires_at_ms: 100,
         });
         assert!(auth.covers("tel/partitions/0", 99));
         assert!(!auth.covers("tel", 100));
@@ -327,7 +328,7 @@ mod tests {
         assert!(!auth.covers("tel", 60));
         auth.grant(Grant {
             scope: "tel".into(),
-            expires_at: 200,
+            expires_at_ms: 200,
         });
         assert!(auth.covers("tel", 60));
     }

@@ -5,6 +5,7 @@
 //!   plain TCP; SASL MSSBCBS or ANONYMOUS, then `$cbs` put-token with shared access signatures
 //!   (checked against the configured keys) or JWTs from the emulator's own token endpoint;
 //!   `$management` READ of the hub and its partitions. See [`amqp`].
+//! - AMQP over WebSockets (`wss://…/$servicebus/websocket`, subprotocol `AMQPWSB10`). See [`ws`].
 //! - HTTPS: `POST /{hub}/messages` (one event, or a JSON batch) and an Entra-style
 //!   client-credentials token endpoint `POST /{tenant}/oauth2/v2.0/token`. See [`rest`].
 //! - Output: accepted events in memory ([`HubHandle::events`], [`HubHandle::wait_for_events`])
@@ -19,10 +20,12 @@
 pub mod amqp;
 pub mod auth;
 pub mod certs;
+pub mod client;
 pub mod faults;
 pub mod io;
 pub mod rest;
 pub mod store;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -44,7 +47,7 @@ use faults::FaultState;
 use store::{lock, Counters, Store};
 
 /// How the emulator runs. `HubConfig { hub: "plant".into(), ..Default::default() }`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HubConfig {
     /// The event hub's name (the entity path clients send to).
     pub hub: String,
@@ -67,12 +70,37 @@ pub struct HubConfig {
     pub amqp_port: u16,
     /// HTTPS port (REST and the token endpoint); 0 = any free port.
     pub https_port: u16,
+    /// AMQP over WebSockets (TLS) port (Event Hubs: 443); 0 = any free port.
+    pub wss_port: u16,
     /// Service principals the token endpoint knows: (client id, client secret).
     pub entra_clients: Vec<(String, String)>,
     /// Events kept in memory for [`HubHandle::events`] (the first this many; all are counted).
     pub retain_events: usize,
     /// Start throttled above this many events/s (see [`Faults::throttle_above`]).
     pub throttle_above: Option<u64>,
+}
+
+impl std::fmt::Debug for HubConfig {
+    /// Key names and client ids only: keys and secrets stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        f.debug_struct("HubConfig")
+            .field("hub", &self.hub)
+            .field("keys", &names(&self.keys))
+            .field("max_message_size", &self.max_message_size)
+            .field("partitions", &self.partitions)
+            .field("cert_dir", &self.cert_dir)
+            .field("output", &self.output)
+            .field("bind", &self.bind)
+            .field("amqps_port", &self.amqps_port)
+            .field("amqp_port", &self.amqp_port)
+            .field("https_port", &self.https_port)
+            .field("wss_port", &self.wss_port)
+            .field("entra_clients", &names(&self.entra_clients))
+            .field("retain_events", &self.retain_events)
+            .field("throttle_above", &self.throttle_above)
+            .finish()
+    }
 }
 
 /// The key name [`HubConfig::default`] configures.
@@ -93,6 +121,7 @@ impl Default for HubConfig {
             amqps_port: 0,
             amqp_port: 0,
             https_port: 0,
+            wss_port: 0,
             entra_clients: Vec::new(),
             retain_events: 1_000_000,
             throttle_above: None,
@@ -167,6 +196,7 @@ impl Hub {
         let amqps = bind("AMQPS", config.amqps_port).await?;
         let amqp = bind("AMQP", config.amqp_port).await?;
         let https = bind("HTTPS", config.https_port).await?;
+        let wss = bind("WSS", config.wss_port).await?;
         let local = |l: &TcpListener, what: &str| {
             l.local_addr().map_err(|source| HubError::Io {
                 what: format!("read the {what} listener's address"),
@@ -176,6 +206,7 @@ impl Hub {
         let amqps_addr = local(&amqps, "AMQPS")?;
         let amqp_addr = local(&amqp, "AMQP")?;
         let https_addr = local(&https, "HTTPS")?;
+        let wss_addr = local(&wss, "WSS")?;
 
         let output = config.output.as_ref().map(|p| {
             if p.as_os_str() == "-" {
@@ -220,6 +251,11 @@ impl Hub {
             .spawn(amqp::serve(amqp, None, shared.clone()));
         shared.tracker.spawn(rest::serve(
             https,
+            tokio_rustls::TlsAcceptor::from(https_tls.clone()),
+            shared.clone(),
+        ));
+        shared.tracker.spawn(ws::serve(
+            wss,
             tokio_rustls::TlsAcceptor::from(https_tls),
             shared.clone(),
         ));
@@ -228,6 +264,7 @@ impl Hub {
             amqps_addr,
             amqp_addr,
             https_addr,
+            wss_addr,
             ca_cert: files.ca_cert,
             cert_dir,
             writer,
@@ -243,6 +280,7 @@ pub struct HubHandle {
     amqps_addr: SocketAddr,
     amqp_addr: SocketAddr,
     https_addr: SocketAddr,
+    wss_addr: SocketAddr,
     ca_cert: PathBuf,
     cert_dir: PathBuf,
     writer: Option<tokio::task::JoinHandle<()>>,
@@ -263,6 +301,12 @@ impl HubHandle {
     /// HTTPS (REST and the token endpoint).
     pub fn https_addr(&self) -> SocketAddr {
         self.https_addr
+    }
+
+    /// AMQP over WebSockets (TLS): `wss://localhost:PORT/$servicebus/websocket`, subprotocol
+    /// `AMQPWSB10`.
+    pub fn wss_addr(&self) -> SocketAddr {
+        self.wss_addr
     }
 
     /// The CA certificate (PEM) clients must trust; it signed the server certificate for
@@ -427,7 +471,7 @@ impl Shared {
     }
 
     pub(crate) fn cap_all_grants(&self, after: Duration) {
-        let latest = Utc::now().timestamp() + after.as_secs().max(1) as i64;
+        let latest = Utc::now().timestamp_millis() + after.as_millis() as i64;
         for (_, auth) in lock(&self.conns).values() {
             auth.cap(latest);
         }
@@ -454,7 +498,9 @@ impl Shared {
             });
         }
         if let Some(cap) = self.faults.token_cap() {
-            grant.expires_at = grant.expires_at.min(now + cap.as_secs().max(1) as i64);
+            grant.expires_at_ms = grant
+                .expires_at_ms
+                .min(Utc::now().timestamp_millis() + cap.as_millis() as i64);
         }
         Ok(grant)
     }
@@ -467,5 +513,37 @@ impl Shared {
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         Counters::inc(&self.counters.batches);
         self.store.record(events).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_keys_and_secrets() {
+        let config = HubConfig {
+            entra_clients: vec![("app".into(), "hunter2".into())],
+            ..Default::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(shown.contains(DEFAULT_KEY_NAME) && shown.contains("app"));
+        assert!(!shown.contains(DEFAULT_KEY) && !shown.contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn refuses_unusable_configurations() {
+        for config in [
+            HubConfig {
+                hub: "a/b".into(),
+                ..Default::default()
+            },
+            HubConfig {
+                partitions: 0,
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(Hub::start(config).await, Err(HubError::Config(_))));
+        }
     }
 }

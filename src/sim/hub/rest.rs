@@ -209,7 +209,8 @@ async fn send(
             shared,
         )]
     };
-    if !shared.faults.admit(events.len() as u64) {
+    let bytes: usize = events.iter().map(|e| e.body.len()).sum();
+    if !shared.faults.admit(events.len() as u64, bytes as u64) {
         Counters::inc(&shared.counters.throttled);
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -7,7 +7,8 @@
 //! - Every variable found becomes one tag: `sensor_id` is its browse path below the root
 //!   (`Folder/Sub/Name`), made unique with `~2`, `~3`… when two paths collide; `node` is its
 //!   node id. Its data type goes into a comment; arrays and structures are written with
-//!   `enabled: false` and a comment saying why, so the file passes `tagbridge check` as is.
+//!   `enabled: false` and a comment saying why (and, for arrays, how to read them with
+//!   `elements:`), so the file passes `tagbridge check` as is.
 //! - The text is built from JSON-quoted strings, which YAML reads back unchanged.
 
 use std::collections::{HashMap, HashSet};
@@ -302,11 +303,12 @@ pub fn render(plan: &OpcUaPlan, root: &NodeId, found: &[Found], command: &str) -
         );
         let _ = writeln!(out, "    node: {}", q(&f.node.to_string()));
         if f.array || f.structure {
-            let why = if f.array { "an array" } else { "a structure" };
-            let _ = writeln!(
-                out,
-                "    enabled: false    # {why}: not read; point a tag at one element or field"
-            );
+            let why = if f.array {
+                "an array: add `elements: N` and remove this line to read N elements as sensor_id[i]"
+            } else {
+                "a structure: not read; point a tag at one of its fields"
+            };
+            let _ = writeln!(out, "    enabled: false    # {why}");
         }
     }
     out
@@ -341,12 +343,18 @@ pub async fn browse_server(
     result
 }
 
+/// A minimal plan for unit tests of this module's siblings.
+#[cfg(test)]
+pub(crate) fn tests_plan() -> OpcUaPlan {
+    tests::plan()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn plan() -> OpcUaPlan {
+    pub(super) fn plan() -> OpcUaPlan {
         OpcUaPlan {
             endpoint: "opc.tcp://127.0.0.1:4840/".into(),
             security_policy: SecurityPolicy::None,

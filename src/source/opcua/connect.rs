@@ -33,6 +33,8 @@ pub const APPLICATION_URI: &str = "urn:tagbridge:gateway";
 /// Client limits lifted so that 100 000 monitored items fit (DEPENDENCIES.md).
 const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 const MAX_ARRAY_LENGTH: usize = 1_000_000;
+/// How long GetEndpoints may take before the server counts as unreachable.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the PKI directory is when the tag map does not say: `$TAGBRIDGE_PKI_DIR`, else
 /// `$STATE_DIRECTORY/opcua-pki` (systemd), else `./opcua-pki`.
@@ -94,13 +96,21 @@ pub async fn select_endpoint(
     client: &Client,
     plan: &OpcUaPlan,
 ) -> Result<EndpointDescription, OpcUaError> {
-    let endpoints = client
-        .get_server_endpoints_from_url(plan.endpoint.as_str())
-        .await
-        .map_err(|e| OpcUaError::Unreachable {
-            endpoint: plan.endpoint.clone(),
-            reason: e.to_string(),
-        })?;
+    // async-opcua retries the discovery connection by the session retry policy (forever):
+    // bound it, so a down server is reported and retried by the caller's backoff.
+    let endpoints = tokio::time::timeout(
+        DISCOVERY_TIMEOUT,
+        client.get_server_endpoints_from_url(plan.endpoint.as_str()),
+    )
+    .await
+    .map_err(|_| OpcUaError::Unreachable {
+        endpoint: plan.endpoint.clone(),
+        reason: format!("no answer within {} s", DISCOVERY_TIMEOUT.as_secs()),
+    })?
+    .map_err(|e| OpcUaError::Unreachable {
+        endpoint: plan.endpoint.clone(),
+        reason: e.to_string(),
+    })?;
     let policy = ua_policy(plan.security_policy);
     let mode = ua_mode(plan.security_mode);
     let Some(endpoint) = Client::find_matching_endpoint(&endpoints, &plan.endpoint, policy, mode)

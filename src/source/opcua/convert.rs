@@ -18,8 +18,9 @@
 //! | ByteString | `Text`, base64 |
 //! | arrays, ExtensionObject, DataValue, DiagnosticInfo, empty | not converted: [`Unsupported`] |
 //!
-//! Arrays are rejected per tag ("one reading per element" would need one `sensor_id` per
-//! element, which the plan does not have yet).
+//! Arrays are rejected per tag unless the tag map asks for them with `elements: N`: the tag is
+//! then compiled into N tags `sensor_id[i]`, each monitoring one element (IndexRange `i`), and
+//! [`convert_element`] picks the element out of what the server sends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub type EnumNames = Arc<HashMap<i64, Arc<str>>>;
 /// Why a value was not turned into a reading.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Unsupported {
-    #[error("the value is an array of {len} elements; arrays are not read (yet): point the tag at one element's node")]
+    #[error("the value is an array of {len} elements: add `elements: {len}` to the tag to send each element as `sensor_id[i]`")]
     Array { len: usize },
     #[error("the value is a structure (ExtensionObject of type {type_id}); structures are not read: point the tag at one field's node")]
     Structure { type_id: String },
@@ -136,6 +137,26 @@ pub fn convert(value: &Variant, names: Option<&EnumNames>) -> Result<RawValue, U
         }
         Variant::Empty => return Err(Unsupported::Empty),
     })
+}
+
+/// Converts element `index` of a monitored array. A server applying the IndexRange sends a
+/// one-element array (Part 4, 7.27); one that ignores it sends the whole array, from which the
+/// element is picked. A scalar is accepted too.
+pub fn convert_element(
+    value: &Variant,
+    index: u32,
+    names: Option<&EnumNames>,
+) -> Result<RawValue, Unsupported> {
+    match value {
+        Variant::Array(a) if a.values.len() == 1 => convert(&a.values[0], names),
+        Variant::Array(a) => match a.values.get(index as usize) {
+            Some(v) => convert(v, names),
+            None => Err(Unsupported::Other {
+                kind: "array without the configured element",
+            }),
+        },
+        other => convert(other, names),
+    }
 }
 
 /// RFC 3339 in UTC with milliseconds, the form readings use for their own timestamps.
@@ -250,6 +271,19 @@ mod tests {
                 None
             ),
             Ok(RawValue::Text("AQID".into()))
+        );
+    }
+
+    #[test]
+    fn array_elements() {
+        let whole = Variant::from(vec![1i32, 2, 3]);
+        assert_eq!(convert_element(&whole, 2, None), Ok(RawValue::Int(3)));
+        let one = Variant::from(vec![7i32]);
+        assert_eq!(convert_element(&one, 2, None), Ok(RawValue::Int(7)));
+        assert!(convert_element(&whole, 5, None).is_err());
+        assert_eq!(
+            convert_element(&Variant::Int32(4), 0, None),
+            Ok(RawValue::Int(4))
         );
     }
 

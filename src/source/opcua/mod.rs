@@ -17,7 +17,10 @@
 //!   backoff up to 30 s), first tries TransferSubscriptions with initial values, and else
 //!   recreates the subscriptions and their items. After every reconnect the source triggers a
 //!   publish at once (without it an async-opcua client can sit idle until the next keep-alive)
-//!   and checks every tag is monitored again, re-creating the missing ones.
+//!   and checks every tag is monitored again, re-creating the missing ones. A gap in a
+//!   subscription's sequence numbers (a publish response lost with the connection) is filled
+//!   with Republish; what the server no longer has is counted in
+//!   [`OpcUaCounters::lost_messages`].
 //! - Status policy (documented in README): Good values are emitted; Uncertain values are emitted
 //!   (`uncertain: pass`, the default) or dropped (`uncertain: skip`) and counted; Bad values are
 //!   never emitted, counted, and logged once when a tag turns bad and once when it recovers.
@@ -124,6 +127,10 @@ pub struct OpcUaCounters {
     /// Tags whose last value had a Bad status (e.g. a server that accepts an unknown node id
     /// and reports `BadNodeIdUnknown` in its values).
     pub tags_bad: AtomicU64,
+    /// Notification messages lost in transit and recovered with Republish.
+    pub republished: AtomicU64,
+    /// Notification messages lost in transit that the server could not republish.
+    pub lost_messages: AtomicU64,
     /// Subscriptions created by this source (cumulative).
     pub subscriptions_created: AtomicU64,
     /// Whether the session is connected.

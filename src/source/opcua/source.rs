@@ -33,6 +33,8 @@ pub(super) struct Ctx {
     pub queue: Arc<Queue>,
     /// One per tag: [`FLAG_BAD`], [`FLAG_UNSUPPORTED`].
     pub flags: Arc<Vec<AtomicU8>>,
+    /// Per tag: the array element it monitors (`elements:`).
+    pub elements: Vec<Option<u32>>,
     pub timestamps: TimestampSource,
     pub uncertain: UncertainPolicy,
 }
@@ -50,6 +52,9 @@ pub(super) fn start(
     let queue = Arc::new(Queue::new(capacity));
     let ctx = Arc::new(Ctx {
         flags: Arc::new((0..plan.tags.len()).map(|_| AtomicU8::new(0)).collect()),
+        elements: (0..plan.tags.len())
+            .map(|t| source.monitoring.get(t).and_then(|m| m.index))
+            .collect(),
         timestamps: source.timestamps,
         uncertain: source.uncertain,
         plan,
@@ -278,11 +283,49 @@ async fn forward(queue: Arc<Queue>, tx: mpsc::Sender<SampleBatch>, cancel: Cance
     }
 }
 
-/// The subscription callback: one batch per publish response.
+/// Largest sequence-number gap that is republished; a larger jump means the subscription was
+/// re-created (numbers start again) or the loss is beyond what the server keeps.
+const MAX_GAP: u32 = 1000;
+
+/// Notification messages lost in transit, found by gaps in sequence numbers, waiting for
+/// Republish (OPC UA Part 4, 5.13.6).
+#[derive(Default)]
+pub(super) struct Gaps {
+    /// (subscription id, sequence number) pairs.
+    pub missing: Mutex<Vec<(u32, u32)>>,
+    pub notify: Notify,
+}
+
+/// The subscription callback: one batch per publish response, and gap detection.
 pub(super) struct Notifier {
-    pub ctx: Arc<Ctx>,
-    /// State names per tag (enumerations), read at start.
-    pub names: Arc<Vec<Option<EnumNames>>>,
+    pub deliver: Arc<Deliver>,
+    /// The server's id of this notifier's subscription, set once it is known.
+    pub subscription: Arc<std::sync::atomic::AtomicU32>,
+    /// The last data message's sequence number; 0: none yet.
+    pub last: u32,
+    pub gaps: Arc<Gaps>,
+}
+
+impl Notifier {
+    /// Records the sequence numbers skipped before `seq`; returns whether any were.
+    fn track(&mut self, seq: u32) -> bool {
+        let last = self.last;
+        // Numbers restart when a subscription is re-created: no gap, just a new start.
+        if last == 0 || seq <= last || seq - last > MAX_GAP {
+            self.last = seq;
+            return false;
+        }
+        self.last = seq;
+        if seq == last + 1 {
+            return false;
+        }
+        let id = self.subscription.load(Ordering::Relaxed);
+        let mut missing = self.gaps.missing.lock().unwrap_or_else(|p| p.into_inner());
+        missing.extend((last + 1..seq).map(|n| (id, n)));
+        drop(missing);
+        self.gaps.notify.notify_one();
+        true
+    }
 }
 
 impl OnSubscriptionNotificationCore for Notifier {
@@ -291,6 +334,27 @@ impl OnSubscriptionNotificationCore for Notifier {
         notification: NotificationMessage,
         _items: MonitoredItemMap<'_>,
     ) {
+        // Keep-alives carry the next number without consuming it: only data messages count.
+        if notification
+            .notification_data
+            .as_ref()
+            .is_some_and(|d| !d.is_empty())
+        {
+            self.track(notification.sequence_number);
+        }
+        self.deliver.deliver(notification);
+    }
+}
+
+/// Turns notification messages (published or republished) into queued samples.
+pub(super) struct Deliver {
+    pub ctx: Arc<Ctx>,
+    /// State names per tag (enumerations), read at start.
+    pub names: Arc<Vec<Option<EnumNames>>>,
+}
+
+impl Deliver {
+    pub fn deliver(&self, notification: NotificationMessage) {
         let Some(data) = notification.notification_data else {
             return;
         };
@@ -344,7 +408,11 @@ impl OnSubscriptionNotificationCore for Notifier {
                     continue;
                 };
                 let names = self.names.get(tag).and_then(Option::as_ref);
-                match convert::convert(variant, names) {
+                let converted = match ctx.elements.get(tag).copied().flatten() {
+                    Some(index) => convert::convert_element(variant, index, names),
+                    None => convert::convert(variant, names),
+                };
+                match converted {
                     Ok(raw) => batch.push(Sample {
                         tag,
                         timestamp: convert::timestamp(&value, ctx.timestamps, now),
@@ -402,6 +470,49 @@ mod tests {
             timestamp: Utc::now(),
             value: RawValue::Int(tag as i64),
         }
+    }
+
+    #[test]
+    fn sequence_gaps_are_recorded_for_republish() {
+        let gaps = Arc::new(Gaps::default());
+        let subscription = Arc::new(std::sync::atomic::AtomicU32::new(7));
+        let plan = Arc::new(TagMapPlan {
+            path: "t.yaml".into(),
+            source: crate::mapping::SourcePlan::Modbus(crate::mapping::ModbusPlan {
+                transport: crate::mapping::plan::ModbusTransport::Tcp(String::new()),
+                timeout: Duration::from_secs(1),
+                max_gap: 0,
+                connections: std::num::NonZeroU8::MIN,
+            }),
+            tags: Vec::new(),
+            disabled: 0,
+        });
+        let ctx = Arc::new(Ctx {
+            plan,
+            source: Arc::new(crate::source::opcua::browse::tests_plan()),
+            counters: Arc::default(),
+            queue: Arc::new(Queue::new(10)),
+            flags: Arc::new(Vec::new()),
+            elements: Vec::new(),
+            timestamps: Default::default(),
+            uncertain: Default::default(),
+        });
+        let mut n = Notifier {
+            deliver: Arc::new(Deliver {
+                ctx,
+                names: Arc::new(Vec::new()),
+            }),
+            subscription,
+            last: 0,
+            gaps: Arc::clone(&gaps),
+        };
+        assert!(!n.track(5)); // the first message
+        assert!(!n.track(6));
+        assert!(n.track(9)); // 7 and 8 lost
+        assert!(!n.track(1)); // re-created subscription: numbers start again
+        assert!(!n.track(5000)); // too far to be a gap
+        let missing = gaps.missing.lock().unwrap().clone();
+        assert_eq!(missing, vec![(7, 7), (7, 8)]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::str::FromStr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::convert::EnumNames;
-use super::source::{Ctx, Notifier};
+use super::source::{Ctx, Deliver, Gaps, Notifier};
 use super::RETRY_INTERVAL;
 use crate::config::tagmap::{DataChangeTrigger, ServerDeadband};
 use crate::mapping::plan::{MonitoringPlan, TagAddress};
@@ -68,11 +68,16 @@ pub(super) async fn manage(
         .collect();
     let (chunk, read_chunk) = limits(&session).await;
     let names = Arc::new(enum_names(&ctx, &session, &nodes, read_chunk).await);
+    let gaps = Arc::new(Gaps::default());
     let mut m = Manager {
+        deliver: Arc::new(Deliver {
+            ctx: Arc::clone(&ctx),
+            names,
+        }),
+        gaps: Arc::clone(&gaps),
         ctx: Arc::clone(&ctx),
         session,
         nodes,
-        names,
         chunk,
         subs: Vec::new(),
         pending: (0..ctx.plan.tags.len()).collect(),
@@ -116,6 +121,8 @@ pub(super) async fn manage(
                 m.refresh();
             }
             _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+            // Notifications lost in transit: ask the server to send them again.
+            _ = gaps.notify.notified() => m.republish().await,
         }
     }
 }
@@ -124,7 +131,9 @@ struct Manager {
     ctx: Arc<Ctx>,
     session: Arc<Session>,
     nodes: Vec<Option<NodeId>>,
-    names: Arc<Vec<Option<EnumNames>>>,
+    /// Shared with every subscription's callback.
+    deliver: Arc<Deliver>,
+    gaps: Arc<Gaps>,
     chunk: usize,
     subs: Vec<Sub>,
     /// Tags without a monitored item.
@@ -282,6 +291,32 @@ impl Manager {
         soon
     }
 
+    /// Republishes the messages whose sequence numbers were skipped. A server that no longer
+    /// has one answers BadMessageNotAvailable: that loss is counted and logged.
+    async fn republish(&mut self) {
+        let missing =
+            std::mem::take(&mut *self.gaps.missing.lock().unwrap_or_else(|p| p.into_inner()));
+        let c = &self.ctx.counters;
+        for (subscription, seq) in missing {
+            match self.session.republish(subscription, seq).await {
+                Ok(message) => {
+                    c.republished.fetch_add(1, Ordering::Relaxed);
+                    self.deliver.deliver(message);
+                }
+                Err(error) => {
+                    c.lost_messages.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        message = "A lost OPC UA notification could not be republished; its values are missing.",
+                        tag_map = %self.ctx.plan.path.display(),
+                        subscription,
+                        sequence_number = seq,
+                        %error
+                    );
+                }
+            }
+        }
+    }
+
     fn report(&mut self, tag: usize, status: StatusCode) {
         if self.reported.insert(tag, status) != Some(status) {
             let plan = &self.ctx.plan.tags[tag];
@@ -309,15 +344,19 @@ impl Manager {
         // without publish requests, long enough to transfer it after a short outage.
         let keep_alive =
             (Duration::from_secs(10).as_millis() / publishing.as_millis()).max(1) as u32;
+        let slot = Arc::new(AtomicU32::new(0));
         let notifier = Notifier {
-            ctx: Arc::clone(&self.ctx),
-            names: Arc::clone(&self.names),
+            deliver: Arc::clone(&self.deliver),
+            subscription: Arc::clone(&slot),
+            last: 0,
+            gaps: Arc::clone(&self.gaps),
         };
         let id = self
             .session
             .create_subscription(publishing, keep_alive * 6, keep_alive, 0, 0, true, notifier)
             .await
             .map_err(|e| e.status())?;
+        slot.store(id, Ordering::Relaxed);
         self.ctx
             .counters
             .subscriptions_created
@@ -345,6 +384,10 @@ impl Manager {
             item_to_monitor: ReadValueId {
                 node_id: node,
                 attribute_id: AttributeId::Value as u32,
+                index_range: m
+                    .index
+                    .map(opcua::types::NumericRange::Index)
+                    .unwrap_or_default(),
                 ..Default::default()
             },
             monitoring_mode: MonitoringMode::Reporting,
@@ -568,6 +611,7 @@ mod tests {
     fn filters() {
         assert!(filter(&MonitoringPlan::default()).is_null());
         let f = filter(&MonitoringPlan {
+            index: None,
             queue_size: None,
             trigger: None,
             deadband: Some(ServerDeadband::Percent(2.0)),

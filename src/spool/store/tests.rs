@@ -180,6 +180,26 @@ fn a_flipped_byte_costs_one_record_and_the_rest_is_rescued() {
 }
 
 #[test]
+fn a_segment_damaged_while_open_is_skipped_and_counted_not_a_stall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(tmp.path(), &config(1 << 20, 200));
+    for i in 0..4 {
+        s.append(&recs(i * 5..i * 5 + 5));
+    }
+    let first = segment_files(tmp.path()).remove(0);
+    let in_first = s.segments[0].count;
+    let mut bytes = fs::read(&first).unwrap();
+    for b in &mut bytes[SEGMENT_HEADER..SEGMENT_HEADER + 30] {
+        *b = 0;
+    }
+    fs::write(&first, &bytes).unwrap();
+    let got = s.read(100).unwrap();
+    assert_eq!(got.len() as u64, 20 - in_first);
+    assert_eq!(s.dropped(), in_first);
+    assert_eq!(payloads(&got)[0], format!("reading-{in_first}"));
+}
+
+#[test]
 fn a_damaged_ack_file_replays_everything_rather_than_lose_anything() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(1 << 20, 1 << 16);
@@ -220,6 +240,30 @@ fn drop_oldest_keeps_the_newest_and_counts_the_rest() {
     drop(s);
     let (s, _) = open(tmp.path(), &cfg);
     assert_eq!(s.dropped(), 100 - kept.len() as u64);
+}
+
+#[test]
+fn records_the_sink_holds_are_not_counted_when_their_segment_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(tmp.path(), &config(2000, 400));
+    s.append(&recs(0..5));
+    // The sink has these five; the hub is down, nothing is acknowledged.
+    let held = s.read(5).unwrap();
+    assert_eq!(held.len(), 5);
+    let mut appended = 5;
+    for i in 5..100 {
+        appended += s.append(&recs(i..i + 1)).appended;
+    }
+    let rest = s.read(1000).unwrap();
+    assert!(
+        rest[0].0 > held[4].0 + 1,
+        "the oldest unread ones were dropped"
+    );
+    // Delivered (held + rest) and dropped add up to appended, exactly.
+    assert_eq!(
+        held.len() as u64 + rest.len() as u64 + s.dropped(),
+        appended
+    );
 }
 
 #[test]
@@ -270,10 +314,15 @@ fn records_past_max_age_are_dropped_a_segment_at_a_time() {
         payloads(&s.read(100).unwrap()),
         ["reading-10", "reading-11"]
     );
-    // Without appends, the tick ages them out too.
+    // Without appends, the tick ages them out too; these two were read (the sink holds
+    // them), so they are not counted.
     s.clock_shift_ms = 200_000;
-    assert_eq!(s.tick().unwrap(), 2);
+    assert_eq!(s.tick().unwrap(), 0);
     assert_eq!(s.depth(), 0);
+    s.append(&recs(12..13));
+    s.clock_shift_ms = 300_000;
+    assert_eq!(s.tick().unwrap(), 1);
+    assert_eq!(s.dropped(), 11);
 }
 
 #[test]

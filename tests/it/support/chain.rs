@@ -41,6 +41,8 @@ pub struct ChainOptions {
     pub token_lifetime: Duration,
     pub transport: Transport,
     pub sink: SinkOptions,
+    /// Serve /metrics and /readyz on an ephemeral port.
+    pub metrics: bool,
 }
 
 impl Default for ChainOptions {
@@ -56,6 +58,7 @@ impl Default for ChainOptions {
                 linger: Duration::from_millis(10),
                 ..Default::default()
             },
+            metrics: false,
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Chain {
     pub stats: Arc<SinkStats>,
     pub state: watch::Receiver<SinkState>,
     pub journal: Arc<Journal>,
+    /// Where /metrics, /healthz and /readyz are served, when asked for.
+    pub metrics: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     gateway: JoinHandle<Result<RunSummary, RuntimeError>>,
     _dir: tempfile::TempDir,
@@ -75,23 +80,7 @@ pub async fn start(options: ChainOptions) -> Chain {
     let plc = Plc::start(PlcConfig {
         modbus: Some(ModbusConfig {
             listen: Some("127.0.0.1:0".into()),
-            points: vec![
-                point(
-                    0,
-                    DataType::Uint32,
-                    Signal::Counter {
-                        start: 1000,
-                        step: 1,
-                        wrap: None,
-                        update: Some(tagbridge::config::duration::Span(COUNTER_UPDATE)),
-                    },
-                ),
-                point(
-                    4,
-                    DataType::Float32,
-                    Signal::Constant(SignalValue::Float(12.5)),
-                ),
-            ],
+            points: points(),
             ..Default::default()
         }),
         ..Default::default()
@@ -160,22 +149,61 @@ pub async fn start(options: ChainOptions) -> Chain {
         grace: Duration::from_secs(10),
     };
     let shutdown = CancellationToken::new();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let run_options = RunOptions {
+        metrics: options
+            .metrics
+            .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        metrics_bound: Some(bound_tx),
+        ..Default::default()
+    };
     let gateway = tokio::spawn(tagbridge::runtime::run(
         plans,
         output,
-        RunOptions::default(),
+        run_options,
         shutdown.clone(),
     ));
+    let metrics = if options.metrics {
+        Some(
+            bound_rx
+                .await
+                .expect("the gateway reports its metrics address"),
+        )
+    } else {
+        None
+    };
     Chain {
         plc,
         hub,
         stats,
         state,
         journal,
+        metrics,
         shutdown,
         gateway,
         _dir: dir,
     }
+}
+
+/// The PLC's points: the counter at holding register 0, the level at 4.
+pub fn points() -> Vec<ModbusPoint> {
+    vec![
+        point(
+            0,
+            DataType::Uint32,
+            Signal::Counter {
+                start: 1000,
+                step: 1,
+                wrap: None,
+                update: Some(tagbridge::config::duration::Span(COUNTER_UPDATE)),
+            },
+        ),
+        point(
+            4,
+            DataType::Float32,
+            Signal::Constant(SignalValue::Float(12.5)),
+        ),
+    ]
 }
 
 fn point(address: u16, data_type: DataType, signal: Signal) -> ModbusPoint {
@@ -301,4 +329,44 @@ pub fn assert_counter_complete(
 /// Counter readings the gateway produced: all readings but the constant level's one.
 pub fn produced_counter_readings(summary: &RunSummary) -> u64 {
     summary.mapping.readings.saturating_sub(1)
+}
+
+/// `GET path` on the gateway's operations endpoint: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to /metrics");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one Prometheus sample line `name{labels} value` (labels as written).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
 }
