@@ -14,8 +14,11 @@
 //! - **The link failed** (timeout, closed, garbled) → the connection is dropped and the read is
 //!   retried on a fresh one, up to `retries` times. Reads that keep timing out mark their *unit*
 //!   as down for a backoff (exponential with jitter) and later probes of it are not retried, so a
-//!   dead device behind a gateway costs the others one timeout per backoff; other link failures end the cycle and reconnecting
-//!   backs off the same way. Nothing restarts: once the device answers, values flow again.
+//!   dead device behind a gateway costs the others one timeout per backoff; other link failures
+//!   end the cycle and reconnecting backs off the same way. Nothing restarts: once the device
+//!   answers, values flow again.
+//! - A tag map with `connections: N` runs N pollers, each owning one connection and a
+//!   contiguous share of the planned reads ([`super::planner::share`]); they share counters.
 //! - **The device said no** (a Modbus exception) to a read of several tags → the read is split
 //!   in halves until the refused address is found. A single tag refused is *quarantined*:
 //!   logged once, counted, left out of the joined reads, retried alone later (doubling waits).
