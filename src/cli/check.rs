@@ -50,6 +50,9 @@ pub fn summary(plans: &[TagMapPlan]) -> String {
             describe(&plan.source),
             plan.tags.len()
         ));
+        if let SourcePlan::Modbus(m) = &plan.source {
+            out.push_str(&modbus_cycles(plan, m));
+        }
         tags += plan.tags.len();
         rate += plan_rate;
         bytes_rate += plan_bytes;
@@ -65,6 +68,37 @@ pub fn summary(plans: &[TagMapPlan]) -> String {
         plans.len(),
         bytes_rate / 1024.0,
     ));
+    out
+}
+
+/// The Modbus poll plan: read requests per cycle, per device (unit id) and interval.
+fn modbus_cycles(plan: &TagMapPlan, source: &crate::mapping::ModbusPlan) -> String {
+    use crate::source::modbus::planner::{summarize, Limits};
+    let mut out = String::new();
+    let mut current: Option<u8> = None;
+    for line in summarize(plan, Limits::for_plan(source)) {
+        if current != Some(line.unit) {
+            if current.is_some() {
+                out.push('\n');
+            }
+            current = Some(line.unit);
+            out.push_str(&format!("  unit {}:", line.unit));
+        } else {
+            out.push(',');
+        }
+        let s = |n: usize| if n == 1 { "" } else { "s" };
+        out.push_str(&format!(
+            " {} read{} per cycle every {:?} ({} tag{})",
+            line.requests,
+            s(line.requests),
+            line.interval,
+            line.tags,
+            s(line.tags)
+        ));
+    }
+    if current.is_some() {
+        out.push('\n');
+    }
     out
 }
 
@@ -96,5 +130,25 @@ fn describe(source: &SourcePlan) -> String {
                 format!("Modbus RTU {port} at {baud} baud")
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    #[test]
+    fn modbus_plans_print_reads_per_cycle_per_unit() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tag-maps/press-3.yaml");
+        let plans = crate::mapping::load_all(&[path]).expect("the shipped tag map is valid");
+        let out = super::summary(&plans);
+        // Holding 0..=11 joined across an 8-register gap, input 0..=5, discrete input 0; the
+        // 30 s string alone.
+        assert!(
+            out.contains(
+                "\n  unit 1: 3 reads per cycle every 1s (7 tags), 1 read per cycle every 30s (1 tag)\n"
+            ),
+            "{out}"
+        );
     }
 }

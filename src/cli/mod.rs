@@ -3,9 +3,13 @@
 
 mod browse;
 mod check;
+mod demo;
 mod opcua;
 mod send_test;
+mod sim_hub;
 mod sim_plc;
+mod spool;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +38,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole chain on this machine, nothing to configure: a simulated PLC read through the
+    /// shipped tag maps, delivered over AMQP+TLS to a local Event Hub emulator.
+    Demo(demo::DemoArgs),
     /// Run the gateway until Ctrl-C or SIGTERM.
     Run {
         /// The gateway configuration.
@@ -50,6 +57,14 @@ pub enum Command {
         /// Tag map files or directories.
         paths: Vec<PathBuf>,
     },
+    /// What the running gateway is doing: readiness, hub, each tag map's source, the spool.
+    ///
+    /// Exits 0 when the gateway answers and is ready, 1 otherwise.
+    Status {
+        /// The gateway configuration (its telemetry.metrics address and spool directory).
+        #[arg(short, long, default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
     /// Send one marked test event with the configured credentials and say whether the hub
     /// accepted it (sensor_id `tagbridge:send-test`).
     SendTest {
@@ -65,6 +80,11 @@ pub enum Command {
         /// Do not write; exit 1 if the files differ from what this version generates.
         #[arg(long)]
         check: bool,
+    },
+    /// The durable spool: what waits to be delivered.
+    Spool {
+        #[command(subcommand)]
+        command: spool::SpoolCommand,
     },
     /// Walk an OPC UA server's address space and write a tag map for its variables.
     Browse(browse::BrowseArgs),
@@ -84,6 +104,8 @@ pub enum Command {
 pub enum SimCommand {
     /// A simulated PLC: OPC UA and Modbus TCP servers driven by deterministic signals.
     Plc(sim_plc::SimPlcArgs),
+    /// A local Event Hub emulator: AMQP 1.0 over TLS and TCP, HTTPS REST, faults on demand.
+    Hub(sim_hub::SimHubArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -91,15 +113,21 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format.unwrap_or_default();
     match cli.command {
+        Command::Demo(args) => demo::run(args, format),
         Command::Run { config } => run(&config, format),
         Command::Check { config, paths } => check::check(config.as_deref(), &paths),
         Command::SendTest { config } => send_test::send_test(&config),
+        Command::Status { config } => status::status(&config),
         Command::Schema { dir, check } => schema(&dir, check),
+        Command::Spool { command } => spool::run(command),
         Command::Browse(args) => browse::run(args),
         Command::Opcua { command } => opcua::run(command),
         Command::Sim {
             command: SimCommand::Plc(args),
         } => sim_plc::run(args, format),
+        Command::Sim {
+            command: SimCommand::Hub(args),
+        } => sim_hub::run(args, format),
     }
 }
 
@@ -154,19 +182,16 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
         telemetry.log_level.as_deref().unwrap_or("info"),
     );
     let base = config_path.parent().unwrap_or(Path::new("."));
-    let output = match output(&gateway, base) {
-        Ok(o) => o,
+    let run_options = match run_options(&gateway.telemetry) {
+        Ok(mut o) => {
+            o.reload = Some(reload_of(config_path, &gateway));
+            o
+        }
         Err(error) => {
-            tracing::error!(message = "Cannot set up the sink.", error = %format!("{error:#}"));
+            tracing::error!(message = "Invalid telemetry settings.", %error);
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    if gateway.spool.dir.is_some() || gateway.spool.max_bytes.is_some() {
-        tracing::warn!(
-            message =
-                "The durable spool is not available in this build yet; readings wait in memory."
-        );
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {
@@ -174,10 +199,25 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    // The spool's task is spawned while the output is set up.
+    let _entered = runtime.enter();
+    let spool_tasks = tokio_util::task::TaskTracker::new();
+    let output = match output(&gateway, base, &spool_tasks) {
+        Ok(o) => o,
+        Err(error) => {
+            tracing::error!(message = "Cannot set up the sink.", error = %format!("{error:#}"));
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let result = runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        crate::runtime::run(plans, output, shutdown).await
+        let result = crate::runtime::run(plans, output, run_options, shutdown).await;
+        // The spool task ends once the runtime has dropped its handles: wait for its last
+        // commit and fsync.
+        spool_tasks.close();
+        spool_tasks.wait().await;
+        result
     });
     match result {
         Ok(summary) => {
@@ -195,8 +235,52 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
     }
 }
 
+/// Live reload: gateway.yaml's tag maps are loaded again on SIGHUP or when gateway.yaml, a tag
+/// map or a tag-map folder changes.
+fn reload_of(
+    config_path: &Path,
+    gateway: &config::GatewayConfig,
+) -> crate::runtime::reload::Reload {
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let mut watch = vec![config_path.to_path_buf()];
+    watch.extend(gateway.tag_maps.paths().iter().map(|p| base.join(p)));
+    let path = config_path.to_path_buf();
+    crate::runtime::reload::Reload {
+        load: std::sync::Arc::new(move || load(Some(&path), &[]).map(|(_, plans)| plans)),
+        watch,
+        every: std::time::Duration::from_secs(2),
+    }
+}
+
+/// Metrics address (default 127.0.0.1:9898, `off` for none) and summary period.
+fn run_options(
+    telemetry: &config::gateway::TelemetrySpec,
+) -> anyhow::Result<crate::runtime::RunOptions> {
+    let metrics = match telemetry.metrics.as_deref().map(str::trim) {
+        None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9898))),
+        Some("off") => None,
+        Some(addr) => Some(addr.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "telemetry.metrics `{addr}` is not host:port (e.g. 127.0.0.1:9898) or `off`"
+            )
+        })?),
+    };
+    Ok(crate::runtime::RunOptions {
+        metrics,
+        metrics_bound: None,
+        summary_every: telemetry
+            .summary_every
+            .map_or(std::time::Duration::from_secs(60), |s| s.as_duration()),
+        reload: None,
+    })
+}
+
 /// The output named by gateway.yaml's `sink`.
-fn output(gateway: &config::GatewayConfig, base: &Path) -> anyhow::Result<crate::runtime::Output> {
+fn output(
+    gateway: &config::GatewayConfig,
+    base: &Path,
+    spool_tasks: &tokio_util::task::TaskTracker,
+) -> anyhow::Result<crate::runtime::Output> {
     use crate::runtime::Output;
     use crate::sink::eventhub::sink::{EventHubSink, SinkOptions};
     Ok(match &gateway.sink {
@@ -211,13 +295,17 @@ fn output(gateway: &config::GatewayConfig, base: &Path) -> anyhow::Result<crate:
             if let Some(linger) = spec.linger {
                 options.linger = linger.as_duration();
             }
-            options.dead_letter = spec.dead_letter.as_deref().map(|p| base.join(p));
+            let journal = spool::open(&gateway.spool, base, spool_tasks)?;
+            options.dead_letter = Some(match spec.dead_letter.as_deref() {
+                Some(p) => base.join(p),
+                None => journal.1.join("dead-letter.jsonl"),
+            });
             if let Ok(host) = std::env::var("HOSTNAME") {
                 options.message_id_prefix = host;
             }
             Output::EventHub {
                 sink: Box::new(EventHubSink::new(target, credential, options)),
-                journal: std::sync::Arc::new(crate::runtime::journal::Journal::memory(1_000_000)),
+                journal: std::sync::Arc::new(journal.0),
                 partition: spec
                     .partition_key
                     .clone()

@@ -5,12 +5,10 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use fe2o3_amqp::types::messaging::Outcome;
-
 use crate::config::gateway::SinkSpec;
 use crate::reading::{Reading, Value};
-use crate::sink::eventhub::amqp::HubLink;
-use crate::sink::eventhub::event::{encode_event, Batch};
+use crate::sink::eventhub::event::Batch;
+use crate::sink::eventhub::link::{encoder, Link, Settled};
 use crate::sink::eventhub::setup;
 
 /// The sensor_id of test events, so consumers can filter them out.
@@ -55,7 +53,7 @@ pub fn send_test(config_path: &Path) -> ExitCode {
     );
     let started = Instant::now();
     let result = runtime.block_on(async {
-        let mut link = HubLink::open(&target, &credential, chrono::Utc::now().timestamp()).await?;
+        let mut link = Link::open(&target, &credential, chrono::Utc::now().timestamp()).await?;
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this gateway".into());
         let reading = Reading {
             sensor_id: SEND_TEST_SENSOR_ID.into(),
@@ -65,8 +63,8 @@ pub fn send_test(config_path: &Path) -> ExitCode {
         };
         let mut encoded = Vec::new();
         let id = format!("tagbridge-send-test-{:016x}", rand::random::<u64>());
-        encode_event(&mut encoded, &id, None, reading.to_json().as_bytes());
-        let mut batch = Batch::new(None, link.max_message_size);
+        encoder(target.transport)(&mut encoded, &id, None, reading.to_json().as_bytes());
+        let mut batch = Batch::new(None, link.max_message_size());
         // One small event always fits an empty batch.
         let _ = batch.try_add(0, encoded);
         let outcome = link.send(batch).await?.await;
@@ -74,19 +72,19 @@ pub fn send_test(config_path: &Path) -> ExitCode {
         Ok::<_, crate::sink::eventhub::amqp::LinkError>((outcome, id))
     });
     match result {
-        Ok((Ok(Outcome::Accepted(_)), id)) => {
+        Ok((Settled::Accepted, id)) => {
             println!(
                 "Accepted in {} ms (message id {id}). Credentials and network are good.",
                 started.elapsed().as_millis()
             );
             ExitCode::SUCCESS
         }
-        Ok((Ok(other), _)) => {
-            eprintln!("The hub did not accept the event: {other:?}");
+        Ok((Settled::Unauthorized(why), _)) => {
+            eprintln!("The hub refused {}: {why}", credential.describe());
             ExitCode::from(super::EXIT_FAILURE)
         }
-        Ok((Err(error), _)) => {
-            eprintln!("The send failed: {error}");
+        Ok((Settled::Busy(why) | Settled::Failed(why), _)) => {
+            eprintln!("The hub did not accept the event: {why}");
             ExitCode::from(super::EXIT_FAILURE)
         }
         Err(error) => {

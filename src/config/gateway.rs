@@ -163,8 +163,13 @@ pub struct SpoolSpec {
     pub max_bytes: Option<u64>,
     /// What to drop when full: `drop_oldest` (default) or `drop_newest`.
     pub when_full: Option<WhenFull>,
-    /// How often to fsync: a duration such as `100ms`, or `always`, or `never` (tests only).
+    /// How often to fsync: a duration such as `100ms` (default; a power cut may lose the
+    /// readings of the last interval), `always` (after every group commit; loses nothing that
+    /// was appended, costs an fsync per group), or `never` (the OS decides; tests only). A
+    /// process crash loses nothing with any of them.
     pub fsync: Option<String>,
+    /// Readings older than this are dropped (and counted), e.g. `7d`. Default: no limit.
+    pub max_age: Option<Span>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -182,7 +187,7 @@ pub struct TelemetrySpec {
     pub log_format: Option<LogFormat>,
     /// A tracing filter, e.g. `info` or `tagbridge=debug`. Default `info`.
     pub log_level: Option<String>,
-    /// Prometheus metrics address. Default `127.0.0.1:9898`.
+    /// Prometheus metrics, `/healthz` and `/readyz` address. Default `127.0.0.1:9898`; `off` for none.
     pub metrics: Option<String>,
     /// How often to log a one-line summary. Default 1m.
     pub summary_every: Option<Span>,

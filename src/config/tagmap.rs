@@ -174,6 +174,10 @@ pub struct ModbusSourceSpec {
     pub timeout: Option<Span>,
     /// Largest number of unused registers one read may span to join two tags. Default 8.
     pub max_gap: Option<u16>,
+    /// TCP transports: connections to open to the device, each with one request in flight; a
+    /// cycle's reads are spread over them. For devices and gateways that accept several
+    /// clients, when round trips are slow. Default 1.
+    pub connections: Option<Spanned<u8>>,
 }
 
 /// Serial line settings for Modbus RTU.

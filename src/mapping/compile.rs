@@ -211,6 +211,7 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
         transport: ModbusTransport::Tcp(String::new()),
         timeout: DEFAULT_INTERVAL,
         max_gap: DEFAULT_MAX_GAP,
+        connections: std::num::NonZeroU8::MIN,
     }));
     (
         TagMapPlan {
@@ -420,7 +421,30 @@ impl Compiler<'_> {
                 .map(|s| s.as_duration())
                 .unwrap_or(DEFAULT_INTERVAL),
             max_gap: m.max_gap.unwrap_or(DEFAULT_MAX_GAP),
+            connections: self.modbus_connections(m)?,
         })
+    }
+
+    /// Modbus `connections`: 1 to 16, and 1 on a serial line.
+    fn modbus_connections(&mut self, m: &ModbusSourceSpec) -> Option<std::num::NonZeroU8> {
+        let Some(n) = &m.connections else {
+            return Some(std::num::NonZeroU8::MIN);
+        };
+        if m.serial.is_some() && n.value != 1 {
+            return self.err(
+                n.pos,
+                format!("`connections: {}` on a serial line", n.value),
+                "a serial bus carries one request at a time; remove it",
+            );
+        }
+        match std::num::NonZeroU8::new(n.value) {
+            Some(c) if n.value <= 16 => Some(c),
+            _ => self.err(
+                n.pos,
+                format!("`connections: {}` is out of range", n.value),
+                "1 to 16; most devices accept only a few clients",
+            ),
+        }
     }
 
     fn host_port(&mut self, addr: &Spanned<String>) -> Option<String> {

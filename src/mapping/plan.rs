@@ -85,6 +85,8 @@ pub struct ModbusPlan {
     pub timeout: Duration,
     /// Unused registers one read may span to join two tags.
     pub max_gap: u16,
+    /// Connections polling this device side by side (1 for serial lines).
+    pub connections: std::num::NonZeroU8,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -160,6 +160,7 @@ mod tests {
                 transport: ModbusTransport::Tcp("x:502".into()),
                 timeout: Duration::from_secs(1),
                 max_gap: 8,
+                connections: std::num::NonZeroU8::MIN,
             }),
             tags: vec![TagPlan {
                 sensor_id: "s".into(),

@@ -3,7 +3,9 @@
 //!
 //! [`Journal::Memory`] is a bounded in-memory queue: nothing survives a restart, and a full queue
 //! makes writers wait (so the sources wait). It serves stdout/file runs, tests, and the "spool
-//! off" side of the spool benchmark. The durable spool implements the same calls.
+//! off" side of the spool benchmark. [`Journal::Spool`] is the durable spool
+//! ([`crate::spool`]) behind its async handle: it never makes writers wait for the sink (a full
+//! spool drops as configured and counts it), and what is not acknowledged survives restarts.
 //!
 //! Invariants: sequence numbers start at 1 and increase by one per record; `read` hands out each
 //! record once, in order; `ack(n)` releases every record up to `n`.
@@ -13,12 +15,15 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
+use crate::spool::SpoolHandle;
+
 /// A record and its sequence number.
 pub type Record = (u64, Vec<u8>);
 
 /// Where records wait for the sink.
 pub enum Journal {
     Memory(MemoryJournal),
+    Spool(SpoolHandle),
 }
 
 impl Journal {
@@ -26,10 +31,18 @@ impl Journal {
         Journal::Memory(MemoryJournal::new(capacity))
     }
 
-    /// Appends records, waiting while the journal is full. Returns the first sequence number.
+    /// The durable spool, through the handle of its task.
+    pub fn spool(handle: SpoolHandle) -> Self {
+        Journal::Spool(handle)
+    }
+
+    /// Appends records, waiting while the journal is full (memory) or until they are committed
+    /// (spool). Returns the first sequence number, 0 if none was stored.
     pub async fn append(&self, records: Vec<Vec<u8>>) -> u64 {
         match self {
             Journal::Memory(m) => m.append(records).await,
+            // The spool task logs and counts what it drops.
+            Journal::Spool(h) => h.append(records).await.first_seq.unwrap_or(0),
         }
     }
 
@@ -38,6 +51,7 @@ impl Journal {
     pub async fn read(&self, max_records: usize) -> Vec<Record> {
         match self {
             Journal::Memory(m) => m.read(max_records).await,
+            Journal::Spool(h) => h.read(max_records).await,
         }
     }
 
@@ -45,6 +59,7 @@ impl Journal {
     pub async fn ack(&self, seq: u64) {
         match self {
             Journal::Memory(m) => m.ack(seq),
+            Journal::Spool(h) => h.ack(seq).await,
         }
     }
 
@@ -52,6 +67,15 @@ impl Journal {
     pub fn close(&self) {
         match self {
             Journal::Memory(m) => m.close(),
+            Journal::Spool(h) => h.close(),
+        }
+    }
+
+    /// The spool's bytes, drops and oldest age (refreshed every second); `None` in memory.
+    pub fn spool_status(&self) -> Option<crate::spool::SpoolStatus> {
+        match self {
+            Journal::Memory(_) => None,
+            Journal::Spool(h) => Some(h.status()),
         }
     }
 
@@ -59,6 +83,7 @@ impl Journal {
     pub fn depth(&self) -> u64 {
         match self {
             Journal::Memory(m) => m.depth(),
+            Journal::Spool(h) => h.depth(),
         }
     }
 }
@@ -221,5 +246,42 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(seq, 3);
+    }
+
+    #[tokio::test]
+    async fn the_spool_journal_makes_the_same_calls_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let open =
+            || crate::spool::Spool::open(tmp.path(), crate::spool::SpoolConfig::new(1 << 20));
+        let (spool, _) = open().unwrap();
+        let j = Journal::spool(crate::spool::handle::spawn(
+            spool,
+            &tracker,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let first = j
+            .append(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+            .await;
+        assert!(first > 0);
+        assert_eq!(
+            j.read(2).await.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [first, first + 1]
+        );
+        j.ack(first).await;
+        j.close();
+        assert_eq!(j.read(10).await, vec![(first + 2, b"c".to_vec())]);
+        assert!(j.read(10).await.is_empty());
+        assert_eq!(j.depth(), 2);
+        drop(j);
+        tracker.close();
+        tracker.wait().await;
+        // A restart replays what was not acknowledged, under the same sequence numbers.
+        let (mut spool, report) = open().unwrap();
+        assert_eq!(report.records, 2);
+        assert_eq!(
+            spool.read(10).unwrap(),
+            vec![(first + 1, b"b".to_vec()), (first + 2, b"c".to_vec())]
+        );
     }
 }

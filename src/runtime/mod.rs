@@ -12,7 +12,11 @@
 
 pub mod delivery;
 pub mod journal;
+pub mod reload;
+pub mod status;
+pub mod tag_maps;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,13 +30,15 @@ use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
 use crate::reading::Reading;
 use crate::sink::eventhub::sink::EventHubSink;
 use crate::sink::lines::{LinesError, LinesSink};
-use crate::source::{self, SampleBatch};
+use crate::source::SampleBatch;
 
 use delivery::TaggedReadings;
 use journal::Journal;
+use status::{GatewayStatus, MapStats, SinkView};
+use tag_maps::TagMaps;
 
 /// Sample batches queued per tag map before its adapter waits.
-const SAMPLE_QUEUE: usize = 64;
+pub(crate) const SAMPLE_QUEUE: usize = 64;
 /// Reading batches queued before mapping tasks wait for the output.
 const READING_QUEUE: usize = 256;
 /// How often tags with a heartbeat are checked.
@@ -51,10 +57,48 @@ pub enum Output {
     },
 }
 
+/// Operations settings of a run.
+#[derive(Debug)]
+pub struct RunOptions {
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None`: not at all.
+    pub metrics: Option<SocketAddr>,
+    /// Told the address actually bound (port 0 picks a free one; tests use that).
+    pub metrics_bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    /// How often to log the one-line summary.
+    pub summary_every: Duration,
+    /// Live reload of tag maps; `None`: the tag maps given are run as they are.
+    pub reload: Option<reload::Reload>,
+}
+
+impl std::fmt::Debug for reload::Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload")
+            .field("watch", &self.watch)
+            .field("every", &self.every)
+            .finish()
+    }
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            metrics: None,
+            metrics_bound: None,
+            summary_every: Duration::from_secs(60),
+            reload: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(transparent)]
     Sink(#[from] LinesError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("no source could be started; see the errors above")]
     NoSource,
 }
@@ -71,39 +115,76 @@ pub struct RunSummary {
 pub async fn run(
     plans: Vec<TagMapPlan>,
     output: Output,
+    options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, RuntimeError> {
+    // Bind first: a taken metrics port fails the run before any device is touched.
+    let listener = match options.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RuntimeError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let tracker = TaskTracker::new();
+    let mut status = GatewayStatus::default();
     let (readings_tx, readings_rx) = mpsc::channel::<TaggedReadings>(READING_QUEUE);
     let totals = Arc::new(std::sync::Mutex::new(MappingCounters::default()));
-    let mut started = 0;
-    for plan in &plans {
-        let (tx, rx) = mpsc::channel::<SampleBatch>(SAMPLE_QUEUE);
-        if let Err(error) = source::spawn(plan, tx, shutdown.child_token(), &tracker) {
-            tracing::error!(message = "Source not started; the other tag maps keep running.", %error);
-            continue;
-        }
-        started += 1;
-        let name: Arc<str> = plan
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-            .into();
-        tracker.spawn(map_task(
-            name,
-            Mapper::new(plan),
-            rx,
-            readings_tx.clone(),
-            totals.clone(),
-        ));
-    }
-    drop(readings_tx);
-    tracker.close();
-    if started == 0 {
+    let mut maps = TagMaps::new(
+        tracker.clone(),
+        readings_tx,
+        totals.clone(),
+        shutdown.clone(),
+        status.maps.clone(),
+        status.modbus.clone(),
+    );
+    maps.apply(plans);
+    let started = maps.len();
+    if maps.is_empty() && options.reload.is_none() {
         return Err(RuntimeError::NoSource);
     }
+    // The reload task owns the running tag maps; it ends at shutdown, dropping the last
+    // readings sender the output waits for.
+    let reloader = tokio::spawn(reload::run(options.reload.clone(), maps, shutdown.clone()));
     tracing::info!(message = "Gateway running.", tag_maps = started);
+    if let Output::EventHub { sink, journal, .. } = &output {
+        status.sink = Some(SinkView {
+            state: sink.state.subscribe(),
+            stats: sink.stats.clone(),
+            journal: journal.clone(),
+        });
+    }
+    // Operations tasks stop when the output is done, not at shutdown: /readyz and /metrics
+    // stay truthful while the sink drains.
+    let ops_cancel = CancellationToken::new();
+    let ops = TaskTracker::new();
+    if let (Some(listener), Some(bound)) = (&listener, options.metrics_bound) {
+        if let Ok(addr) = listener.local_addr() {
+            let _ = bound.send(addr);
+        }
+    }
+    if let Some(listener) = listener {
+        let metrics = crate::telemetry::metrics::Metrics::default();
+        status.register(&metrics);
+        let readiness: crate::telemetry::http::ReadinessFn = {
+            let status = status.clone();
+            Arc::new(move || status.readiness())
+        };
+        tracing::info!(message = "Serving /metrics, /healthz and /readyz.", addr = ?listener.local_addr().ok());
+        ops.spawn(crate::telemetry::http::serve(
+            listener,
+            metrics,
+            readiness,
+            ops_cancel.clone(),
+        ));
+    }
+    ops.spawn(
+        status
+            .clone()
+            .log_summaries(options.summary_every, ops_cancel.clone()),
+    );
+    ops.close();
 
     let delivered = match output {
         Output::Stdout => write_lines(LinesSink::stdout(), readings_rx).await?,
@@ -129,7 +210,11 @@ pub async fn run(
             last.unwrap_or(0)
         }
     };
+    let _ = reloader.await;
+    tracker.close();
     tracker.wait().await;
+    ops_cancel.cancel();
+    ops.wait().await;
     let mapping = totals.lock().map(|t| *t).unwrap_or_default();
     Ok(RunSummary { mapping, delivered })
 }
@@ -147,12 +232,13 @@ async fn write_lines(
     Ok(written)
 }
 
-async fn map_task(
+pub(crate) async fn map_task(
     name: Arc<str>,
     mut mapper: Mapper,
     mut samples: mpsc::Receiver<SampleBatch>,
     readings: mpsc::Sender<TaggedReadings>,
     totals: Arc<std::sync::Mutex<MappingCounters>>,
+    stats: Arc<MapStats>,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,6 +252,7 @@ async fn map_task(
             },
             _ = tick.tick() => mapper.heartbeats(chrono::Utc::now(), &mut out),
         }
+        stats.store(&mapper.counters());
         if !out.is_empty() && readings.send((name.clone(), out)).await.is_err() {
             break;
         }

@@ -44,6 +44,31 @@ pub enum SourceError {
     },
 }
 
+/// A running adapter's live counters, for metrics and `/readyz`.
+#[derive(Debug, Clone)]
+pub enum SourceCounters {
+    Modbus(Arc<modbus::ModbusCounters>),
+    OpcUa(Arc<opcua::OpcUaCounters>),
+}
+
+impl SourceCounters {
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            SourceCounters::Modbus(_) => "modbus",
+            SourceCounters::OpcUa(_) => "opcua",
+        }
+    }
+
+    /// Whether the adapter has a working connection to its device now.
+    pub fn connected(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self {
+            SourceCounters::Modbus(c) => c.connected.load(Relaxed) > 0,
+            SourceCounters::OpcUa(c) => c.connected.load(Relaxed),
+        }
+    }
+}
+
 /// Starts the adapter for one tag map. It sends sample batches on `tx` (waiting when the
 /// mapping stage is behind) until `cancel` fires, then drops `tx`.
 pub fn spawn(
@@ -51,9 +76,14 @@ pub fn spawn(
     tx: mpsc::Sender<SampleBatch>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<(), SourceError> {
+) -> Result<SourceCounters, SourceError> {
     match &plan.source {
-        SourcePlan::OpcUa(source) => opcua::spawn(plan, source, tx, cancel, tracker),
-        SourcePlan::Modbus(source) => modbus::spawn(plan, source, tx, cancel, tracker),
+        SourcePlan::OpcUa(source) => Ok(SourceCounters::OpcUa(opcua::start(
+            plan, source, tx, cancel, tracker,
+        ))),
+        SourcePlan::Modbus(source) => {
+            modbus::start(plan, source, modbus::Tuning::default(), tx, cancel, tracker)
+                .map(SourceCounters::Modbus)
+        }
     }
 }

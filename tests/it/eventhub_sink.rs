@@ -66,3 +66,226 @@ fn sas_tokens_match_microsofts_sdk() {
         );
     }
 }
+
+mod delivery {
+    //! Simulated PLC → tag map → gateway → emulator over AMQP+TLS, with the failures the hub
+    //! can throw at a gateway. Loss is judged against the PLC's counter, which steps by one
+    //! every 400 ms: every value between the first and the last the hub saw must be there.
+
+    use std::time::Duration;
+
+    use tagbridge::config::gateway::Transport;
+    use tagbridge::sim::hub::HubConfig;
+    use tagbridge::sink::eventhub::sink::SinkState;
+
+    use crate::support::chain::{
+        self, assert_counter_complete, produced_counter_readings, ChainOptions,
+    };
+
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_reading_arrives_exactly_once_when_nothing_fails() {
+        let chain = chain::start(ChainOptions::default()).await;
+        assert!(
+            chain.wait_for_counter_steps(6, DEADLINE).await,
+            "counter did not advance at the hub"
+        );
+        let (summary, events, plc, hub) = chain.stop().await;
+        assert_counter_complete(&events, produced_counter_readings(&summary), true, &plc);
+        assert_eq!(
+            summary.mapping.readings,
+            events.len() as u64,
+            "the hub holds a different number of events than the gateway produced"
+        );
+        // The events are the seed format with a stable message id and content type.
+        let first = &events[0];
+        assert_eq!(first.content_type.as_deref(), Some("application/json"));
+        assert!(first
+            .message_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("tagbridge-")));
+        let body: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
+        for key in ["sensor_id", "timestamp", "value"] {
+            assert!(body.get(key).is_some(), "event lacks {key}: {body}");
+        }
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entra_id_service_principal_tokens_are_accepted() {
+        let options = ChainOptions {
+            hub: HubConfig {
+                entra_clients: vec![("gateway-app".into(), "app-secret".into())],
+                ..Default::default()
+            },
+            entra: Some((
+                "contoso-tenant".into(),
+                "gateway-app".into(),
+                "app-secret".into(),
+            )),
+            ..Default::default()
+        };
+        let chain = chain::start(options).await;
+        assert!(
+            chain.wait_for_counter_steps(3, DEADLINE).await,
+            "nothing arrived with an Entra token"
+        );
+        let (summary, events, plc, hub) = chain.stop().await;
+        assert_counter_complete(&events, produced_counter_readings(&summary), true, &plc);
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokens_are_renewed_on_the_live_link_without_loss() {
+        let options = ChainOptions {
+            // The hub closes a link whose token expired: only renewal keeps this one open.
+            token_lifetime: Duration::from_secs(3),
+            ..Default::default()
+        };
+        let chain = chain::start(options).await;
+        assert!(chain.wait_for_counter_steps(20, DEADLINE).await);
+        let renewals = chain
+            .stats
+            .token_renewals
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let reconnects = chain
+            .stats
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (summary, events, plc, hub) = chain.stop().await;
+        assert!(
+            renewals >= 2,
+            "expected renewals during an 8 s run with 3 s tokens, got {renewals}"
+        );
+        assert_eq!(reconnects, 0, "the link should have stayed open");
+        assert_counter_complete(&events, produced_counter_readings(&summary), true, &plc);
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn throttling_loses_nothing() {
+        let chain = chain::start(ChainOptions::default()).await;
+        assert!(chain.wait_for_counter_steps(2, DEADLINE).await);
+        chain.hub.faults().throttle_above(1);
+        let throttled = crate::support::wait_until(DEADLINE, || {
+            chain
+                .stats
+                .throttled
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        })
+        .await;
+        chain.hub.faults().clear();
+        assert!(throttled, "the hub never throttled the gateway");
+        assert!(chain.wait_for_counter_steps(16, DEADLINE).await);
+        let (summary, events, plc, hub) = chain.stop().await;
+        assert_counter_complete(&events, produced_counter_readings(&summary), false, &plc);
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_connections_lose_nothing() {
+        let chain = chain::start(ChainOptions::default()).await;
+        assert!(chain.wait_for_counter_steps(2, DEADLINE).await);
+        chain.hub.faults().drop_connections();
+        assert!(chain.wait_for_counter_steps(5, DEADLINE).await);
+        chain.hub.faults().drop_connections();
+        assert!(chain.wait_for_counter_steps(9, DEADLINE).await);
+        let reconnects = chain
+            .stats
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + chain.hub.stats().connections_total;
+        let (summary, events, plc, hub) = chain.stop().await;
+        assert!(reconnects >= 3, "the gateway did not reconnect");
+        assert_counter_complete(&events, produced_counter_readings(&summary), false, &plc);
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_five_second_hub_outage_loses_nothing() {
+        let chain = chain::start(ChainOptions::default()).await;
+        assert!(chain.wait_for_counter_steps(2, DEADLINE).await);
+        let before = chain::counter_values(&chain.hub.events()).len();
+        chain.hub.faults().down_for(Duration::from_secs(5));
+        // While the hub is down, readings wait in the journal.
+        assert!(
+            crate::support::wait_until(DEADLINE, || chain.journal.depth() >= 5).await,
+            "readings did not queue up during the outage"
+        );
+        // After it, the backlog drains and live readings follow.
+        assert!(chain.wait_for_counter_steps(25, DEADLINE).await);
+        let (summary, events, plc, hub) = chain.stop().await;
+        assert!(chain::counter_values(&events).len() > before + 12);
+        assert_counter_complete(&events, produced_counter_readings(&summary), false, &plc);
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wrong_key_is_reported_by_name_and_the_readings_are_kept() {
+        let options = ChainOptions {
+            key_override: Some("d3Jvbmcta2V5LW5vdC10aGUtaHVicw==".into()),
+            ..Default::default()
+        };
+        let chain = chain::start(options).await;
+        let mut state = chain.state.clone();
+        let refused = tokio::time::timeout(
+            DEADLINE,
+            state.wait_for(|s| matches!(s, SinkState::Unauthorized(_))),
+        )
+        .await
+        .expect("the sink reports the refusal")
+        .expect("sink state")
+        .clone();
+        let SinkState::Unauthorized(message) = refused else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("shared access key `RootManageSharedAccessKey`"),
+            "the error does not say which key: {message}"
+        );
+        assert!(
+            message.contains("sb://localhost"),
+            "the error does not say which namespace: {message}"
+        );
+        assert!(
+            crate::support::wait_until(DEADLINE, || chain.journal.depth() >= 3).await,
+            "readings are not kept while the hub refuses the key"
+        );
+        assert_eq!(chain.hub.stats().events, 0);
+        let (_, events, plc, hub) = chain.stop().await;
+        assert!(events.is_empty());
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_https_fallback_delivers_every_reading() {
+        let options = ChainOptions {
+            transport: Transport::Https,
+            ..Default::default()
+        };
+        let chain = chain::start(options).await;
+        assert!(
+            chain.wait_for_counter_steps(5, DEADLINE).await,
+            "nothing arrived over HTTPS"
+        );
+        let (summary, events, plc, hub) = chain.stop().await;
+        assert_counter_complete(&events, produced_counter_readings(&summary), true, &plc);
+        assert_eq!(summary.mapping.readings, events.len() as u64);
+        let body: serde_json::Value = serde_json::from_slice(&events[0].body).unwrap();
+        assert!(
+            body.get("sensor_id").is_some(),
+            "REST body is not the reading: {body}"
+        );
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+}

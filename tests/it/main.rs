@@ -30,3 +30,6 @@ mod opcua_source;
 
 /// The durable spool: crashes, outages, bounds, end to end.
 mod spool;
+
+/// Operations: /metrics and /readyz during a run; live reload of tag maps.
+mod operations;

@@ -9,8 +9,6 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use fe2o3_amqp::connection::ConnectionHandle;
-use fe2o3_amqp::link::delivery::DeliveryFut;
-use fe2o3_amqp::link::SendError;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::{Data, Message, MessageAnnotations, Outcome};
@@ -24,6 +22,8 @@ use tokio::net::TcpStream;
 
 use super::auth::{AuthError, Credential, Token};
 use super::event::{Batch, BATCH_MESSAGE_FORMAT, PARTITION_KEY_ANNOTATION};
+use super::link::{Delivery, Settled};
+use crate::config::gateway::Transport;
 
 /// Event Hubs' maximum message size when the link does not say (Standard tier: 1 MB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
@@ -38,6 +38,10 @@ pub struct Target {
     pub hub: String,
     /// The token audience, `sb://<host>/<hub>`.
     pub audience: String,
+    /// AMQP over TCP, AMQP over WebSockets, or HTTPS.
+    pub transport: Transport,
+    /// How long the SAS tokens the gateway signs are valid (renewed at 80 %).
+    pub token_lifetime: std::time::Duration,
 }
 
 /// Why a connection could not be used.
@@ -93,9 +97,6 @@ pub struct HubLink {
     pub token_expires_at: i64,
 }
 
-/// The result of one batch's delivery.
-pub type Delivery = DeliveryFut<Result<Outcome, SendError>>;
-
 impl HubLink {
     /// Connects and authorises; `now` is the current Unix time.
     pub async fn open(
@@ -126,7 +127,15 @@ impl HubLink {
                         host: target.host.clone(),
                         source,
                     })?;
+                if target.transport == Transport::AmqpWs {
+                    let ws = super::websocket::upgrade(tls, &target.host, target.port).await?;
+                    return Self::open_over(ws, target, credential, now).await;
+                }
                 Self::open_over(tls, target, credential, now).await
+            }
+            None if target.transport == Transport::AmqpWs => {
+                let ws = super::websocket::upgrade(tcp, &target.host, target.port).await?;
+                Self::open_over(ws, target, credential, now).await
             }
             None => Self::open_over(tcp, target, credential, now).await,
         }
@@ -158,7 +167,9 @@ impl HubLink {
         let mut cbs = CbsClient::attach(&mut session)
             .await
             .map_err(|e| LinkError::Session(format!("$cbs: {e}")))?;
-        let token = credential.token(&target.audience, now).await?;
+        let token = credential
+            .token(&target.audience, now, target.token_lifetime)
+            .await?;
         put_token(&mut cbs, target, credential, &token).await?;
         let sender = Sender::attach(
             &mut session,
@@ -193,7 +204,9 @@ impl HubLink {
         credential: &Credential,
         now: i64,
     ) -> Result<(), LinkError> {
-        let token = credential.token(&target.audience, now).await?;
+        let token = credential
+            .token(&target.audience, now, target.token_lifetime)
+            .await?;
         put_token(&mut self.cbs, target, credential, &token).await?;
         self.token_expires_at = token.expires_at;
         Ok(())
@@ -221,10 +234,33 @@ impl HubLink {
             .message(message)
             .message_format(BATCH_MESSAGE_FORMAT)
             .build();
-        self.sender
+        let delivery = self
+            .sender
             .send_batchable(sendable)
             .await
-            .map_err(|e| LinkError::Send(e.to_string()))
+            .map_err(|e| LinkError::Send(e.to_string()))?;
+        Ok(Box::pin(async move {
+            match delivery.await {
+                Ok(Outcome::Accepted(_)) => Settled::Accepted,
+                Ok(Outcome::Rejected(r)) => {
+                    let text = r
+                        .error
+                        .map(|e| {
+                            format!("{:?}: {}", e.condition, e.description.unwrap_or_default())
+                        })
+                        .unwrap_or_default();
+                    if text.contains("server-busy") {
+                        Settled::Busy(text)
+                    } else if text.contains("unauthorized") {
+                        Settled::Unauthorized(text)
+                    } else {
+                        Settled::Failed(format!("rejected: {text}"))
+                    }
+                }
+                Ok(other) => Settled::Failed(format!("not accepted: {other:?}")),
+                Err(e) => Settled::Failed(e.to_string()),
+            }
+        }))
     }
 
     /// Closes the link, session and connection politely (best effort).

@@ -49,16 +49,17 @@ pub enum AuthError {
 }
 
 impl Credential {
-    /// A token for `audience`, valid from now.
-    pub async fn token(&self, audience: &str, now: i64) -> Result<Token, AuthError> {
+    /// A token for `audience`, valid from now; SAS tokens signed here live `lifetime`
+    /// (Entra tokens live as long as the token endpoint says).
+    pub async fn token(
+        &self,
+        audience: &str,
+        now: i64,
+        lifetime: Duration,
+    ) -> Result<Token, AuthError> {
         match self {
             Credential::Sas(SasCredential::Key { name, key }) => {
-                let t = sas::sign(
-                    audience,
-                    name,
-                    key,
-                    now + SAS_TOKEN_LIFETIME.as_secs() as i64,
-                );
+                let t = sas::sign(audience, name, key, now + lifetime.as_secs().max(1) as i64);
                 Ok(Token {
                     value: t.token,
                     kind: SAS_TOKEN_TYPE,

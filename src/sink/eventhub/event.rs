@@ -41,6 +41,30 @@ const MESSAGE_ANNOTATIONS: u8 = 0x72;
 const PROPERTIES: u8 = 0x73;
 const DATA: u8 = 0x75;
 
+/// Encodes one event as an entry of an HTTPS batch
+/// (`application/vnd.microsoft.servicebus.json`): the body as a JSON string, the message id
+/// and partition key as broker properties.
+pub fn encode_rest_event(
+    out: &mut Vec<u8>,
+    message_id: &str,
+    partition_key: Option<&str>,
+    body: &[u8],
+) {
+    let body = String::from_utf8_lossy(body);
+    let mut broker = serde_json::Map::new();
+    broker.insert("MessageId".into(), message_id.into());
+    if let Some(key) = partition_key {
+        broker.insert("PartitionKey".into(), key.into());
+    }
+    let entry = serde_json::json!({
+        "Body": body,
+        "BrokerProperties": broker,
+        "UserProperties": {"content-type": "application/json"},
+    });
+    // Serializing a JSON value into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, &entry);
+}
+
 /// Encodes one event: annotations (if a partition key), properties, and the body.
 pub fn encode_event(out: &mut Vec<u8>, message_id: &str, partition_key: Option<&str>, body: &[u8]) {
     if let Some(key) = partition_key {
@@ -211,6 +235,16 @@ mod tests {
             Body::Data(batch) => batch.iter().flat_map(|d| d.0.to_vec()).collect(),
             other => panic!("expected a data body, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn rest_entries_carry_body_id_and_key() {
+        let mut out = Vec::new();
+        encode_rest_event(&mut out, "tagbridge-7", Some("line1"), br#"{"value":1}"#);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["Body"], r#"{"value":1}"#);
+        assert_eq!(v["BrokerProperties"]["MessageId"], "tagbridge-7");
+        assert_eq!(v["BrokerProperties"]["PartitionKey"], "line1");
     }
 
     #[test]

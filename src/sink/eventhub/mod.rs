@@ -6,9 +6,12 @@ pub mod auth;
 pub mod connection_string;
 pub mod entra;
 pub mod event;
+pub mod link;
+pub mod rest;
 pub mod sas;
 pub mod setup;
 pub mod sink;
 pub mod tls;
+pub mod websocket;
 
 pub use connection_string::{ConnectionString, ConnectionStringError, SasCredential};

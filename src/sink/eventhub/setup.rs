@@ -42,8 +42,6 @@ pub enum SetupError {
     Entra(#[from] EntraError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("transport {0:?} is not available in this build yet; use `amqp`")]
-    Transport(Transport),
 }
 
 /// Reads a secret from an environment variable or a file (trailing newline trimmed).
@@ -76,9 +74,14 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
             base.join(p)
         }
     };
-    if let Some(t) = spec.transport.filter(|t| *t != Transport::Amqp) {
-        return Err(SetupError::Transport(t));
-    }
+    let transport = spec.transport.unwrap_or(Transport::Amqp);
+    // The port a connection string or namespace does not name: the transport's own.
+    let default_port = |tls: bool| match (transport, tls) {
+        (Transport::AmqpWs | Transport::Https, true) => super::websocket::PORT,
+        (Transport::AmqpWs | Transport::Https, false) => 80,
+        (Transport::Amqp, true) => AMQPS_PORT,
+        (Transport::Amqp, false) => AMQP_PORT,
+    };
     let tls = client_config(spec.ca_file.as_deref().map(resolve).as_deref())?;
     let file = spec.connection_string_file.as_deref().map(resolve);
     let connection_string = read_secret(spec.connection_string_env.as_deref(), file.as_deref())?;
@@ -87,8 +90,8 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
             let cs = ConnectionString::parse(&text, spec.hub.as_deref())
                 .map_err(|source| SetupError::ConnectionString { from, source })?;
             let (port, tls) = match (cs.port, cs.use_emulator) {
-                (p, true) => (p.unwrap_or(AMQP_PORT), None),
-                (p, false) => (p.unwrap_or(AMQPS_PORT), Some(tls)),
+                (p, true) => (p.unwrap_or(default_port(false)), None),
+                (p, false) => (p.unwrap_or(default_port(true)), Some(tls)),
             };
             let target = Target {
                 audience: cs.audience(),
@@ -96,6 +99,8 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
                 port,
                 tls,
                 hub: cs.hub.clone(),
+                transport,
+                token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
             };
             Ok((target, Credential::Sas(cs.credential)))
         }
@@ -109,9 +114,9 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
                     .ok_or(SetupError::EntraSecret)?;
             let (host, port) = match namespace.rsplit_once(':') {
                 Some((h, p)) if p.parse::<u16>().is_ok() => {
-                    (h.to_string(), p.parse().unwrap_or(AMQPS_PORT))
+                    (h.to_string(), p.parse().unwrap_or(default_port(true)))
                 }
-                _ => (namespace.clone(), AMQPS_PORT),
+                _ => (namespace.clone(), default_port(true)),
             };
             let client = EntraClient::new(
                 entra.authority.as_deref(),
@@ -126,6 +131,8 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
                 port,
                 tls: Some(tls),
                 hub: hub.clone(),
+                transport,
+                token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
             };
             Ok((target, Credential::Entra(client)))
         }

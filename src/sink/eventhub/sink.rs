@@ -22,14 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fe2o3_amqp::types::messaging::Outcome;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::amqp::{Delivery, HubLink, LinkError, Target};
+use super::amqp::{LinkError, Target};
 use super::auth::{renew_at, Credential};
-use super::event::{encode_event, AddError, Batch};
+use super::event::{AddError, Batch};
+use super::link::{encoder, Delivery, Link, Settled};
 
 /// One event to deliver.
 #[derive(Debug, Clone)]
@@ -98,10 +98,20 @@ const SERVER_BUSY_BACKOFF: Duration = Duration::from_secs(4);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_AUTH_BACKOFF: Duration = Duration::from_secs(60);
 
+/// A connection attempt (TCP, TLS, SASL, CBS, attach) that takes longer is abandoned.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Handing a batch to the link (flow control included) that takes longer means the link is dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// A batch the hub has not settled this long after it was sent is treated as lost with its link:
+/// after a dropped connection fe2o3 may never resolve the delivery.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 struct InFlight {
     /// The batch's events, kept to resend them.
     batch: Batch,
     delivery: Option<Delivery>,
+    /// When the settlement is overdue.
+    settle_by: Instant,
 }
 
 /// An Event Hubs sink, ready to run.
@@ -159,7 +169,8 @@ async fn run(
     stats: Arc<SinkStats>,
     cancel: CancellationToken,
 ) -> Option<u64> {
-    let mut link: Option<HubLink> = None;
+    let mut link: Option<Link> = None;
+    let encode_event = encoder(target.transport);
     let mut max_size = super::amqp::DEFAULT_MAX_MESSAGE_SIZE;
     // Batches ready to send, oldest first; in flight, oldest first.
     let mut ready: VecDeque<Batch> = VecDeque::new();
@@ -168,6 +179,7 @@ async fn run(
     let mut last_acked = None;
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
+    let mut renew_due: Option<Instant> = None;
     let mut input_open = true;
     let mut drain_deadline: Option<Instant> = None;
     let mut encoded = Vec::new();
@@ -188,6 +200,8 @@ async fn run(
             if let Some(at) = retry_at {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
+                    // Shutting down while waiting to retry: stop when the grace period ends.
+                    _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => continue,
                     _ = cancel.cancelled(), if drain_deadline.is_none() => {
                         drain_deadline = Some(Instant::now() + options.shutdown_grace);
                         input.close();
@@ -196,9 +210,19 @@ async fn run(
                 }
             }
             let _ = state.send(SinkState::Connecting);
-            match HubLink::open(&target, &credential, unix_now()).await {
+            let opened =
+                tokio::time::timeout(OPEN_TIMEOUT, Link::open(&target, &credential, unix_now()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(LinkError::Open {
+                            host: target.host.clone(),
+                            reason: format!("no answer within {} s", OPEN_TIMEOUT.as_secs()),
+                        })
+                    });
+            match opened {
                 Ok(l) => {
-                    max_size = l.max_message_size;
+                    max_size = l.max_message_size();
+                    renew_due = Some(renewal_instant(l.token_expires_at()));
                     tracing::info!(message = "Connected to the event hub.", hub = %target.hub, host = %target.host, max_message_size = max_size);
                     let _ = state.send(SinkState::Connected);
                     link = Some(l);
@@ -232,13 +256,9 @@ async fn run(
             }
         }
 
-        let renew_deadline = link.as_ref().map(|l| {
-            let now = unix_now();
-            Instant::now()
-                + Duration::from_secs(
-                    renew_at(now, l.token_expires_at).saturating_sub(now).max(1) as u64
-                )
-        });
+        // Fixed when the token is put, not recomputed here: recomputing from "now" on every
+        // turn of a busy loop would push the renewal past the token's expiry.
+        let renew_deadline = link.as_ref().and(renew_due);
         let linger_deadline = filling.as_ref().map(|(_, since)| *since + options.linger);
         let can_send =
             link.is_some() && !ready.is_empty() && in_flight.len() < options.max_in_flight;
@@ -269,10 +289,19 @@ async fn run(
                                 stats.throttled.fetch_add(1, Ordering::Relaxed);
                                 SERVER_BUSY_BACKOFF
                             }
+                            Failure::Unauthorized(_) => {
+                                stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                                failures += 1;
+                                backoff(failures, MAX_AUTH_BACKOFF)
+                            }
                             Failure::Link(_) => backoff(1, MAX_BACKOFF),
                         };
                         tracing::warn!(message = "Delivery failed; resending unaccepted batches after a pause.", error = %failure, pause_ms = wait.as_millis() as u64);
-                        let _ = state.send(SinkState::Down(failure.to_string()));
+                        let shown = match &failure {
+                            Failure::Unauthorized(why) => SinkState::Unauthorized(format!("{} refused: {why}", credential.describe())),
+                            other => SinkState::Down(other.to_string()),
+                        };
+                        let _ = state.send(shown);
                         if let Some(l) = link.take() {
                             tokio::spawn(l.close());
                         }
@@ -285,6 +314,7 @@ async fn run(
                 if let Some(l) = link.as_mut() {
                     match l.renew(&target, &credential, unix_now()).await {
                         Ok(()) => {
+                            renew_due = Some(renewal_instant(l.token_expires_at()));
                             stats.token_renewals.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(message = "Renewed the event hub token.");
                         }
@@ -296,15 +326,18 @@ async fn run(
                     }
                 }
             }
-            sent = send_next(link.as_mut(), &mut ready), if can_send => {
+            sent = send_next(link.as_mut(), &ready), if can_send => {
                 match sent {
-                    Ok((batch, delivery)) => {
-                        stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-                        stats.bytes_sent.fetch_add(batch.encoded_size() as u64, Ordering::Relaxed);
-                        in_flight.push_back(InFlight { batch, delivery: Some(delivery) });
+                    Ok(delivery) => {
+                        // Taken off `ready` only now: a send abandoned half-way (another branch
+                        // won the select) leaves the batch queued, never dropped.
+                        if let Some(batch) = ready.pop_front() {
+                            stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                            stats.bytes_sent.fetch_add(batch.encoded_size() as u64, Ordering::Relaxed);
+                            in_flight.push_back(InFlight { batch, delivery: Some(delivery), settle_by: Instant::now() + SETTLE_TIMEOUT });
+                        }
                     }
-                    Err((batch, error)) => {
-                        ready.push_front(batch);
+                    Err(error) => {
                         tracing::warn!(message = "Send failed; reconnecting.", %error);
                         if let Some(l) = link.take() { tokio::spawn(l.close()); }
                         retry_at = Some(Instant::now() + backoff(1, MAX_BACKOFF));
@@ -367,6 +400,8 @@ async fn run(
 enum Failure {
     #[error("the hub is busy (throttled): {0}")]
     ServerBusy(String),
+    #[error("the hub refused the credentials: {0}")]
+    Unauthorized(String),
     #[error("{0}")]
     Link(String),
 }
@@ -379,37 +414,37 @@ async fn next_settled(in_flight: &mut VecDeque<InFlight>) -> Result<(), Failure>
     let Some(delivery) = front.delivery.as_mut() else {
         return Ok(());
     };
-    let outcome = delivery.await;
+    let Ok(settled) = tokio::time::timeout_at(front.settle_by, delivery).await else {
+        return Err(Failure::Link(format!(
+            "the hub did not settle a batch within {} s",
+            SETTLE_TIMEOUT.as_secs()
+        )));
+    };
     front.delivery = None;
-    match outcome {
-        Ok(Outcome::Accepted(_)) => Ok(()),
-        Ok(Outcome::Rejected(r)) => {
-            let text = r
-                .error
-                .map(|e| format!("{:?}: {}", e.condition, e.description.unwrap_or_default()))
-                .unwrap_or_default();
-            if text.contains("server-busy") {
-                Err(Failure::ServerBusy(text))
-            } else {
-                Err(Failure::Link(format!("rejected: {text}")))
-            }
-        }
-        Ok(other) => Err(Failure::Link(format!("not accepted: {other:?}"))),
-        Err(e) => Err(Failure::Link(e.to_string())),
+    match settled {
+        Settled::Accepted => Ok(()),
+        Settled::Busy(why) => Err(Failure::ServerBusy(why)),
+        Settled::Unauthorized(why) => Err(Failure::Unauthorized(why)),
+        Settled::Failed(why) => Err(Failure::Link(why)),
     }
 }
 
+/// Hands the oldest ready batch to the link. It stays in `ready` until the caller takes it on
+/// success, so dropping this future (another select branch won) loses nothing.
 async fn send_next(
-    link: Option<&mut HubLink>,
-    ready: &mut VecDeque<Batch>,
-) -> Result<(Batch, Delivery), (Batch, LinkError)> {
-    let (Some(link), Some(batch)) = (link, ready.pop_front()) else {
+    link: Option<&mut Link>,
+    ready: &VecDeque<Batch>,
+) -> Result<Delivery, LinkError> {
+    let (Some(link), Some(batch)) = (link, ready.front()) else {
         // Guarded by `can_send`; nothing to do otherwise.
         return std::future::pending().await;
     };
-    match link.send(batch.clone()).await {
-        Ok(delivery) => Ok((batch, delivery)),
-        Err(e) => Err((batch, e)),
+    match tokio::time::timeout(SEND_TIMEOUT, link.send(batch.clone())).await {
+        Ok(result) => result,
+        Err(_) => Err(LinkError::Send(format!(
+            "the link took no transfer within {} s",
+            SEND_TIMEOUT.as_secs()
+        ))),
     }
 }
 
@@ -455,6 +490,13 @@ fn dead_letter(
     if let Err(error) = written {
         tracing::error!(message = "Cannot write the dead-letter file.", path = %path.display(), %error);
     }
+}
+
+/// When to renew a token expiring at `expires_at` (Unix seconds), as an instant.
+fn renewal_instant(expires_at: i64) -> Instant {
+    let now = unix_now();
+    Instant::now()
+        + Duration::from_secs(renew_at(now, expires_at).saturating_sub(now).max(1) as u64)
 }
 
 fn unix_now() -> i64 {

@@ -482,6 +482,7 @@ mod tests {
                 transport: crate::mapping::plan::ModbusTransport::Tcp(String::new()),
                 timeout: Duration::from_secs(1),
                 max_gap: 0,
+                connections: std::num::NonZeroU8::MIN,
             }),
             tags: Vec::new(),
             disabled: 0,

@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests.
 
+pub mod chain;
 pub mod python;
 
 use std::path::PathBuf;

@@ -1,0 +1,414 @@
+//! What the running gateway is doing, read live by `/metrics`, `/readyz` and the one-line
+//! summary in the log.
+//!
+//! Components keep their own atomics (mapping counters per tag map, the sink's stats, the
+//! journal's depth); this module only reads them. Nothing here is on the hot path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::journal::Journal;
+use crate::mapping::MappingCounters;
+use crate::sink::eventhub::sink::{SinkState, SinkStats};
+use crate::source::SourceCounters;
+use crate::telemetry::metrics::{single, Labels, Metrics, Points};
+
+/// Live mapping counters of one tag map.
+#[derive(Debug, Default)]
+pub struct MapStats {
+    pub samples: AtomicU64,
+    pub readings: AtomicU64,
+    pub suppressed: AtomicU64,
+    pub non_finite: AtomicU64,
+}
+
+impl MapStats {
+    /// Publishes a mapper's running totals.
+    pub fn store(&self, c: &MappingCounters) {
+        self.samples.store(c.samples, Ordering::Relaxed);
+        self.readings.store(c.readings, Ordering::Relaxed);
+        self.suppressed.store(c.suppressed, Ordering::Relaxed);
+        self.non_finite.store(c.non_finite, Ordering::Relaxed);
+    }
+}
+
+/// The sink side, when the output is an event hub.
+#[derive(Clone)]
+pub struct SinkView {
+    pub state: watch::Receiver<SinkState>,
+    pub stats: Arc<SinkStats>,
+    pub journal: Arc<Journal>,
+}
+
+/// One running tag map.
+#[derive(Debug, Clone)]
+pub struct MapEntry {
+    /// The file stem, the `tag_map` label.
+    pub name: Arc<str>,
+    pub stats: Arc<MapStats>,
+    pub source: SourceCounters,
+}
+
+/// The tag maps running now; a reload replaces entries.
+pub type RunningMaps = Arc<RwLock<Vec<MapEntry>>>;
+
+/// Everything `/metrics`, `/readyz` and the summary line read.
+#[derive(Clone, Default)]
+pub struct GatewayStatus {
+    pub maps: RunningMaps,
+    /// Every Modbus source's counters, for its `tagbridge_modbus_*` families.
+    pub modbus: crate::source::modbus::ModbusStats,
+    pub sink: Option<SinkView>,
+}
+
+impl GatewayStatus {
+    fn maps(&self) -> Vec<MapEntry> {
+        self.maps.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn readings_total(&self) -> u64 {
+        self.maps()
+            .iter()
+            .map(|m| m.stats.readings.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Ready when at least one source runs and the sink (if any) is connected and authorised.
+    /// The JSON says which part is not.
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
+        let maps = self.maps();
+        let running = maps.len();
+        let connected: Vec<&str> = maps
+            .iter()
+            .filter(|m| m.source.connected())
+            .map(|m| &*m.name)
+            .collect();
+        let disconnected: Vec<&str> = maps
+            .iter()
+            .filter(|m| !m.source.connected())
+            .map(|m| &*m.name)
+            .collect();
+        let sources_ok = !connected.is_empty();
+        let (sink_ok, sink_detail) = match &self.sink {
+            None => (true, "lines output".to_string()),
+            Some(view) => {
+                let state = view.state.borrow().clone();
+                (matches!(state, SinkState::Connected), describe(&state))
+            }
+        };
+        (
+            sources_ok && sink_ok,
+            serde_json::json!({
+                "sources": {"ok": sources_ok, "running": running, "connected": connected, "disconnected": disconnected},
+                "sink": {"ok": sink_ok, "state": sink_detail},
+            }),
+        )
+    }
+
+    /// Registers every family on `metrics`.
+    pub fn register(&self, metrics: &Metrics) {
+        let status = self.clone();
+        let per_map = move |read: fn(&MapStats) -> u64| {
+            let status = status.clone();
+            move |points: &mut Points| {
+                for m in &status.maps() {
+                    let labels: Labels = vec![("tag_map".into(), m.name.to_string())];
+                    points.push((labels, read(&m.stats) as f64));
+                }
+            }
+        };
+        self.register_sources(metrics);
+        metrics.counter(
+            "tagbridge_samples",
+            "Values received from sources, per tag map.",
+            per_map(|s| s.samples.load(Ordering::Relaxed)),
+        );
+        metrics.counter(
+            "tagbridge_readings",
+            "Readings produced by the mapping stage, per tag map.",
+            per_map(|s| s.readings.load(Ordering::Relaxed)),
+        );
+        metrics.counter(
+            "tagbridge_readings_suppressed",
+            "Values held back by deadband or unchanged, per tag map.",
+            per_map(|s| s.suppressed.load(Ordering::Relaxed)),
+        );
+        metrics.counter(
+            "tagbridge_readings_non_finite",
+            "NaN or infinite values skipped (not representable in JSON), per tag map.",
+            per_map(|s| s.non_finite.load(Ordering::Relaxed)),
+        );
+        let Some(view) = &self.sink else {
+            return;
+        };
+        let stat = |read: fn(&SinkStats) -> &AtomicU64| {
+            let stats = view.stats.clone();
+            move |points: &mut Points| {
+                points.push((Vec::new(), read(&stats).load(Ordering::Relaxed) as f64))
+            }
+        };
+        metrics.counter(
+            "tagbridge_eventhub_batches_sent",
+            "Batch messages sent to the event hub.",
+            stat(|s| &s.batches_sent),
+        );
+        metrics.counter(
+            "tagbridge_eventhub_events_accepted",
+            "Events the event hub accepted.",
+            stat(|s| &s.events_accepted),
+        );
+        metrics.counter(
+            "tagbridge_eventhub_sent_bytes",
+            "Bytes of batch messages sent.",
+            stat(|s| &s.bytes_sent),
+        );
+        metrics.counter(
+            "tagbridge_eventhub_throttled",
+            "Batches the hub refused as server-busy.",
+            stat(|s| &s.throttled),
+        );
+        metrics.counter(
+            "tagbridge_eventhub_auth_failures",
+            "Connection attempts the hub refused for the credentials.",
+            stat(|s| &s.auth_failures),
+        );
+        metrics.counter(
+            "tagbridge_eventhub_reconnects",
+            "Links dropped and re-established.",
+            stat(|s| &s.reconnects),
+        );
+        metrics.counter(
+            "tagbridge_eventhub_dead_lettered",
+            "Events too large for the hub, written to the dead-letter file.",
+            stat(|s| &s.dead_lettered),
+        );
+        metrics.counter(
+            "tagbridge_eventhub_token_renewals",
+            "Tokens renewed on a live link.",
+            stat(|s| &s.token_renewals),
+        );
+        let state = view.state.clone();
+        metrics.gauge(
+            "tagbridge_eventhub_connected",
+            "1 when the link to the hub is open and authorised.",
+            move |points: &mut Points| {
+                let up = matches!(*state.borrow(), SinkState::Connected);
+                single(f64::from(u8::from(up)))(points)
+            },
+        );
+        let journal = view.journal.clone();
+        metrics.gauge(
+            "tagbridge_spool_depth_records",
+            "Readings waiting for the hub's acknowledgement.",
+            move |points: &mut Points| single(journal.depth() as f64)(points),
+        );
+        // The durable spool's size, drops and backlog age (nothing with the memory journal).
+        if view.journal.spool_status().is_some() {
+            let journal = view.journal.clone();
+            metrics.gauge(
+                "tagbridge_spool_bytes",
+                "Bytes in the spool's files.",
+                move |p: &mut Points| {
+                    single(journal.spool_status().unwrap_or_default().bytes as f64)(p)
+                },
+            );
+            let journal = view.journal.clone();
+            metrics.counter(
+                "tagbridge_spool_dropped",
+                "Readings dropped by the spool (full, too old, disk full), over its life.",
+                move |p: &mut Points| {
+                    single(journal.spool_status().unwrap_or_default().dropped as f64)(p)
+                },
+            );
+            let journal = view.journal.clone();
+            metrics.gauge(
+                "tagbridge_spool_oldest_age_seconds",
+                "Age of the oldest unacknowledged reading (0 when none).",
+                move |p: &mut Points| {
+                    let age = journal.spool_status().and_then(|s| s.oldest_age);
+                    single(age.map_or(0.0, |a| a.as_secs_f64()))(p)
+                },
+            );
+        }
+    }
+
+    /// Per-source families: connection state and what each protocol counts.
+    fn register_sources(&self, metrics: &Metrics) {
+        use crate::source::opcua::OpcUaCounters;
+        let status = self.clone();
+        metrics.gauge(
+            "tagbridge_source_connected",
+            "1 when the source has a working connection to its device.",
+            move |points: &mut Points| {
+                for m in &status.maps() {
+                    let labels: Labels = vec![
+                        ("tag_map".into(), m.name.to_string()),
+                        ("protocol".into(), m.source.protocol().into()),
+                    ];
+                    points.push((labels, f64::from(u8::from(m.source.connected()))));
+                }
+            },
+        );
+        // Modbus families (requests, exceptions, timeouts, overruns, quarantine, cycle time).
+        self.modbus.register(metrics);
+        let opcua = |read: fn(&OpcUaCounters) -> u64| {
+            let status = self.clone();
+            move |points: &mut Points| {
+                for m in &status.maps() {
+                    if let SourceCounters::OpcUa(c) = &m.source {
+                        points.push((vec![("tag_map".into(), m.name.to_string())], read(c) as f64));
+                    }
+                }
+            }
+        };
+        metrics.gauge(
+            "tagbridge_opcua_monitored_items",
+            "Tags with a monitored item now.",
+            opcua(|c| load(&c.items_monitored)),
+        );
+        metrics.gauge(
+            "tagbridge_opcua_failed_items",
+            "Tags whose monitored item could not be created (retried).",
+            opcua(|c| load(&c.items_failed)),
+        );
+        metrics.counter(
+            "tagbridge_opcua_subscriptions_created",
+            "Subscriptions created.",
+            opcua(|c| load(&c.subscriptions_created)),
+        );
+        metrics.counter(
+            "tagbridge_opcua_reconnects",
+            "Sessions re-established after a lost connection.",
+            opcua(|c| load(&c.reconnects)),
+        );
+        metrics.counter(
+            "tagbridge_opcua_bad_values",
+            "Notifications with a Bad status (not sent).",
+            opcua(|c| load(&c.bad)),
+        );
+        metrics.counter(
+            "tagbridge_opcua_uncertain_values",
+            "Notifications with an Uncertain status.",
+            opcua(|c| load(&c.uncertain)),
+        );
+        metrics.counter(
+            "tagbridge_opcua_overflow_dropped",
+            "Values dropped because the forwarding queue was full.",
+            opcua(|c| load(&c.overflow_dropped)),
+        );
+    }
+
+    /// Logs one info line every `every` (readings/s, queue depth, hub state) until cancelled.
+    pub async fn log_summaries(self, every: Duration, cancel: CancellationToken) {
+        let mut last = (Instant::now(), self.readings_total());
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => return,
+            }
+            let now = (Instant::now(), self.readings_total());
+            let secs = now.0.duration_since(last.0).as_secs_f64().max(1e-9);
+            let rate = (now.1 - last.1) as f64 / secs;
+            last = now;
+            match &self.sink {
+                Some(view) => tracing::info!(
+                    message = "Summary.",
+                    readings_per_s = format!("{rate:.1}"),
+                    spool_depth = view.journal.depth(),
+                    hub = %describe(&view.state.borrow()),
+                    accepted = view.stats.events_accepted.load(Ordering::Relaxed),
+                ),
+                None => {
+                    tracing::info!(message = "Summary.", readings_per_s = format!("{rate:.1}"),)
+                }
+            }
+        }
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn describe(state: &SinkState) -> String {
+    match state {
+        SinkState::Connecting => "connecting".into(),
+        SinkState::Connected => "connected".into(),
+        SinkState::Unauthorized(why) => format!("unauthorized: {why}"),
+        SinkState::Down(why) => format!("down: {why}"),
+        SinkState::Stopped => "stopped".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, stats: Arc<MapStats>, connected: bool) -> MapEntry {
+        let counters = crate::source::modbus::ModbusCounters::default();
+        counters
+            .connected
+            .store(u64::from(connected), Ordering::Relaxed);
+        MapEntry {
+            name: name.into(),
+            stats,
+            source: SourceCounters::Modbus(Arc::new(counters)),
+        }
+    }
+
+    #[test]
+    fn readiness_names_the_part_that_is_not_ready() {
+        let (tx, rx) = watch::channel(SinkState::Unauthorized("key `send` refused".into()));
+        let status = GatewayStatus {
+            maps: Arc::new(RwLock::new(vec![entry("press-3", Arc::default(), true)])),
+            sink: Some(SinkView {
+                state: rx,
+                stats: Arc::default(),
+                journal: Arc::new(Journal::memory(8)),
+            }),
+            ..Default::default()
+        };
+        let (ready, detail) = status.readiness();
+        assert!(!ready);
+        assert_eq!(detail["sink"]["ok"], false);
+        assert!(detail["sink"]["state"]
+            .as_str()
+            .is_some_and(|s| s.contains("key `send` refused")));
+        tx.send_replace(SinkState::Connected);
+        assert!(status.readiness().0);
+        status.maps.write().unwrap().clear();
+        let (ready, detail) = status.readiness();
+        assert!(!ready);
+        assert_eq!(detail["sources"]["ok"], false);
+    }
+
+    #[test]
+    fn metrics_read_live_counters() {
+        let stats = Arc::new(MapStats::default());
+        let status = GatewayStatus {
+            maps: Arc::new(RwLock::new(vec![entry("line1", stats.clone(), true)])),
+            ..Default::default()
+        };
+        let metrics = Metrics::default();
+        status.register(&metrics);
+        stats.store(&MappingCounters {
+            samples: 5,
+            readings: 3,
+            ..Default::default()
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains("tagbridge_readings_total{tag_map=\"line1\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tagbridge_samples_total{tag_map=\"line1\"} 5"),
+            "{text}"
+        );
+    }
+}

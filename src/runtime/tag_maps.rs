@@ -1,0 +1,173 @@
+//! The tag maps running now: for each, its source adapter and mapping task under one
+//! cancellation token, so a reload can stop, replace or add one without touching the others.
+//!
+//! Invariants: a tag map is identified by its file path; a running one is replaced only when its
+//! file's content changed; every mapping task holds a clone of the readings sender, so the output
+//! ends only after the last tag map (and this set, which holds one too) is gone.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::delivery::TaggedReadings;
+use super::status::{MapEntry, MapStats, RunningMaps};
+use super::{map_task, SAMPLE_QUEUE};
+use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
+use crate::source::{self, SampleBatch};
+
+struct Running {
+    cancel: CancellationToken,
+    /// Hash of the file's bytes when it was started.
+    content: u64,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub started: usize,
+    pub restarted: usize,
+    pub stopped: usize,
+    pub unchanged: usize,
+}
+
+pub struct TagMaps {
+    tracker: TaskTracker,
+    readings: mpsc::Sender<TaggedReadings>,
+    totals: Arc<Mutex<MappingCounters>>,
+    shutdown: CancellationToken,
+    running: HashMap<PathBuf, Running>,
+    status: RunningMaps,
+    modbus: crate::source::modbus::ModbusStats,
+}
+
+impl TagMaps {
+    pub fn new(
+        tracker: TaskTracker,
+        readings: mpsc::Sender<TaggedReadings>,
+        totals: Arc<Mutex<MappingCounters>>,
+        shutdown: CancellationToken,
+        status: RunningMaps,
+        modbus: crate::source::modbus::ModbusStats,
+    ) -> Self {
+        TagMaps {
+            tracker,
+            readings,
+            totals,
+            shutdown,
+            running: HashMap::new(),
+            status,
+            modbus,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Makes the running set match `plans`: new files start, changed files restart, removed
+    /// files stop, unchanged files keep their connections.
+    pub fn apply(&mut self, plans: Vec<TagMapPlan>) -> Applied {
+        let mut applied = Applied::default();
+        let wanted: Vec<PathBuf> = plans.iter().map(|p| p.path.clone()).collect();
+        let gone: Vec<PathBuf> = self
+            .running
+            .keys()
+            .filter(|p| !wanted.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            self.stop(&path);
+            applied.stopped += 1;
+            tracing::info!(message = "Tag map removed; its source stopped.", path = %path.display());
+        }
+        for plan in plans {
+            let content = content_hash(&plan.path);
+            match self.running.get(&plan.path) {
+                Some(r) if r.content == content => {
+                    applied.unchanged += 1;
+                    continue;
+                }
+                Some(_) => {
+                    self.stop(&plan.path);
+                    if self.start(&plan, content) {
+                        applied.restarted += 1;
+                        tracing::info!(message = "Tag map changed; its source restarted.", path = %plan.path.display());
+                    }
+                }
+                None => {
+                    if self.start(&plan, content) {
+                        applied.started += 1;
+                    }
+                }
+            }
+        }
+        applied
+    }
+
+    fn start(&mut self, plan: &TagMapPlan, content: u64) -> bool {
+        let (tx, rx) = mpsc::channel::<SampleBatch>(SAMPLE_QUEUE);
+        let cancel = self.shutdown.child_token();
+        let counters = match source::spawn(plan, tx, cancel.clone(), &self.tracker) {
+            Ok(counters) => counters,
+            Err(error) => {
+                tracing::error!(message = "Source not started; the other tag maps keep running.", %error);
+                return false;
+            }
+        };
+        let name: Arc<str> = plan
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .into();
+        let stats = Arc::new(MapStats::default());
+        if let source::SourceCounters::Modbus(c) = &counters {
+            self.modbus.add(&name, c);
+        }
+        if let Ok(mut maps) = self.status.write() {
+            maps.retain(|m| m.name != name);
+            maps.push(MapEntry {
+                name: name.clone(),
+                stats: stats.clone(),
+                source: counters,
+            });
+        }
+        self.tracker.spawn(map_task(
+            name,
+            Mapper::new(plan),
+            rx,
+            self.readings.clone(),
+            self.totals.clone(),
+            stats,
+        ));
+        self.running
+            .insert(plan.path.clone(), Running { cancel, content });
+        true
+    }
+
+    fn stop(&mut self, path: &PathBuf) {
+        if let Some(r) = self.running.remove(path) {
+            // The adapter stops; its mapping task drains what it sent and ends.
+            r.cancel.cancel();
+        }
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        if let (Ok(mut maps), Some(stem)) = (self.status.write(), stem) {
+            maps.retain(|m| *m.name != *stem);
+        }
+    }
+}
+
+fn content_hash(path: &PathBuf) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read(path).unwrap_or_default().hash(&mut hasher);
+    hasher.finish()
+}

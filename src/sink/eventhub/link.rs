@@ -1,0 +1,103 @@
+//! One connection to an event hub, whatever carries it: AMQP over TCP/TLS, AMQP over
+//! WebSockets (443), or HTTPS REST. The sink task sees only this type.
+//!
+//! Every transport hands back a [`Delivery`]: a future that resolves once the hub settled the
+//! batch. Several may be outstanding; the sink awaits them oldest first, so acknowledgements stay
+//! in order whatever the transport.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::config::gateway::Transport;
+
+use super::amqp::{HubLink, LinkError, Target};
+use super::auth::Credential;
+use super::event::{encode_event, encode_rest_event, Batch};
+use super::rest::RestLink;
+
+/// How the hub settled one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    Accepted,
+    /// Throttled (`com.microsoft:server-busy`, HTTP 503/429): resend after a pause.
+    Busy(String),
+    /// The credentials were refused (HTTPS answers per request): back off as for auth failures.
+    Unauthorized(String),
+    /// Anything else: the link is treated as failed and the batch resent on a new one.
+    Failed(String),
+}
+
+/// The hub's answer to one batch, once it comes.
+pub type Delivery = Pin<Box<dyn Future<Output = Settled> + Send>>;
+
+/// A connected, authorised link.
+pub enum Link {
+    // Boxed: fe2o3's handles make an AMQP link ~2 KB, the REST one is small.
+    Amqp(Box<HubLink>),
+    Rest(RestLink),
+}
+
+impl Link {
+    pub async fn open(
+        target: &Target,
+        credential: &Credential,
+        now: i64,
+    ) -> Result<Link, LinkError> {
+        match target.transport {
+            Transport::Https => Ok(Link::Rest(RestLink::open(target, credential, now).await?)),
+            Transport::Amqp | Transport::AmqpWs => Ok(Link::Amqp(Box::new(
+                HubLink::open(target, credential, now).await?,
+            ))),
+        }
+    }
+
+    /// The largest batch the link takes, in encoded bytes.
+    pub fn max_message_size(&self) -> usize {
+        match self {
+            Link::Amqp(l) => l.max_message_size,
+            Link::Rest(l) => l.max_message_size,
+        }
+    }
+
+    /// When the current token expires (Unix seconds).
+    pub fn token_expires_at(&self) -> i64 {
+        match self {
+            Link::Amqp(l) => l.token_expires_at,
+            Link::Rest(l) => l.token_expires_at,
+        }
+    }
+
+    pub async fn renew(
+        &mut self,
+        target: &Target,
+        credential: &Credential,
+        now: i64,
+    ) -> Result<(), LinkError> {
+        match self {
+            Link::Amqp(l) => l.renew(target, credential, now).await,
+            Link::Rest(l) => l.renew(target, credential, now).await,
+        }
+    }
+
+    pub async fn send(&mut self, batch: Batch) -> Result<Delivery, LinkError> {
+        match self {
+            Link::Amqp(l) => l.send(batch).await,
+            Link::Rest(l) => Ok(l.send(batch)),
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            Link::Amqp(l) => l.close().await,
+            Link::Rest(_) => {}
+        }
+    }
+}
+
+/// How events are encoded for a transport: AMQP messages, or REST JSON entries.
+pub fn encoder(transport: Transport) -> fn(&mut Vec<u8>, &str, Option<&str>, &[u8]) {
+    match transport {
+        Transport::Https => encode_rest_event,
+        Transport::Amqp | Transport::AmqpWs => encode_event,
+    }
+}

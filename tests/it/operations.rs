@@ -1,0 +1,258 @@
+//! Operations: `/metrics` and `/readyz` during a real run, and live reload of tag maps through
+//! the `tagbridge run` binary while readings flow to the emulator.
+
+use std::time::Duration;
+
+use tagbridge::sim::hub::{Hub, HubConfig};
+use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
+
+use crate::support::chain::{self, http_get, metric, ChainOptions, COUNTER};
+use crate::support::wait_until;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_what_was_delivered_and_readyz_follows_the_hub() {
+    let chain = chain::start(ChainOptions {
+        metrics: true,
+        ..Default::default()
+    })
+    .await;
+    let addr = chain.metrics.expect("metrics served");
+    assert!(chain.wait_for_counter_steps(3, DEADLINE).await);
+    let (status, body) = http_get(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+
+    // Quiet the PLC so nothing new is produced, let the sink drain, then the counters must
+    // equal what the hub holds exactly.
+    chain.plc.faults().go_silent(Duration::from_secs(30));
+    assert!(
+        wait_until(DEADLINE, || {
+            let hub_events = chain.hub.stats().events;
+            chain.journal.depth() == 0
+                && chain
+                    .stats
+                    .events_accepted
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == hub_events
+        })
+        .await,
+        "the sink did not drain"
+    );
+    let hub_events = chain.hub.stats().events as f64;
+    let (_, text) = http_get(addr, "/metrics").await;
+    assert_eq!(
+        metric(&text, "tagbridge_eventhub_events_accepted_total"),
+        Some(hub_events),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tagbridge_readings_total{tag_map=\"chain\"}"),
+        Some(hub_events),
+        "every reading produced was delivered exactly once: {text}"
+    );
+    assert!(metric(&text, "tagbridge_eventhub_batches_sent_total").is_some_and(|b| b >= 1.0));
+    assert!(
+        metric(&text, "tagbridge_modbus_requests_total{tag_map=\"chain\"}")
+            .is_some_and(|r| r > 0.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "tagbridge_spool_depth_records"), Some(0.0));
+    assert_eq!(metric(&text, "tagbridge_eventhub_connected"), Some(1.0));
+    chain.plc.faults().end_silence();
+
+    // The hub goes away: /readyz says the sink is not ready, and recovers with the hub.
+    chain.hub.faults().down_for(Duration::from_secs(6));
+    let mut not_ready = String::new();
+    for _ in 0..300 {
+        let (status, body) = http_get(addr, "/readyz").await;
+        if status == 503 {
+            not_ready = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let detail: serde_json::Value =
+        serde_json::from_str(not_ready.trim()).expect("/readyz went 503 with a JSON body");
+    assert_eq!(detail["ready"], false);
+    assert_eq!(detail["detail"]["sink"]["ok"], false, "{detail}");
+    let mut ready_again = false;
+    for _ in 0..600 {
+        if http_get(addr, "/readyz").await.0 == 200 {
+            ready_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ready_again,
+        "/readyz did not recover after the hub came back"
+    );
+    let (_, events, plc, hub) = chain.stop().await;
+    assert!(!events.is_empty());
+    hub.shutdown().await;
+    plc.shutdown().await;
+}
+
+fn tag_map(modbus: std::net::SocketAddr, counter_id: &str, extra: &str) -> String {
+    format!(
+        "source:\n  modbus:\n    tcp: {modbus}\n    unit: 1\n    timeout: 1s\n\
+         defaults:\n  interval: 50ms\n\
+         tags:\n\
+         \x20 - {{sensor_id: {counter_id}, table: holding_register, address: 0, type: uint32}}\n{extra}"
+    )
+}
+
+/// Counter values per sensor_id in the hub's events.
+fn values_of(events: &[tagbridge::sim::hub::ReceivedEvent], sensor: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
+        .filter(|v| v["sensor_id"] == sensor)
+        .filter_map(|v| v["value"].as_u64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_tag_map_applies_without_restart_and_a_broken_edit_keeps_the_old_map() {
+    // The PLC: the shared counter at HR0 and a constant at HR4 for the tag added later.
+    let mut plc_config = PlcConfig::default();
+    let mut modbus = ModbusConfig {
+        listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    modbus.points = chain::points();
+    plc_config.modbus = Some(modbus);
+    let plc = Plc::start(plc_config).await.expect("PLC");
+    let modbus = plc.modbus_addr().expect("modbus");
+    let hub = Hub::start(HubConfig::default()).await.expect("hub");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A free port for /metrics (the config file needs a number).
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    std::fs::create_dir(dir.path().join("maps")).unwrap();
+    let map = dir.path().join("maps").join("line.yaml");
+    std::fs::write(&map, tag_map(modbus, COUNTER, "")).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        format!(
+            "tag_maps: maps\nsink:\n  eventhub:\n    connection_string_env: TB_RELOAD_TEST_CS\n    ca_file: {}\n    linger: 10ms\n\
+             spool:\n  dir: spool\n  fsync: never\ntelemetry:\n  metrics: 127.0.0.1:{metrics_port}\n",
+            hub.ca_cert_path().display()
+        ),
+    )
+    .unwrap();
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagbridge"))
+        .args(["run", "-c"])
+        .arg(dir.path().join("gateway.yaml"))
+        .env(
+            "TB_RELOAD_TEST_CS",
+            hub.connection_string(tagbridge::sim::hub::DEFAULT_KEY_NAME),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tagbridge run");
+    let has = |sensor: &str, n: usize| {
+        let sensor = sensor.to_string();
+        let hub = &hub;
+        move || {
+            hub.events()
+                .iter()
+                .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
+                .filter(|v| v["sensor_id"] == sensor.as_str())
+                .count()
+                >= n
+        }
+    };
+    assert!(
+        wait_until(DEADLINE, has(COUNTER, 3)).await,
+        "no readings before the edit"
+    );
+
+    // Edit: rename the counter and add a tag. Unchanged content would keep the connection.
+    let renamed = "chain:counter_renamed";
+    std::fs::write(
+        &map,
+        tag_map(
+            modbus,
+            renamed,
+            "  - {sensor_id: chain:added, table: holding_register, address: 4, type: float32}\n",
+        ),
+    )
+    .unwrap();
+    let switched = wait_until(DEADLINE, has(renamed, 3)).await
+        && wait_until(DEADLINE, has("chain:added", 1)).await;
+    if !switched {
+        gateway.start_kill().expect("stop the gateway");
+        let output = gateway.wait_with_output().await.expect("gateway output");
+        let sensors: std::collections::BTreeSet<String> = hub
+            .events()
+            .iter()
+            .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
+            .map(|v| v["sensor_id"].to_string())
+            .collect();
+        panic!(
+            "the edit was not applied; the hub has {sensors:?}; gateway log:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let old_after_switch = values_of(&hub.events(), COUNTER).len();
+
+    // `tagbridge status` shows the person at the box the same thing.
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagbridge"))
+        .args(["status", "-c"])
+        .arg(dir.path().join("gateway.yaml"))
+        .output()
+        .await
+        .expect("tagbridge status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("READY"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("line ") && l.contains("modbus") && l.contains("yes")),
+        "{text}"
+    );
+    assert!(text.contains("readings waiting"), "{text}");
+
+    // A broken edit: rejected; the running map keeps delivering under the new name.
+    std::fs::write(&map, "source:\n  modbus:\n    tcp: [broken\n").unwrap();
+    let before = values_of(&hub.events(), renamed).len();
+    assert!(
+        wait_until(DEADLINE, has(renamed, before + 10)).await,
+        "the running map stopped after a broken edit"
+    );
+    // No reading under the old name after the switch; none lost across it: the counter's
+    // values under both names form one run with no gap.
+    let events = hub.events();
+    assert_eq!(values_of(&events, COUNTER).len(), old_after_switch);
+    let mut all: Vec<u64> = values_of(&events, COUNTER);
+    all.extend(values_of(&events, renamed));
+    all.sort_unstable();
+    all.dedup();
+    let missing: Vec<u64> = (all[0]..=all[all.len() - 1])
+        .filter(|v| all.binary_search(v).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "counter values lost across the reload: {missing:?}"
+    );
+
+    // The gateway said why it kept the old map.
+    gateway.start_kill().expect("stop the gateway");
+    let output = gateway.wait_with_output().await.expect("gateway output");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("Tag maps not reloaded"), "{log}");
+    assert!(
+        log.contains("maps/line.yaml:4:1: error: YAML syntax"),
+        "the rejection does not point at file:line:column: {log}"
+    );
+    hub.shutdown().await;
+    plc.shutdown().await;
+}
