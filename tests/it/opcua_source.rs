@@ -1054,3 +1054,38 @@ async fn a_dropped_connection_loses_no_values() {
     run.stop().await;
     plc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_on_first_use_trusts_and_a_wrong_password_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plc = secure_sim(dir.path()).await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    // Opt-in trust on first use: no trust step, the certificate lands in trusted/.
+    let yaml = secure_yaml(dir.path(), &endpoint).replace(
+        "    publishing_interval: 100ms\n",
+        "    publishing_interval: 100ms\n    trust_on_first_use: true\n",
+    );
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    let ok = support::wait_until(DEADLINE, || !run.of("secure").is_empty()).await;
+    assert!(ok, "no reading with trust_on_first_use\n{}", run.explain());
+    let trusted = std::fs::read_dir(dir.path().join("pki/trusted"))
+        .unwrap()
+        .count();
+    assert_eq!(trusted, 1);
+    run.stop().await;
+    // A wrong password: refused and counted, nothing sent, nothing crashes.
+    std::fs::write(dir.path().join("password"), "wrong\n").unwrap();
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    assert!(
+        support::wait_until(DEADLINE, || OpcUaCounters::get(
+            &run.counters.connect_failures
+        ) >= 2)
+        .await,
+        "{}",
+        run.explain()
+    );
+    assert!(run.samples.lock().unwrap().is_empty());
+    assert!(!run.counters.connected.load(Ordering::Relaxed));
+    run.stop().await;
+    plc.shutdown().await;
+}
