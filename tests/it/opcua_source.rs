@@ -708,6 +708,7 @@ async fn values_from_python_asyncua_server() {
         "Guid",
         "Bytes",
         "Array",
+        "Range",
         "Mode",
         "Broken",
         "Unsure",
@@ -732,10 +733,10 @@ async fn values_from_python_asyncua_server() {
     let run = Running::start(tag_map(dir.path(), &yaml));
     let c = &run.counters;
     let ok = support::wait_until(DEADLINE, || {
-        run.latest().len() == names.len() - 2 + 3
+        run.latest().len() == names.len() - 3 + 3
             && run.of("Counter").len() >= 3
             && OpcUaCounters::get(&c.bad) >= 1
-            && OpcUaCounters::get(&c.unsupported) >= 1
+            && OpcUaCounters::get(&c.unsupported) >= 2
     })
     .await;
     assert!(ok, "not every asyncua value arrived\n{}", run.explain());
@@ -771,8 +772,10 @@ async fn values_from_python_asyncua_server() {
         panic!("Guid is not text: {:?}", latest["Guid"])
     };
     assert_eq!(guid.to_lowercase(), "72962b91-fa75-4ae6-8d28-b404dc7daf63");
-    // The array and the Bad value are reported, not sent.
-    assert!(!latest.contains_key("Array") && !latest.contains_key("Broken"));
+    // The array, the structure and the Bad value are reported, not sent.
+    for sensor in ["Array", "Range", "Broken"] {
+        assert!(!latest.contains_key(sensor), "{sensor} was sent");
+    }
     assert!(OpcUaCounters::get(&c.uncertain) >= 1);
     // The counter climbs.
     let counts: Vec<i64> = run
