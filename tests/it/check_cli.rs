@@ -38,7 +38,7 @@ const BROKEN_FIXTURE_ERRORS: &[&str] = &[
     r#"tests/fixtures/broken/unknown-keys.yaml:7:5: error: unknown key `sensorid` (did you mean `sensor_id`?)"#,
     r#"tests/fixtures/broken/unknown-keys.yaml:10:16: error: sensor_id `press:b` is used in two tag maps (also at tests/fixtures/broken/duplicates.yaml:14; sensor_ids must be unique across all tag maps)"#,
     r#"tests/fixtures/broken/unknown-keys.yaml:13:5: error: unknown key `scle` (did you mean `scale`?)"#,
-    r#"tests/fixtures/broken/unknown-keys.yaml:14:5: error: unknown key `colour` (expected one of: sensor_id, enabled, node, queue_size, trigger, server_deadband, table, address, modicon, unit, type, order, bit, length, interval, scale, offset, states, deadband, heartbeat, decimals, fields)"#,
+    r#"tests/fixtures/broken/unknown-keys.yaml:14:5: error: unknown key `colour` (expected one of: sensor_id, enabled, node, queue_size, trigger, server_deadband, elements, table, address, modicon, unit, type, order, bit, length, interval, scale, offset, states, deadband, heartbeat, decimals, fields)"#,
     r#"tests/fixtures/broken/wrong-types.yaml:8:15: error: expected an integer from 0 to 255, found `two`"#,
     r#"tests/fixtures/broken/wrong-types.yaml:12:14: error: expected true or false, found `yes`"#,
     r#"tests/fixtures/broken/wrong-types.yaml:16:11: error: 300 is out of range: expected an integer from 0 to 255"#,

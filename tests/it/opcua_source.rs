@@ -708,6 +708,7 @@ async fn values_from_python_asyncua_server() {
         "Guid",
         "Bytes",
         "Array",
+        "Range",
         "Mode",
         "Broken",
         "Unsure",
@@ -732,10 +733,10 @@ async fn values_from_python_asyncua_server() {
     let run = Running::start(tag_map(dir.path(), &yaml));
     let c = &run.counters;
     let ok = support::wait_until(DEADLINE, || {
-        run.latest().len() == names.len() - 2 + 3
+        run.latest().len() == names.len() - 3 + 3
             && run.of("Counter").len() >= 3
             && OpcUaCounters::get(&c.bad) >= 1
-            && OpcUaCounters::get(&c.unsupported) >= 1
+            && OpcUaCounters::get(&c.unsupported) >= 2
     })
     .await;
     assert!(ok, "not every asyncua value arrived\n{}", run.explain());
@@ -771,8 +772,10 @@ async fn values_from_python_asyncua_server() {
         panic!("Guid is not text: {:?}", latest["Guid"])
     };
     assert_eq!(guid.to_lowercase(), "72962b91-fa75-4ae6-8d28-b404dc7daf63");
-    // The array and the Bad value are reported, not sent.
-    assert!(!latest.contains_key("Array") && !latest.contains_key("Broken"));
+    // The array, the structure and the Bad value are reported, not sent.
+    for sensor in ["Array", "Range", "Broken"] {
+        assert!(!latest.contains_key(sensor), "{sensor} was sent");
+    }
     assert!(OpcUaCounters::get(&c.uncertain) >= 1);
     // The counter climbs.
     let counts: Vec<i64> = run
@@ -1051,6 +1054,41 @@ async fn a_dropped_connection_loses_no_values() {
         "values skipped or repeated: {gaps:?}\nall: {values:?}\n{}",
         run.explain()
     );
+    run.stop().await;
+    plc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_on_first_use_trusts_and_a_wrong_password_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plc = secure_sim(dir.path()).await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    // Opt-in trust on first use: no trust step, the certificate lands in trusted/.
+    let yaml = secure_yaml(dir.path(), &endpoint).replace(
+        "    publishing_interval: 100ms\n",
+        "    publishing_interval: 100ms\n    trust_on_first_use: true\n",
+    );
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    let ok = support::wait_until(DEADLINE, || !run.of("secure").is_empty()).await;
+    assert!(ok, "no reading with trust_on_first_use\n{}", run.explain());
+    let trusted = std::fs::read_dir(dir.path().join("pki/trusted"))
+        .unwrap()
+        .count();
+    assert_eq!(trusted, 1);
+    run.stop().await;
+    // A wrong password: refused and counted, nothing sent, nothing crashes.
+    std::fs::write(dir.path().join("password"), "wrong\n").unwrap();
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    assert!(
+        support::wait_until(DEADLINE, || OpcUaCounters::get(
+            &run.counters.connect_failures
+        ) >= 2)
+        .await,
+        "{}",
+        run.explain()
+    );
+    assert!(run.samples.lock().unwrap().is_empty());
+    assert!(!run.counters.connected.load(Ordering::Relaxed));
     run.stop().await;
     plc.shutdown().await;
 }

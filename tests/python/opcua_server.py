@@ -80,6 +80,7 @@ async def main():
     await add("Bytes", b"\x01\x02\x03", ua.VariantType.ByteString)
     await add("Array", [1, 2, 3], ua.VariantType.Int32)
     await add("Vector", [1.5, 2.5, 3.5], ua.VariantType.Double)
+    await add("Range", ua.Range(Low=0.0, High=100.0), ua.VariantType.ExtensionObject)
     # An enumeration of namespace 0 (MessageSecurityMode, i=302): EnumStrings come from the
     # standard address space.
     mode = await add("Mode", 3, ua.VariantType.Int32)

@@ -597,6 +597,72 @@ fn text(t: &LocalizedText) -> Arc<str> {
 mod tests {
     use super::*;
 
+    fn compile(yaml: &str) -> (crate::mapping::TagMapPlan, Vec<String>) {
+        let file = crate::config::parse_str::<crate::config::tagmap::TagMapFile>(yaml);
+        assert!(file.problems.is_empty(), "{:?}", file.problems);
+        let (plan, problems) = crate::mapping::compile(
+            file.value.as_ref().unwrap(),
+            std::path::Path::new("t.yaml"),
+            &[],
+        );
+        (plan, problems.iter().map(|p| p.message.clone()).collect())
+    }
+
+    const HEAD: &str = "source:\n  opcua: {endpoint: \"opc.tcp://h:4840/\", security_policy: none, timestamps: server, uncertain: skip, max_items_per_subscription: 500}\ntags:\n";
+
+    #[test]
+    fn tag_map_options_reach_the_plan() {
+        let (plan, problems) = compile(&format!(
+            "{HEAD}  - {{sensor_id: a, node: \"ns=2;s=A\", queue_size: 5, trigger: status_value_timestamp, server_deadband: {{percent: 2}}}}\n  - {{sensor_id: v, node: \"ns=2;s=V\", elements: 3}}\n  - {{sensor_id: b, node: \"ns=2;s=B\"}}\n"
+        ));
+        assert!(problems.is_empty(), "{problems:?}");
+        let crate::mapping::SourcePlan::OpcUa(o) = &plan.source else {
+            panic!("not OPC UA")
+        };
+        assert_eq!(o.timestamps, crate::config::tagmap::OpcUaTimestamps::Server);
+        assert_eq!(o.uncertain, crate::config::tagmap::UncertainPolicy::Skip);
+        assert_eq!(o.max_items_per_subscription, 500);
+        let ids: Vec<&str> = plan.tags.iter().map(|t| &*t.sensor_id).collect();
+        assert_eq!(ids, ["a", "v[0]", "v[1]", "v[2]", "b"]);
+        assert_eq!(o.monitoring.len(), plan.tags.len());
+        assert_eq!(
+            o.monitoring[0],
+            MonitoringPlan {
+                index: None,
+                queue_size: Some(5),
+                trigger: Some(DataChangeTrigger::StatusValueTimestamp),
+                deadband: Some(ServerDeadband::Percent(2.0)),
+            }
+        );
+        assert_eq!(o.monitoring[3].index, Some(2));
+        assert_eq!(o.monitoring[4], MonitoringPlan::default());
+    }
+
+    #[test]
+    fn bad_tag_map_options_are_reported() {
+        for (tag, wanted) in [
+            ("queue_size: 0", "queue_size must be at least 1"),
+            (
+                "server_deadband: {percent: 120}",
+                "server_deadband is out of range",
+            ),
+            (
+                "server_deadband: {absolute: -1}",
+                "server_deadband is out of range",
+            ),
+            ("elements: 0", "elements must be between 1 and 100000"),
+        ] {
+            let (plan, problems) = compile(&format!(
+                "{HEAD}  - {{sensor_id: a, node: \"ns=2;s=A\", {tag}}}\n"
+            ));
+            assert!(
+                problems.iter().any(|p| p.contains(wanted)),
+                "{tag}: {problems:?}"
+            );
+            assert!(plan.tags.is_empty(), "{tag}");
+        }
+    }
+
     #[test]
     fn queue_sizes_cover_one_publishing_interval() {
         let s = Duration::from_secs;
