@@ -99,6 +99,12 @@ fn modbus_cycles(plan: &TagMapPlan, source: &crate::mapping::ModbusPlan) -> Stri
     if current.is_some() {
         out.push('\n');
     }
+    if source.connections.get() > 1 {
+        out.push_str(&format!(
+            "  spread over {} connections, one request in flight on each\n",
+            source.connections
+        ));
+    }
     out
 }
 
