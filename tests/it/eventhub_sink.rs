@@ -267,6 +267,26 @@ mod delivery {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn amqp_over_websockets_delivers_every_reading() {
+        let options = ChainOptions {
+            transport: Transport::AmqpWs,
+            ..Default::default()
+        };
+        let chain = chain::start(options).await;
+        assert!(
+            chain.wait_for_counter_steps(5, DEADLINE).await,
+            "nothing arrived over WebSockets"
+        );
+        // The link stays up across a dropped connection too.
+        chain.hub.faults().drop_connections();
+        assert!(chain.wait_for_counter_steps(9, DEADLINE).await);
+        let (summary, events, plc, hub) = chain.stop().await;
+        assert_counter_complete(&events, produced_counter_readings(&summary), false, &plc);
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_https_fallback_delivers_every_reading() {
         let options = ChainOptions {
             transport: Transport::Https,

@@ -2,32 +2,23 @@
 //! `/$servicebus/websocket` with subprotocol `AMQPWSB10`, then the same AMQP byte stream carried
 //! in binary WebSocket messages (AMQP WebSocket Binding 1.0).
 //!
-//! [`WsBytes`] turns the message stream back into a byte stream (`AsyncRead + AsyncWrite`) so
-//! the same acceptor serves it; message boundaries carry no meaning in the binding.
+//! [`WsBytes`] (shared with the sink) turns the message stream back into a byte stream so the
+//! same acceptor serves it; message boundaries carry no meaning in the binding.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{Sink, Stream};
-use hyper::body::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use super::amqp;
 use super::io::HubStream;
 use super::Shared;
+use crate::sink::eventhub::websocket::WsBytes;
 
-/// The path Event Hubs serves AMQP over WebSockets on.
-pub const WS_PATH: &str = "/$servicebus/websocket";
-/// AMQP WebSocket Binding 1.0 subprotocol.
-pub const WS_SUBPROTOCOL: &str = "AMQPWSB10";
+/// The path and subprotocol are the ones the sink uses (one definition of the binding).
+pub use crate::sink::eventhub::websocket::{PATH as WS_PATH, SUBPROTOCOL as WS_SUBPROTOCOL};
 /// Time allowed for TLS and the upgrade.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -117,94 +108,4 @@ fn check_upgrade(request: &Request, mut response: Response) -> Result<Response, 
         HeaderValue::from_static(WS_SUBPROTOCOL),
     );
     Ok(response)
-}
-
-/// A WebSocket carrying a byte stream in binary messages.
-pub struct WsBytes<S> {
-    ws: WebSocketStream<S>,
-    /// What is left of the last message read.
-    pending: Bytes,
-}
-
-impl<S> WsBytes<S> {
-    pub fn new(ws: WebSocketStream<S>) -> Self {
-        WsBytes {
-            ws,
-            pending: Bytes::new(),
-        }
-    }
-}
-
-impl<S> std::fmt::Debug for WsBytes<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsBytes")
-            .field("pending", &self.pending.len())
-            .finish_non_exhaustive()
-    }
-}
-
-fn io_error(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
-    io::Error::other(e)
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            match Pin::new(&mut this.ws).poll_next(cx) {
-                Poll::Ready(Some(Ok(Message::Binary(b)))) => this.pending = b,
-                Poll::Ready(Some(Ok(Message::Text(t)))) => {
-                    this.pending = Bytes::copy_from_slice(t.as_bytes())
-                }
-                // Pings are answered by tungstenite; pongs and raw frames carry no data.
-                Poll::Ready(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
-                // A close message or the end of the stream: end of file.
-                Poll::Ready(Some(Ok(Message::Close(_)))) | Poll::Ready(None) => {
-                    return Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io_error(e))),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.ws).poll_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(io_error(e))),
-            Poll::Pending => return Poll::Pending,
-        }
-        match Pin::new(&mut this.ws).start_send(Message::Binary(Bytes::copy_from_slice(buf))) {
-            Ok(()) => Poll::Ready(Ok(buf.len())),
-            Err(e) => Poll::Ready(Err(io_error(e))),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().ws)
-            .poll_flush(cx)
-            .map_err(io_error)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().ws)
-            .poll_close(cx)
-            .map_err(io_error)
-    }
 }

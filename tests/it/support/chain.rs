@@ -110,6 +110,7 @@ pub async fn start(options: ChainOptions) -> Chain {
         .expect("trust the emulator's CA");
     let port = match options.transport {
         Transport::Https => hub.https_addr().port(),
+        Transport::AmqpWs => hub.wss_addr().port(),
         _ => hub.amqps_addr().port(),
     };
     let target = Target {
