@@ -164,3 +164,32 @@ fn every_shipped_yaml_points_editors_at_its_schema() {
         }
     }
 }
+
+/// The examples in docs/tag-maps.md are valid tag maps: the reference cannot drift from the code.
+#[test]
+fn the_tag_map_reference_examples_pass_check() {
+    let doc = std::fs::read_to_string(super::support::repo().join("docs/tag-maps.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for block in doc.split("```yaml\n").skip(1) {
+        let Some((yaml, _)) = block.split_once("```") else {
+            continue;
+        };
+        if yaml.contains("\nsource:") || yaml.starts_with("source:") {
+            n += 1;
+            std::fs::write(dir.path().join(format!("example-{n}.yaml")), yaml).unwrap();
+        }
+    }
+    assert!(n >= 3, "expected the reference's examples, found {n}");
+    let out = super::support::tagbridge()
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
