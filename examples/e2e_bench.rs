@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example e2e_bench                  # 10 000 and 100 000 tags, 15 s each
 //! cargo run --release --example e2e_bench -- 50000 30      # N tags, 30 s measured
+//! cargo run --release --example e2e_bench -- 100000 15 off  # spool off: an in-memory queue
 //! ```
 //! The simulator and the emulator run in child processes (this binary with `--serve-plc N` /
 //! `--serve-hub DIR`), so the CPU time measured is the gateway's alone. Printed per N:
@@ -52,13 +53,15 @@ fn main() -> Result<(), BoxError> {
         None => vec![10_000, 100_000],
     };
     let seconds: u64 = args.get(2).map_or(Ok(15), |s| s.parse())?;
+    let spool = args.get(3).map(String::as_str) != Some("off");
     let mut rows = Vec::new();
     for n in sizes {
-        rows.push(runtime.block_on(measure(n, seconds))?);
+        rows.push(runtime.block_on(measure(n, seconds, spool))?);
     }
     println!();
     println!(
-        "End to end: simulated PLC (OPC UA, every tag changes each 1 s) → gateway (spool fsync 100ms) → emulator over AMQP+TLS; release build, loopback"
+        "End to end: simulated PLC (OPC UA, every tag changes each 1 s) → gateway ({}) → emulator over AMQP+TLS; release build, loopback",
+        if spool { "spool on, fsync 100ms" } else { "spool off: in-memory queue" }
     );
     println!(
         "| tags | readings/s at the hub | gateway CPU µs/reading | CPU % of a core | bytes/reading on the link | latency p50 | latency p99 | RSS MB |"
@@ -149,7 +152,7 @@ fn child(args: &[&str]) -> Result<(Child, String), BoxError> {
     Ok((child, ready))
 }
 
-async fn measure(n: usize, seconds: u64) -> Result<Row, BoxError> {
+async fn measure(n: usize, seconds: u64, spool_on: bool) -> Result<Row, BoxError> {
     let dir = std::env::temp_dir().join(format!("tagbridge-e2e-bench-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (mut plc, endpoint) = child(&["--serve-plc", &n.to_string()])?;
@@ -190,16 +193,20 @@ async fn measure(n: usize, seconds: u64) -> Result<Row, BoxError> {
     );
     let stats = sink.stats.clone();
     let spool_tasks = tokio_util::task::TaskTracker::new();
-    // 1 GiB, fsync every 100 ms: the shipped defaults.
-    let (spool, _) = tagbridge::spool::Spool::open(
-        dir.join("spool"),
-        tagbridge::spool::SpoolConfig::new(1 << 30),
-    )?;
-    let journal = Arc::new(Journal::spool(tagbridge::spool::handle::spawn(
-        spool,
-        &spool_tasks,
-        CancellationToken::new(),
-    )));
+    let journal = if spool_on {
+        // 1 GiB, fsync every 100 ms: the shipped defaults.
+        let (spool, _) = tagbridge::spool::Spool::open(
+            dir.join("spool"),
+            tagbridge::spool::SpoolConfig::new(1 << 30),
+        )?;
+        Arc::new(Journal::spool(tagbridge::spool::handle::spawn(
+            spool,
+            &spool_tasks,
+            CancellationToken::new(),
+        )))
+    } else {
+        Arc::new(Journal::memory(1 << 20))
+    };
     let shutdown = CancellationToken::new();
     let gateway = tokio::spawn(tagbridge::runtime::run(
         plans,

@@ -191,6 +191,23 @@ impl GatewayStatus {
             "Tokens renewed on a live link.",
             stat(|s| &s.token_renewals),
         );
+        metrics.histogram(
+            "tagbridge_eventhub_send_latency_seconds",
+            "Seconds from handing a batch to the link to the hub's acceptance.",
+            view.stats.send_latency.clone(),
+        );
+        let stats = view.stats.clone();
+        metrics.gauge(
+            "tagbridge_eventhub_token_expiry_seconds",
+            "Seconds until the token on the open link expires (renewed at 80 % of its life).",
+            move |points: &mut Points| {
+                let at = stats.token_expires_at.load(Ordering::Relaxed);
+                if at > 0 {
+                    let left = at - chrono::Utc::now().timestamp();
+                    single(left as f64)(points)
+                }
+            },
+        );
         let state = view.state.clone();
         metrics.gauge(
             "tagbridge_eventhub_connected",

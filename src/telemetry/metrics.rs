@@ -34,8 +34,15 @@ impl std::fmt::Debug for Family {
     }
 }
 
+/// A histogram family: the component observes into it, the scrape encodes it as it is.
+type HistogramFamily = (
+    &'static str,
+    &'static str,
+    Arc<prometheus_client::metrics::histogram::Histogram>,
+);
+
 #[derive(Debug, Default)]
-struct Families(Mutex<Vec<Family>>);
+struct Families(Mutex<Vec<Family>>, Mutex<Vec<HistogramFamily>>);
 
 impl prometheus_client::collector::Collector for Families {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -57,6 +64,11 @@ impl prometheus_client::collector::Collector for Families {
                     }
                 }
             }
+        }
+        let histograms = self.1.lock().map_err(|_| std::fmt::Error)?;
+        for (name, help, histogram) in histograms.iter() {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            histogram.encode(metric)?;
         }
         Ok(())
     }
@@ -113,6 +125,18 @@ impl Metrics {
         self.add(name, help, MetricType::Gauge, Box::new(read));
     }
 
+    /// A histogram family the component observes into directly.
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        histogram: Arc<prometheus_client::metrics::histogram::Histogram>,
+    ) {
+        if let Ok(mut list) = self.families.1.lock() {
+            list.push((name, help, histogram));
+        }
+    }
+
     fn add(&self, name: &'static str, help: &'static str, kind: MetricType, read: ReadFn) {
         if let Ok(mut families) = self.families.0.lock() {
             families.push(Family {
@@ -163,5 +187,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\ntagbridge_spool_bytes 42.0\n"), "{text}");
+    }
+
+    #[test]
+    fn renders_histograms() {
+        let metrics = Metrics::default();
+        let h = Arc::new(prometheus_client::metrics::histogram::Histogram::new(
+            [0.01, 0.1, 1.0].into_iter(),
+        ));
+        metrics.histogram("tagbridge_send_latency_seconds", "Latency.", h.clone());
+        h.observe(0.05);
+        let text = metrics.render();
+        assert!(
+            text.contains("# TYPE tagbridge_send_latency_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tagbridge_send_latency_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tagbridge_send_latency_seconds_bucket{le=\"0.1\"} 1"),
+            "{text}"
+        );
     }
 }

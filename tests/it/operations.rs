@@ -60,6 +60,14 @@ async fn metrics_match_what_was_delivered_and_readyz_follows_the_hub() {
     );
     assert_eq!(metric(&text, "tagbridge_spool_depth_records"), Some(0.0));
     assert_eq!(metric(&text, "tagbridge_eventhub_connected"), Some(1.0));
+    assert!(
+        metric(&text, "tagbridge_eventhub_send_latency_seconds_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "tagbridge_eventhub_token_expiry_seconds").is_some_and(|s| s > 3000.0),
+        "a fresh 1 h token: {text}"
+    );
     chain.plc.faults().end_silence();
 
     // The hub goes away: /readyz says the sink is not ready, and recovers with the hub.

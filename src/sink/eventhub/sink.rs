@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,7 +81,7 @@ pub enum SinkState {
 }
 
 /// Counters, read by metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SinkStats {
     pub batches_sent: AtomicU64,
     pub events_accepted: AtomicU64,
@@ -91,6 +91,30 @@ pub struct SinkStats {
     pub reconnects: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub token_renewals: AtomicU64,
+    /// When the token on the open link expires (Unix seconds; 0 without a link).
+    pub token_expires_at: AtomicI64,
+    /// Seconds from handing a batch to the link to the hub's acceptance.
+    pub send_latency: Arc<prometheus_client::metrics::histogram::Histogram>,
+}
+
+impl Default for SinkStats {
+    fn default() -> Self {
+        SinkStats {
+            batches_sent: AtomicU64::default(),
+            events_accepted: AtomicU64::default(),
+            bytes_sent: AtomicU64::default(),
+            throttled: AtomicU64::default(),
+            auth_failures: AtomicU64::default(),
+            reconnects: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            token_renewals: AtomicU64::default(),
+            token_expires_at: AtomicI64::default(),
+            // 1 ms … 32 s, doubling.
+            send_latency: Arc::new(prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
+            )),
+        }
+    }
 }
 
 /// Backoff after throttling, per Microsoft's guidance for server-busy.
@@ -112,6 +136,7 @@ struct InFlight {
     delivery: Option<Delivery>,
     /// When the settlement is overdue.
     settle_by: Instant,
+    sent_at: Instant,
 }
 
 /// An Event Hubs sink, ready to run.
@@ -223,6 +248,9 @@ async fn run(
                 Ok(l) => {
                     max_size = l.max_message_size();
                     renew_due = Some(renewal_instant(l.token_expires_at()));
+                    stats
+                        .token_expires_at
+                        .store(l.token_expires_at(), Ordering::Relaxed);
                     tracing::info!(message = "Connected to the event hub.", hub = %target.hub, host = %target.host, max_message_size = max_size);
                     let _ = state.send(SinkState::Connected);
                     link = Some(l);
@@ -275,6 +303,7 @@ async fn run(
                 match settled {
                     Ok(()) => {
                         if let Some(done) = in_flight.pop_front() {
+                            stats.send_latency.observe(done.sent_at.elapsed().as_secs_f64());
                             let seqs = done.batch.seqs();
                             stats.events_accepted.fetch_add(seqs.len() as u64, Ordering::Relaxed);
                             if let Some(&last) = seqs.last() {
@@ -315,6 +344,7 @@ async fn run(
                     match l.renew(&target, &credential, unix_now()).await {
                         Ok(()) => {
                             renew_due = Some(renewal_instant(l.token_expires_at()));
+                            stats.token_expires_at.store(l.token_expires_at(), Ordering::Relaxed);
                             stats.token_renewals.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(message = "Renewed the event hub token.");
                         }
@@ -334,7 +364,7 @@ async fn run(
                         if let Some(batch) = ready.pop_front() {
                             stats.batches_sent.fetch_add(1, Ordering::Relaxed);
                             stats.bytes_sent.fetch_add(batch.encoded_size() as u64, Ordering::Relaxed);
-                            in_flight.push_back(InFlight { batch, delivery: Some(delivery), settle_by: Instant::now() + SETTLE_TIMEOUT });
+                            in_flight.push_back(InFlight { batch, delivery: Some(delivery), settle_by: Instant::now() + SETTLE_TIMEOUT, sent_at: Instant::now() });
                         }
                     }
                     Err(error) => {
