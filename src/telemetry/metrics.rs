@@ -192,9 +192,9 @@ mod tests {
     #[test]
     fn renders_histograms() {
         let metrics = Metrics::default();
-        let h = Arc::new(prometheus_client::metrics::histogram::Histogram::new(
-            [0.01, 0.1, 1.0].into_iter(),
-        ));
+        let h = Arc::new(prometheus_client::metrics::histogram::Histogram::new([
+            0.01, 0.1, 1.0,
+        ]));
         metrics.histogram("tagbridge_send_latency_seconds", "Latency.", h.clone());
         h.observe(0.05);
         let text = metrics.render();
