@@ -264,3 +264,40 @@ async fn editing_a_tag_map_applies_without_restart_and_a_broken_edit_keeps_the_o
     hub.shutdown().await;
     plc.shutdown().await;
 }
+
+/// The README's first command: `tagbridge demo` runs the whole chain and stops by itself.
+#[test]
+fn the_demo_delivers_readings_from_both_sources() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events = dir.path().join("events.jsonl");
+    let out = crate::support::tagbridge()
+        .args(["demo", "--seconds", "8", "--events"])
+        .arg(&events)
+        .output()
+        .expect("run tagbridge demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("events accepted by the hub"), "{stdout}");
+    let lines = std::fs::read_to_string(&events).expect("the emulator wrote its events");
+    let sensors: std::collections::BTreeSet<String> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| {
+            let body: serde_json::Value = serde_json::from_str(e["body"].as_str()?).ok()?;
+            body["sensor_id"].as_str().map(String::from)
+        })
+        .collect();
+    // Both shipped tag maps deliver: the OPC UA compressor and the Modbus press.
+    assert!(
+        sensors.iter().any(|s| s.starts_with("compressor-7:")),
+        "{sensors:?}"
+    );
+    assert!(
+        sensors.iter().any(|s| s.starts_with("press-3:")),
+        "{sensors:?}"
+    );
+}
