@@ -185,6 +185,7 @@ async fn measure(n: usize, seconds: u64, spool_on: bool) -> Result<Row, BoxError
         hub: cs.hub.clone(),
         transport: Transport::Amqp,
         token_lifetime: SAS_TOKEN_LIFETIME,
+        proxy: None,
     };
     let sink = EventHubSink::new(
         target,

@@ -143,6 +143,7 @@ fn sink_to(hub: &HubHandle) -> Result<EventHubSink, String> {
         hub: cs.hub.clone(),
         transport: Transport::Amqp,
         token_lifetime: tagbridge::sink::eventhub::auth::SAS_TOKEN_LIFETIME,
+        proxy: None,
     };
     Ok(EventHubSink::new(
         target,

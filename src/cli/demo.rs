@@ -130,6 +130,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         hub: cs.hub.clone(),
         transport: Transport::Amqp,
         token_lifetime: crate::sink::eventhub::auth::SAS_TOKEN_LIFETIME,
+        proxy: None,
     };
     let sink = EventHubSink::new(
         target,

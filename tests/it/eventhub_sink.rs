@@ -286,6 +286,83 @@ mod delivery {
         plc.shutdown().await;
     }
 
+    /// A minimal HTTP CONNECT proxy on loopback that records the targets it tunnelled to.
+    async fn connect_proxy() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match client.read_u8().await {
+                            Ok(b) => head.push(b),
+                            Err(_) => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let target = head
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string();
+                    log.lock().unwrap().push(target.clone());
+                    let upstream = target.replace("localhost", "127.0.0.1");
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        return;
+                    };
+                    if client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .is_ok()
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn amqp_over_websockets_passes_an_http_connect_proxy() {
+        let (proxy_addr, seen) = connect_proxy().await;
+        let proxy = tagbridge::sink::eventhub::proxy::Proxy::parse(
+            &format!("http://{proxy_addr}"),
+            "",
+            "localhost",
+        );
+        assert!(proxy.is_some());
+        let options = ChainOptions {
+            transport: Transport::AmqpWs,
+            proxy,
+            ..Default::default()
+        };
+        let chain = chain::start(options).await;
+        assert!(
+            chain.wait_for_counter_steps(4, DEADLINE).await,
+            "nothing arrived through the proxy"
+        );
+        let wss_port = chain.hub.wss_addr().port();
+        let (summary, events, plc, hub) = chain.stop().await;
+        assert_counter_complete(&events, produced_counter_readings(&summary), true, &plc);
+        let tunnels = seen.lock().unwrap().clone();
+        assert!(
+            tunnels.contains(&format!("localhost:{wss_port}")),
+            "the proxy saw {tunnels:?}"
+        );
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_https_fallback_delivers_every_reading() {
         let options = ChainOptions {

@@ -42,6 +42,8 @@ pub struct Target {
     pub transport: Transport,
     /// How long the SAS tokens the gateway signs are valid (renewed at 80 %).
     pub token_lifetime: std::time::Duration,
+    /// An HTTP CONNECT proxy for AMQP over WebSockets (from `HTTPS_PROXY`).
+    pub proxy: Option<super::proxy::Proxy>,
 }
 
 /// Why a connection could not be used.
@@ -105,12 +107,17 @@ impl HubLink {
         now: i64,
     ) -> Result<HubLink, LinkError> {
         let addr = format!("{}:{}", target.host, target.port);
-        let tcp = TcpStream::connect(&addr)
-            .await
-            .map_err(|source| LinkError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
+        let tcp = match &target.proxy {
+            Some(proxy) if target.transport == Transport::AmqpWs => {
+                proxy.connect(&target.host, target.port).await?
+            }
+            _ => TcpStream::connect(&addr)
+                .await
+                .map_err(|source| LinkError::Connect {
+                    addr: addr.clone(),
+                    source,
+                })?,
+        };
         // Nagle off: see the module doc.
         let _ = tcp.set_nodelay(true);
         match &target.tls {

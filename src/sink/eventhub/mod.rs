@@ -7,6 +7,7 @@ pub mod connection_string;
 pub mod entra;
 pub mod event;
 pub mod link;
+pub mod proxy;
 pub mod rest;
 pub mod sas;
 pub mod setup;

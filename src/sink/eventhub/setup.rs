@@ -101,6 +101,11 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
                 hub: cs.hub.clone(),
                 transport,
                 token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
+                proxy: None,
+            };
+            let target = Target {
+                proxy: super::proxy::Proxy::from_env(&target.host),
+                ..target
             };
             Ok((target, Credential::Sas(cs.credential)))
         }
@@ -133,6 +138,11 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
                 hub: hub.clone(),
                 transport,
                 token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
+                proxy: None,
+            };
+            let target = Target {
+                proxy: super::proxy::Proxy::from_env(&target.host),
+                ..target
             };
             Ok((target, Credential::Entra(client)))
         }

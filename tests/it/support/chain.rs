@@ -43,6 +43,8 @@ pub struct ChainOptions {
     pub sink: SinkOptions,
     /// Serve /metrics and /readyz on an ephemeral port.
     pub metrics: bool,
+    /// Reach the hub through this HTTP CONNECT proxy (AMQP over WebSockets).
+    pub proxy: Option<tagbridge::sink::eventhub::proxy::Proxy>,
 }
 
 impl Default for ChainOptions {
@@ -53,6 +55,7 @@ impl Default for ChainOptions {
             key_override: None,
             entra: None,
             token_lifetime: SAS_TOKEN_LIFETIME,
+            proxy: None,
             transport: Transport::Amqp,
             sink: SinkOptions {
                 linger: Duration::from_millis(10),
@@ -121,6 +124,7 @@ pub async fn start(options: ChainOptions) -> Chain {
         hub: cs.hub.clone(),
         transport: options.transport,
         token_lifetime: options.token_lifetime,
+        proxy: options.proxy.clone(),
     };
     let credential = match (&options.entra, options.key_override) {
         (Some((tenant, client, secret)), _) => Credential::Entra(
