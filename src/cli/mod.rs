@@ -289,6 +289,13 @@ fn output(
         config::gateway::SinkSpec::Eventhub(spec) => {
             let (target, credential) = crate::sink::eventhub::setup::build(spec, base)?;
             let mut options = SinkOptions::default();
+            if let Some(config::gateway::EventsSpec::Array(n)) = spec.events {
+                anyhow::ensure!(
+                    n >= 1,
+                    "sink.eventhub.events: array needs at least 1 reading per event"
+                );
+                options.readings_per_event = usize::from(n);
+            }
             if let Some(n) = spec.max_in_flight {
                 options.max_in_flight = usize::from(n.max(1));
             }

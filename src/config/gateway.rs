@@ -118,6 +118,18 @@ pub struct EventHubSpec {
     /// Where events too large for the hub are written. Default `dead-letter.jsonl` in the spool
     /// directory.
     pub dead_letter: Option<String>,
+    /// `one` (default): one event per reading. `{array: N}`: up to N readings per event, as a
+    /// JSON array; fewer events (Event Hubs bills per event), but every consumer must expect
+    /// arrays.
+    pub events: Option<EventsSpec>,
+}
+
+/// How readings become events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventsSpec {
+    One,
+    Array(u16),
 }
 
 /// An Entra ID (Azure AD) application allowed to send ("Azure Event Hubs Data Sender").

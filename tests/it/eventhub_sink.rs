@@ -364,6 +364,41 @@ mod delivery {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn array_events_carry_several_readings_and_lose_none() {
+        let mut options = ChainOptions::default();
+        options.sink.readings_per_event = 10;
+        let chain = chain::start(options).await;
+        assert!(chain.wait_for_counter_steps(2, DEADLINE).await);
+        // A backlog after an outage is read in chunks: several readings per array event.
+        chain.hub.faults().down_for(Duration::from_secs(3));
+        assert!(chain.wait_for_counter_steps(14, DEADLINE).await);
+        let (summary, events, plc, hub) = chain.stop().await;
+        // Every event body is a JSON array of readings; expand them to check the readings.
+        let mut readings = Vec::new();
+        let mut largest = 0;
+        for event in &events {
+            let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+            let array = body.as_array().expect("an array event");
+            assert!((1..=10).contains(&array.len()), "{body}");
+            largest = largest.max(array.len());
+            assert!(event
+                .message_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("tagbridge-")));
+            for reading in array {
+                let mut one = event.clone();
+                one.body = serde_json::to_vec(reading).unwrap();
+                readings.push(one);
+            }
+        }
+        assert!(largest > 1, "no event carried more than one reading");
+        assert_eq!(readings.len() as u64, summary.mapping.readings);
+        assert_counter_complete(&readings, produced_counter_readings(&summary), true, &plc);
+        hub.shutdown().await;
+        plc.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_https_fallback_delivers_every_reading() {
         let options = ChainOptions {
             transport: Transport::Https,

@@ -54,6 +54,9 @@ pub struct SinkOptions {
     pub dead_letter: Option<PathBuf>,
     /// Give up waiting for in-flight batches this long after shutdown starts.
     pub shutdown_grace: Duration,
+    /// 1: one event per reading. More: up to this many readings per event, as a JSON array
+    /// (`events: {array: N}`).
+    pub readings_per_event: usize,
 }
 
 impl Default for SinkOptions {
@@ -64,6 +67,7 @@ impl Default for SinkOptions {
             message_id_prefix: "tagbridge".into(),
             dead_letter: None,
             shutdown_grace: Duration::from_secs(10),
+            readings_per_event: 1,
         }
     }
 }
@@ -385,9 +389,17 @@ async fn run(
                     if let Some((batch, _)) = filling.take() { ready.push_back(batch); }
                     continue;
                 };
-                for event in events {
+                let events = if options.readings_per_event > 1 {
+                    pack_arrays(events, options.readings_per_event, max_size / 2)
+                } else {
+                    events.into_iter().map(|e| (None, e)).collect()
+                };
+                for (first, event) in events {
                     encoded.clear();
-                    let id = format!("{}-{}", options.message_id_prefix, event.seq);
+                    let id = match first {
+                        Some(first) if first != event.seq => format!("{}-{first}-{}", options.message_id_prefix, event.seq),
+                        _ => format!("{}-{}", options.message_id_prefix, event.seq),
+                    };
                     let key = event.partition_key.as_deref();
                     encode_event(&mut encoded, &id, key, &event.body);
                     let mut bytes = std::mem::take(&mut encoded);
@@ -424,6 +436,43 @@ async fn run(
     }
     let _ = state.send(SinkState::Stopped);
     last_acked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(seq: u64, key: Option<&str>) -> Outgoing {
+        Outgoing {
+            seq,
+            body: format!("{{\"n\":{seq}}}").into_bytes(),
+            partition_key: key.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn arrays_pack_up_to_n_readings_per_key_in_order() {
+        let events = vec![
+            reading(1, None),
+            reading(2, None),
+            reading(3, None),
+            reading(4, Some("a")),
+            reading(5, Some("a")),
+        ];
+        let packed = pack_arrays(events, 2, 1 << 20);
+        let shown: Vec<(Option<u64>, u64, String)> = packed
+            .into_iter()
+            .map(|(first, e)| (first, e.seq, String::from_utf8(e.body).unwrap()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (Some(1), 2, r#"[{"n":1},{"n":2}]"#.to_string()),
+                (Some(3), 3, r#"[{"n":3}]"#.to_string()),
+                (Some(4), 5, r#"[{"n":4},{"n":5}]"#.to_string()),
+            ]
+        );
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -520,6 +569,53 @@ fn dead_letter(
     if let Err(error) = written {
         tracing::error!(message = "Cannot write the dead-letter file.", path = %path.display(), %error);
     }
+}
+
+/// Packs consecutive readings with the same partition key into JSON-array events of at most
+/// `per_event` readings and about `max_bytes`. Each packed event carries the sequence number of
+/// its last reading (acks are cumulative) and, as `Some(first)`, its first one for the message
+/// id `<prefix>-<first>-<last>`.
+fn pack_arrays(
+    events: Vec<Outgoing>,
+    per_event: usize,
+    max_bytes: usize,
+) -> Vec<(Option<u64>, Outgoing)> {
+    let mut out: Vec<(Option<u64>, Outgoing)> = Vec::new();
+    let mut count = 0;
+    for event in events {
+        let fits = out.last().is_some_and(|(_, last)| {
+            last.partition_key == event.partition_key
+                && count < per_event
+                && last.body.len() + event.body.len() < max_bytes
+        });
+        match out.last_mut() {
+            Some((_, last)) if fits => {
+                // `[a]` + `b` → `[a,b]`
+                last.body.pop();
+                last.body.push(b',');
+                last.body.extend_from_slice(&event.body);
+                last.body.push(b']');
+                last.seq = event.seq;
+                count += 1;
+            }
+            _ => {
+                let mut body = Vec::with_capacity(event.body.len() + 2);
+                body.push(b'[');
+                body.extend_from_slice(&event.body);
+                body.push(b']');
+                out.push((
+                    Some(event.seq),
+                    Outgoing {
+                        seq: event.seq,
+                        body,
+                        partition_key: event.partition_key,
+                    },
+                ));
+                count = 1;
+            }
+        }
+    }
+    out
 }
 
 /// When to renew a token expiring at `expires_at` (Unix seconds), as an instant.

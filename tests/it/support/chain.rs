@@ -250,11 +250,16 @@ impl Chain {
     }
 }
 
-/// The counter values in the hub, in arrival order.
+/// The counter values in the hub, in arrival order (array events expanded).
 pub fn counter_values(events: &[ReceivedEvent]) -> Vec<u64> {
     events
         .iter()
         .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
+        // An array event (`events: {array: N}`) carries several readings.
+        .flat_map(|v| match v {
+            serde_json::Value::Array(items) => items,
+            one => vec![one],
+        })
         .filter(|v| v["sensor_id"] == COUNTER)
         .filter_map(|v| v["value"].as_u64())
         .collect()
