@@ -243,7 +243,14 @@ fn write_tag_maps(dir: &Path, opcua: &str, modbus: &str) -> anyhow::Result<Vec<P
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut paths = Vec::new();
     for (name, text) in TAG_MAPS {
+        // The gateway's OPC UA certificate goes to the demo's scratch folder, not the cwd.
+        let pki = dir.join("opcua-pki");
         let text = text
+            .replacen(
+                "\n  opcua:\n",
+                &format!("\n  opcua:\n    pki_dir: {}\n", pki.display()),
+                1,
+            )
             .replace(SHIPPED_OPCUA_ENDPOINT, opcua)
             .replace(SHIPPED_MODBUS_ADDR, modbus)
             .replace("$schema=../schema/", "$schema=");

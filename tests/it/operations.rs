@@ -271,6 +271,8 @@ fn the_demo_delivers_readings_from_both_sources() {
     let dir = tempfile::tempdir().expect("temp dir");
     let events = dir.path().join("events.jsonl");
     let out = crate::support::tagbridge()
+        // Run from a scratch folder: the demo must not write into the directory it runs in.
+        .current_dir(dir.path())
         .args(["demo", "--seconds", "8", "--events"])
         .arg(&events)
         .output()
@@ -291,6 +293,16 @@ fn the_demo_delivers_readings_from_both_sources() {
             body["sensor_id"].as_str().map(String::from)
         })
         .collect();
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("events.jsonl")],
+        "the demo left files behind"
+    );
     // Both shipped tag maps deliver: the OPC UA compressor and the Modbus press.
     assert!(
         sensors.iter().any(|s| s.starts_with("compressor-7:")),
