@@ -317,7 +317,8 @@ pub fn assert_counter_complete(
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .expect("RFC 3339 timestamp")
             .with_timezone(&chrono::Utc);
-        let held = counter_at(plc, ts);
+        // Timestamps are cut to the millisecond: the response arrived up to 1 ms after `ts`.
+        let held = counter_at(plc, ts + chrono::Duration::milliseconds(1));
         let value = reading["value"].as_i64().unwrap_or(-1);
         // The value was read up to a second before the response's timestamp.
         let earliest = counter_at(plc, ts - chrono::Duration::seconds(1));
