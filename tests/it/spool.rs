@@ -419,7 +419,8 @@ mod gateway {
             let mut d = Delivered::default();
             for e in &events {
                 d.add(e, |sensor, at| {
-                    let t = self.plc.t_at(at);
+                    // Timestamps are cut to the millisecond: the response came up to 1 ms later.
+                    let t = self.plc.t_at(at + chrono::Duration::milliseconds(1));
                     self.signals[sensor].value_at(t).as_i64()
                 });
             }
