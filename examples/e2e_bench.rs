@@ -27,7 +27,7 @@ use tagbridge::sim::hub::{Hub, HubConfig};
 use tagbridge::sim::plc::generate::{load_path, opcua_load};
 use tagbridge::sim::plc::{OpcUaConfig, Plc, PlcConfig};
 use tagbridge::sink::eventhub::amqp::Target;
-use tagbridge::sink::eventhub::auth::{Credential, SAS_TOKEN_LIFETIME};
+use tagbridge::sink::eventhub::auth::Credential;
 use tagbridge::sink::eventhub::sink::{EventHubSink, SinkOptions};
 use tagbridge::sink::eventhub::ConnectionString;
 use tokio_util::sync::CancellationToken;
@@ -175,18 +175,9 @@ async fn measure(n: usize, seconds: u64, spool_on: bool) -> Result<Row, BoxError
     let plans = tagbridge::mapping::load_all(&[path]).map_err(|r| r.render())?;
 
     let cs = ConnectionString::parse(connection_string, None)?;
-    let target = Target {
-        audience: cs.audience(),
-        host: cs.host.clone(),
-        port: cs.port.ok_or("no port")?,
-        tls: Some(tagbridge::sink::eventhub::tls::client_config(Some(
-            std::path::Path::new(ca),
-        ))?),
-        hub: cs.hub.clone(),
-        transport: Transport::Amqp,
-        token_lifetime: SAS_TOKEN_LIFETIME,
-        proxy: None,
-    };
+    let tls = tagbridge::sink::eventhub::tls::client_config(Some(std::path::Path::new(ca)))?;
+    let port = cs.port.ok_or("no port")?;
+    let target = Target::for_connection_string(&cs, Some(tls), port, Transport::Amqp);
     let sink = EventHubSink::new(
         target,
         Credential::Sas(cs.credential),

@@ -135,16 +135,8 @@ fn sink_to(hub: &HubHandle) -> Result<EventHubSink, String> {
         .map_err(|e| e.to_string())?;
     let tls = tagbridge::sink::eventhub::tls::client_config(Some(hub.ca_cert_path()))
         .map_err(|e| e.to_string())?;
-    let target = Target {
-        audience: cs.audience(),
-        host: cs.host.clone(),
-        port: hub.amqps_addr().port(),
-        tls: Some(tls),
-        hub: cs.hub.clone(),
-        transport: Transport::Amqp,
-        token_lifetime: tagbridge::sink::eventhub::auth::SAS_TOKEN_LIFETIME,
-        proxy: None,
-    };
+    let target =
+        Target::for_connection_string(&cs, Some(tls), hub.amqps_addr().port(), Transport::Amqp);
     Ok(EventHubSink::new(
         target,
         Credential::Sas(cs.credential),

@@ -122,16 +122,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .context("the emulator's connection string")?;
     let tls = crate::sink::eventhub::tls::client_config(Some(hub.ca_cert_path()))
         .context("trusting the emulator's CA")?;
-    let target = Target {
-        audience: cs.audience(),
-        host: cs.host.clone(),
-        port: hub.amqps_addr().port(),
-        tls: Some(tls),
-        hub: cs.hub.clone(),
-        transport: Transport::Amqp,
-        token_lifetime: crate::sink::eventhub::auth::SAS_TOKEN_LIFETIME,
-        proxy: None,
-    };
+    let target =
+        Target::for_connection_string(&cs, Some(tls), hub.amqps_addr().port(), Transport::Amqp);
     let sink = EventHubSink::new(
         target,
         Credential::Sas(cs.credential),

@@ -46,6 +46,29 @@ pub struct Target {
     pub proxy: Option<super::proxy::Proxy>,
 }
 
+impl Target {
+    /// The target a connection string names, reached on `port` over `transport` (`tls` None:
+    /// plain AMQP, the emulator's development mode). Tokens live
+    /// [`SAS_TOKEN_LIFETIME`](super::auth::SAS_TOKEN_LIFETIME); no proxy.
+    pub fn for_connection_string(
+        cs: &super::ConnectionString,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        port: u16,
+        transport: Transport,
+    ) -> Target {
+        Target {
+            audience: cs.audience(),
+            host: cs.host.clone(),
+            port,
+            tls,
+            hub: cs.hub.clone(),
+            transport,
+            token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
+            proxy: None,
+        }
+    }
+}
+
 /// Why a connection could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

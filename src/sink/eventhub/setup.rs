@@ -94,18 +94,8 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
                 (p, false) => (p.unwrap_or(default_port(true)), Some(tls)),
             };
             let target = Target {
-                audience: cs.audience(),
-                host: cs.host.clone(),
-                port,
-                tls,
-                hub: cs.hub.clone(),
-                transport,
-                token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
-                proxy: None,
-            };
-            let target = Target {
-                proxy: super::proxy::Proxy::from_env(&target.host),
-                ..target
+                proxy: super::proxy::Proxy::from_env(&cs.host),
+                ..Target::for_connection_string(&cs, tls, port, transport)
             };
             Ok((target, Credential::Sas(cs.credential)))
         }
@@ -132,17 +122,13 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
             )?;
             let target = Target {
                 audience: format!("sb://{host}/{hub}"),
+                proxy: super::proxy::Proxy::from_env(&host),
                 host,
                 port,
                 tls: Some(tls),
                 hub: hub.clone(),
                 transport,
                 token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
-                proxy: None,
-            };
-            let target = Target {
-                proxy: super::proxy::Proxy::from_env(&target.host),
-                ..target
             };
             Ok((target, Credential::Entra(client)))
         }

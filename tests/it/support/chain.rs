@@ -117,14 +117,9 @@ pub async fn start(options: ChainOptions) -> Chain {
         _ => hub.amqps_addr().port(),
     };
     let target = Target {
-        audience: cs.audience(),
-        host: cs.host.clone(),
-        port,
-        tls: Some(tls.clone()),
-        hub: cs.hub.clone(),
-        transport: options.transport,
         token_lifetime: options.token_lifetime,
         proxy: options.proxy.clone(),
+        ..Target::for_connection_string(&cs, Some(tls.clone()), port, options.transport)
     };
     let credential = match (&options.entra, options.key_override) {
         (Some((tenant, client, secret)), _) => Credential::Entra(
