@@ -14,12 +14,16 @@
 //! the OPC UA source timestamp) to the hub's acceptance (the emulator's arrival time), p50/p99
 //! over every reading of the window.
 
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
 use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench_support::{cpu_seconds, rss_mb};
 use tagbridge::config::gateway::{PartitionKeySpec, Transport};
 use tagbridge::runtime::journal::Journal;
 use tagbridge::runtime::{Output, RunOptions};
@@ -315,28 +319,4 @@ fn latencies(
     }
     out.sort_by(f64::total_cmp);
     Ok(out)
-}
-
-/// User + system CPU time of this process.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return f64::NAN;
-    }
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(usage.ru_utime) + t(usage.ru_stime)
-}
-
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

@@ -11,12 +11,16 @@
 //! system of this process over the window), resident memory at the end, and samples dropped
 //! for lack of a consumer (always 0 here: the consumer just counts).
 
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench_support::{cpu_seconds, rss_mb};
 use tagbridge::mapping::{load_all, SourcePlan};
 use tagbridge::sim::plc::generate::{load_path, opcua_load};
 use tagbridge::sim::plc::{OpcUaConfig, Plc, PlcConfig};
@@ -186,28 +190,4 @@ async fn measure(n: usize, seconds: u64) -> Result<Row, Box<dyn std::error::Erro
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(row)
-}
-
-/// User + system CPU time of this process.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return f64::NAN;
-    }
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(usage.ru_utime) + t(usage.ru_stime)
-}
-
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

@@ -9,11 +9,15 @@
 //! Arguments: endpoint, N, seconds to count after all items exist. The client lifts the limits
 //! DEPENDENCIES.md lists (message size, chunk count, array length) and uses queue size 2.
 
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bench_support::rss_mb;
 use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken};
 use opcua::types::{
     MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
@@ -23,18 +27,6 @@ use tagbridge::sim::plc::generate::{load_path, NAMESPACE_INDEX};
 
 /// Items per CreateMonitoredItems call (the server's default per-call limit is 1 000).
 const BATCH: usize = 1000;
-
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
