@@ -17,6 +17,51 @@ use crate::sink::eventhub::sink::{SinkState, SinkStats};
 use crate::source::SourceCounters;
 use crate::telemetry::metrics::{single, Labels, Metrics, Points};
 
+/// The sink's counter families: (name, help, field). `_total` is appended by the encoder.
+type SinkCounter = (&'static str, &'static str, fn(&SinkStats) -> &AtomicU64);
+const SINK_COUNTERS: [SinkCounter; 8] = [
+    (
+        "tagbridge_eventhub_batches_sent",
+        "Batch messages sent to the event hub.",
+        |s| &s.batches_sent,
+    ),
+    (
+        "tagbridge_eventhub_events_accepted",
+        "Events the event hub accepted.",
+        |s| &s.events_accepted,
+    ),
+    (
+        "tagbridge_eventhub_sent_bytes",
+        "Bytes of batch messages sent.",
+        |s| &s.bytes_sent,
+    ),
+    (
+        "tagbridge_eventhub_throttled",
+        "Batches the hub refused as server-busy.",
+        |s| &s.throttled,
+    ),
+    (
+        "tagbridge_eventhub_auth_failures",
+        "Connection attempts the hub refused for the credentials.",
+        |s| &s.auth_failures,
+    ),
+    (
+        "tagbridge_eventhub_reconnects",
+        "Links dropped and re-established.",
+        |s| &s.reconnects,
+    ),
+    (
+        "tagbridge_eventhub_dead_lettered",
+        "Events too large for the hub, written to the dead-letter file.",
+        |s| &s.dead_lettered,
+    ),
+    (
+        "tagbridge_eventhub_token_renewals",
+        "Tokens renewed on a live link.",
+        |s| &s.token_renewals,
+    ),
+];
+
 /// Live mapping counters of one tag map.
 #[derive(Debug, Default)]
 pub struct MapStats {
@@ -82,16 +127,16 @@ impl GatewayStatus {
     pub fn readiness(&self) -> (bool, serde_json::Value) {
         let maps = self.maps();
         let running = maps.len();
-        let connected: Vec<&str> = maps
-            .iter()
-            .filter(|m| m.source.connected())
-            .map(|m| &*m.name)
-            .collect();
-        let disconnected: Vec<&str> = maps
-            .iter()
-            .filter(|m| !m.source.connected())
-            .map(|m| &*m.name)
-            .collect();
+        // One read of each source's state: a map is in exactly one of the two lists.
+        let mut connected: Vec<&str> = Vec::new();
+        let mut disconnected: Vec<&str> = Vec::new();
+        for m in &maps {
+            if m.source.connected() {
+                connected.push(&m.name);
+            } else {
+                disconnected.push(&m.name);
+            }
+        }
         let sources_ok = !connected.is_empty();
         let (sink_ok, sink_detail) = match &self.sink {
             None => (true, "lines output".to_string()),
@@ -151,46 +196,9 @@ impl GatewayStatus {
                 points.push((Vec::new(), read(&stats).load(Ordering::Relaxed) as f64))
             }
         };
-        metrics.counter(
-            "tagbridge_eventhub_batches_sent",
-            "Batch messages sent to the event hub.",
-            stat(|s| &s.batches_sent),
-        );
-        metrics.counter(
-            "tagbridge_eventhub_events_accepted",
-            "Events the event hub accepted.",
-            stat(|s| &s.events_accepted),
-        );
-        metrics.counter(
-            "tagbridge_eventhub_sent_bytes",
-            "Bytes of batch messages sent.",
-            stat(|s| &s.bytes_sent),
-        );
-        metrics.counter(
-            "tagbridge_eventhub_throttled",
-            "Batches the hub refused as server-busy.",
-            stat(|s| &s.throttled),
-        );
-        metrics.counter(
-            "tagbridge_eventhub_auth_failures",
-            "Connection attempts the hub refused for the credentials.",
-            stat(|s| &s.auth_failures),
-        );
-        metrics.counter(
-            "tagbridge_eventhub_reconnects",
-            "Links dropped and re-established.",
-            stat(|s| &s.reconnects),
-        );
-        metrics.counter(
-            "tagbridge_eventhub_dead_lettered",
-            "Events too large for the hub, written to the dead-letter file.",
-            stat(|s| &s.dead_lettered),
-        );
-        metrics.counter(
-            "tagbridge_eventhub_token_renewals",
-            "Tokens renewed on a live link.",
-            stat(|s| &s.token_renewals),
-        );
+        for (name, help, read) in SINK_COUNTERS {
+            metrics.counter(name, help, stat(read));
+        }
         metrics.histogram(
             "tagbridge_eventhub_send_latency_seconds",
             "Seconds from handing a batch to the link to the hub's acceptance.",
