@@ -6,7 +6,7 @@ use std::time::Duration;
 use tagbridge::sim::hub::{Hub, HubConfig};
 use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
 
-use crate::support::chain::{self, http_get, metric, ChainOptions, COUNTER};
+use crate::support::chain::{self, http_get, metric, values_of, ChainOptions, COUNTER};
 use crate::support::wait_until;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -112,16 +112,6 @@ fn tag_map(modbus: std::net::SocketAddr, counter_id: &str, extra: &str) -> Strin
     )
 }
 
-/// Counter values per sensor_id in the hub's events.
-fn values_of(events: &[tagbridge::sim::hub::ReceivedEvent], sensor: &str) -> Vec<u64> {
-    events
-        .iter()
-        .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
-        .filter(|v| v["sensor_id"] == sensor)
-        .filter_map(|v| v["value"].as_u64())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_a_tag_map_applies_without_restart_and_a_broken_edit_keeps_the_old_map() {
     // The PLC: the shared counter at HR0 and a constant at HR4 for the tag added later.
@@ -170,9 +160,8 @@ async fn editing_a_tag_map_applies_without_restart_and_a_broken_edit_keeps_the_o
         let sensor = sensor.to_string();
         let hub = &hub;
         move || {
-            hub.events()
+            chain::readings(&hub.events())
                 .iter()
-                .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
                 .filter(|v| v["sensor_id"] == sensor.as_str())
                 .count()
                 >= n

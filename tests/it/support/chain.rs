@@ -247,15 +247,27 @@ impl Chain {
 
 /// The counter values in the hub, in arrival order (array events expanded).
 pub fn counter_values(events: &[ReceivedEvent]) -> Vec<u64> {
+    values_of(events, COUNTER)
+}
+
+/// Every reading in the hub's events, in arrival order; an array event
+/// (`events: {array: N}`) counts as the readings it carries.
+pub fn readings(events: &[ReceivedEvent]) -> Vec<serde_json::Value> {
     events
         .iter()
         .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
-        // An array event (`events: {array: N}`) carries several readings.
         .flat_map(|v| match v {
             serde_json::Value::Array(items) => items,
             one => vec![one],
         })
-        .filter(|v| v["sensor_id"] == COUNTER)
+        .collect()
+}
+
+/// The integer values of one sensor's readings, in arrival order.
+pub fn values_of(events: &[ReceivedEvent], sensor: &str) -> Vec<u64> {
+    readings(events)
+        .iter()
+        .filter(|v| v["sensor_id"] == sensor)
         .filter_map(|v| v["value"].as_u64())
         .collect()
 }
@@ -280,9 +292,8 @@ pub fn assert_counter_complete(
     exactly_once: bool,
     plc: &PlcHandle,
 ) {
-    let readings: Vec<serde_json::Value> = events
-        .iter()
-        .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
+    let readings: Vec<serde_json::Value> = readings(events)
+        .into_iter()
         .filter(|v| v["sensor_id"] == COUNTER)
         .collect();
     let values: Vec<u64> = readings
