@@ -81,29 +81,9 @@ pub(crate) async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    tracing::warn!(message = "Hub emulator accept failed.", %error);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            // Shutdown: stop accepting.
-            _ = shared.root.cancelled() => return,
-        };
-        if shared.faults.is_down() {
-            // Down: close at once, as an unreachable hub would.
-            drop(tcp);
-            continue;
-        }
-        let _ = tcp.set_nodelay(true);
-        let shared2 = shared.clone();
+    accept_connections(listener, shared, "AMQP", move |tcp, peer, ctx| {
         let tls = tls.clone();
-        shared.tracker.spawn(async move {
-            let (id, ctx) = shared2.open_connection(peer.to_string());
+        async move {
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -120,6 +100,47 @@ pub(crate) async fn serve(
                 }
                 None => serve_connection(HubStream::new(tcp, ctx.cut.clone()), &ctx).await,
             }
+        }
+    })
+    .await
+}
+
+/// The accept loop every listener of the emulator shares: until shutdown, refuse everything
+/// while the hub is down, register each connection (so faults can cut it), run `serve` for it
+/// as a tracked task, and unregister it when `serve` returns.
+pub(crate) async fn accept_connections<F, Fut>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr, Arc<ConnCtx>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(message = "Hub emulator accept failed.", listener = what, %error);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            // Shutdown: stop accepting.
+            _ = shared.root.cancelled() => return,
+        };
+        if shared.faults.is_down() {
+            // Down: close at once, as an unreachable hub would.
+            drop(tcp);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let (id, ctx) = shared.open_connection(peer.to_string());
+        let served = serve(tcp, peer, ctx);
+        let shared2 = shared.clone();
+        shared.tracker.spawn(async move {
+            served.await;
             shared2.close_connection(id);
         });
     }

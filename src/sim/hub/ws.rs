@@ -28,28 +28,9 @@ pub(crate) async fn serve(
     tls: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    tracing::warn!(message = "Hub emulator WebSocket accept failed.", %error);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            // Shutdown: stop accepting.
-            _ = shared.root.cancelled() => return,
-        };
-        if shared.faults.is_down() {
-            drop(tcp);
-            continue;
-        }
-        let _ = tcp.set_nodelay(true);
+    amqp::accept_connections(listener, shared, "WebSocket", move |tcp, peer, ctx| {
         let tls = tls.clone();
-        let shared2 = shared.clone();
-        shared.tracker.spawn(async move {
-            let (id, ctx) = shared2.open_connection(peer.to_string());
+        async move {
             let upgraded = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                 let stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
                 tokio_tungstenite::accept_hdr_async(stream, check_upgrade)
@@ -71,9 +52,9 @@ pub(crate) async fn serve(
                 }
                 Err(_) => tracing::debug!(message = "WebSocket upgrade timed out.", peer = %peer),
             }
-            shared2.close_connection(id);
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Accepts the upgrade only on [`WS_PATH`] with the AMQP subprotocol, and names it in the reply.
