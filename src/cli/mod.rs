@@ -256,15 +256,7 @@ fn reload_of(
 fn run_options(
     telemetry: &config::gateway::TelemetrySpec,
 ) -> anyhow::Result<crate::runtime::RunOptions> {
-    let metrics = match telemetry.metrics.as_deref().map(str::trim) {
-        None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9898))),
-        Some("off") => None,
-        Some(addr) => Some(addr.parse().map_err(|_| {
-            anyhow::anyhow!(
-                "telemetry.metrics `{addr}` is not host:port (e.g. 127.0.0.1:9898) or `off`"
-            )
-        })?),
-    };
+    let metrics = telemetry.metrics_addr().map_err(anyhow::Error::msg)?;
     Ok(crate::runtime::RunOptions {
         metrics,
         metrics_bound: None,

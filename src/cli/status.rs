@@ -22,19 +22,12 @@ pub fn status(config: &Path) -> ExitCode {
         }
     };
     let base = config.parent().unwrap_or(Path::new("."));
-    let addr = match gateway.telemetry.metrics.as_deref().map(str::trim) {
-        None => Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
-        Some("off") => None,
-        Some(text) => match text.parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                eprintln!(
-                    "{}: telemetry.metrics `{text}` is not host:port",
-                    config.display()
-                );
-                return ExitCode::from(EXIT_INVALID);
-            }
-        },
+    let addr = match gateway.telemetry.metrics_addr() {
+        Ok(addr) => addr,
+        Err(error) => {
+            eprintln!("{}: {error}", config.display());
+            return ExitCode::from(EXIT_INVALID);
+        }
     };
     let mut ready = false;
     match addr {

@@ -205,10 +205,52 @@ pub struct TelemetrySpec {
     pub summary_every: Option<Span>,
 }
 
+/// Where `/metrics` is served when `telemetry.metrics` is not written.
+pub const DEFAULT_METRICS_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9898);
+
+impl TelemetrySpec {
+    /// The metrics address: the default when unset, `None` for `off`; the error says what is
+    /// wrong with the text.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        match self.metrics.as_deref().map(str::trim) {
+            None => Ok(Some(DEFAULT_METRICS_ADDR)),
+            Some("off") => Ok(None),
+            Some(addr) => addr.parse().map(Some).map_err(|_| {
+                format!(
+                    "telemetry.metrics `{addr}` is not host:port (e.g. 127.0.0.1:9898) or `off`"
+                )
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
     Human,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_address_defaults_turns_off_and_names_a_bad_value() {
+        let spec = |m: Option<&str>| TelemetrySpec {
+            metrics: m.map(String::from),
+            ..Default::default()
+        };
+        assert_eq!(spec(None).metrics_addr(), Ok(Some(DEFAULT_METRICS_ADDR)));
+        assert_eq!(spec(Some(" off ")).metrics_addr(), Ok(None));
+        assert_eq!(
+            spec(Some("0.0.0.0:9100")).metrics_addr(),
+            Ok(Some("0.0.0.0:9100".parse().unwrap()))
+        );
+        assert!(spec(Some("localhost"))
+            .metrics_addr()
+            .is_err_and(|e| e.contains("`localhost` is not host:port")));
+    }
 }
