@@ -22,10 +22,10 @@ use tagbridge::mapping::plan::{
     ModbusAddress, ModbusPlan, ModbusTransport, SourcePlan, TagAddress, TagMapPlan, TagPlan,
     Transform,
 };
+use tagbridge::sample::SampleBatch;
 use tagbridge::sim::plc::{ModbusConfig, ModbusPoint, Plc, PlcConfig};
 use tagbridge::sim::signal::{Signal, SignalValue};
 use tagbridge::source::modbus::{self, planner, Tuning};
-use tagbridge::source::SampleBatch;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -5,6 +5,9 @@
 // gateway.yaml and tag maps: parsing with positions, JSON Schemas.
 pub mod config;
 
+// What a source emits for one tag: the contract between sources and the mapping stage.
+pub mod sample;
+
 // Adapters that read devices and emit samples.
 pub mod source;
 

@@ -28,9 +28,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::gateway::PartitionKeySpec;
 use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
 use crate::reading::Reading;
+use crate::sample::SampleBatch;
 use crate::sink::eventhub::sink::EventHubSink;
 use crate::sink::lines::{LinesError, LinesSink};
-use crate::source::SampleBatch;
 
 use delivery::TaggedReadings;
 use journal::Journal;

@@ -18,7 +18,8 @@ use super::delivery::TaggedReadings;
 use super::status::{MapEntry, MapStats, RunningMaps};
 use super::{map_task, SAMPLE_QUEUE};
 use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
-use crate::source::{self, SampleBatch};
+use crate::sample::SampleBatch;
+use crate::source;
 
 struct Running {
     cancel: CancellationToken,

@@ -1,39 +1,17 @@
 //! Sources: one adapter per protocol, each turning a tag map into reads of a real device and
-//! emitting [`Sample`]s. An adapter owns its connections; a dead device never stalls another.
+//! emitting [`Sample`](crate::sample::Sample)s. An adapter owns its connections; a dead device never stalls another.
 
 pub mod modbus;
 pub mod opcua;
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-
-/// A value as the device gave it, before the tag map's transforms.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RawValue {
-    Bool(bool),
-    Int(i64),
-    UInt(u64),
-    Float(f64),
-    Text(Arc<str>),
-}
-
-/// One value of one tag at one time. `tag` indexes [`crate::mapping::TagMapPlan::tags`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub tag: usize,
-    pub timestamp: DateTime<Utc>,
-    pub value: RawValue,
-}
-
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::mapping::{SourcePlan, TagMapPlan};
-
-/// Samples travel in batches (one poll cycle, one publish response): one channel send per batch.
-pub type SampleBatch = Vec<Sample>;
+use crate::sample::SampleBatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

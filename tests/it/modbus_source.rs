@@ -14,10 +14,10 @@ use tagbridge::mapping::plan::{
     ModbusAddress, ModbusPlan, ModbusTransport, SourcePlan, TagAddress, TagMapPlan, TagPlan,
     Transform,
 };
+use tagbridge::sample::{RawValue, Sample};
 use tagbridge::sim::plc::{ModbusConfig, ModbusPoint, Plc, PlcConfig};
 use tagbridge::sim::signal::{Signal, SignalValue};
 use tagbridge::source::modbus::{self, ModbusCounters, Tuning};
-use tagbridge::source::{RawValue, Sample};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio_modbus::ExceptionCode;

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tagbridge::mapping::{load_all, SourcePlan, TagMapPlan};
+use tagbridge::sample::{RawValue, Sample, SampleBatch};
 use tagbridge::sim::plc::{
     OpcUaConfig, OpcUaSecurity, OpcUaType, OpcUaUser, OpcUaVariable, Plc, PlcConfig, PlcHandle,
 };
 use tagbridge::sim::signal::{Signal, SignalValue};
 use tagbridge::source::opcua::{self, OpcUaCounters, OpcUaError};
-use tagbridge::source::{RawValue, Sample, SampleBatch};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

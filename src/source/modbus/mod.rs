@@ -33,8 +33,9 @@ pub use counters::{CountersSnapshot, ModbusCounters};
 pub use poller::Tuning;
 pub use stats::ModbusStats;
 
-use super::{SampleBatch, SourceError};
+use super::SourceError;
 use crate::mapping::{ModbusPlan, TagMapPlan};
+use crate::sample::SampleBatch;
 
 /// Starts polling for one tag map with default [`Tuning`]; see [`super::spawn`].
 pub fn spawn(

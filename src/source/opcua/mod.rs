@@ -1,5 +1,5 @@
 //! The OPC UA source: one client session per tag map, monitored items in subscriptions, data
-//! change notifications turned into [`Sample`](crate::source::Sample) batches.
+//! change notifications turned into [`Sample`](crate::sample::Sample) batches.
 //!
 //! Invariants:
 //! - Secure by default: the plan says Basic256Sha256 + SignAndEncrypt unless the tag map asks
@@ -48,8 +48,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{SampleBatch, SourceError};
+use super::SourceError;
 use crate::mapping::{OpcUaPlan, TagMapPlan};
+use crate::sample::SampleBatch;
 
 /// How often tags whose monitored item could not be created are tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(30);
