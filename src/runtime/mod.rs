@@ -12,6 +12,7 @@
 
 pub mod delivery;
 pub mod journal;
+pub mod map_task;
 pub mod reload;
 pub mod status;
 pub mod tag_maps;
@@ -26,23 +27,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::gateway::PartitionKeySpec;
-use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
-use crate::reading::Reading;
-use crate::sample::SampleBatch;
+use crate::mapping::{MappingCounters, TagMapPlan};
 use crate::sink::eventhub::sink::EventHubSink;
 use crate::sink::lines::{LinesError, LinesSink};
 
 use delivery::TaggedReadings;
 use journal::Journal;
-use status::{GatewayStatus, MapStats, SinkView};
+use status::{GatewayStatus, SinkView};
 use tag_maps::TagMaps;
 
-/// Sample batches queued per tag map before its adapter waits.
-pub(crate) const SAMPLE_QUEUE: usize = 64;
 /// Reading batches queued before mapping tasks wait for the output.
 const READING_QUEUE: usize = 256;
-/// How often tags with a heartbeat are checked.
-const HEARTBEAT_TICK: Duration = Duration::from_millis(500);
 
 /// Where the readings go.
 pub enum Output {
@@ -230,39 +225,4 @@ async fn write_lines(
         written += batch.len() as u64;
     }
     Ok(written)
-}
-
-pub(crate) async fn map_task(
-    name: Arc<str>,
-    mut mapper: Mapper,
-    mut samples: mpsc::Receiver<SampleBatch>,
-    readings: mpsc::Sender<TaggedReadings>,
-    totals: Arc<std::sync::Mutex<MappingCounters>>,
-    stats: Arc<MapStats>,
-) {
-    let mut tick = tokio::time::interval(HEARTBEAT_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut out: Vec<Reading> = Vec::new();
-        tokio::select! {
-            batch = samples.recv() => match batch {
-                Some(batch) => out.extend(batch.iter().filter_map(|s| mapper.map(s))),
-                // The adapter has stopped: nothing more will come.
-                None => break,
-            },
-            _ = tick.tick() => mapper.heartbeats(chrono::Utc::now(), &mut out),
-        }
-        stats.store(&mapper.counters());
-        if !out.is_empty() && readings.send((name.clone(), out)).await.is_err() {
-            break;
-        }
-    }
-    if let Ok(mut t) = totals.lock() {
-        let c = mapper.counters();
-        t.samples += c.samples;
-        t.readings += c.readings;
-        t.suppressed += c.suppressed;
-        t.non_finite += c.non_finite;
-        t.unknown_tag += c.unknown_tag;
-    }
 }

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::delivery::TaggedReadings;
+use super::map_task::{map_task, SAMPLE_QUEUE};
 use super::status::{MapEntry, MapStats, RunningMaps};
-use super::{map_task, SAMPLE_QUEUE};
 use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
 use crate::sample::SampleBatch;
 use crate::source;
