@@ -159,8 +159,7 @@ fn run_row(
                 tx,
                 cancel.child_token(),
                 &tracker,
-            )
-            .map_err(|e| e.to_string())?;
+            );
             // Warm up: connect and run a few cycles.
             while counters.snapshot().cycles < 3 {
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -2,6 +2,8 @@
 //!
 //! Modules in data-flow order (blank lines keep rustfmt from sorting them):
 
+#![forbid(unsafe_code)]
+
 // gateway.yaml and tag maps: parsing with positions, JSON Schemas.
 pub mod config;
 

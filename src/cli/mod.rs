@@ -224,6 +224,7 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
             tracing::info!(
                 message = "Gateway stopped.",
                 delivered = summary.delivered,
+                last_acked_seq = summary.last_acked_seq,
                 non_finite = summary.mapping.non_finite
             );
             ExitCode::SUCCESS

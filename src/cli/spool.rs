@@ -54,7 +54,7 @@ pub(crate) fn settings(spec: &SpoolSpec, base: &Path) -> anyhow::Result<(PathBuf
         Some("always") => FsyncPolicy::Always,
         Some("never") => FsyncPolicy::Never,
         Some(text) => FsyncPolicy::Interval(
-            text.parse::<crate::config::duration::Span>()
+            text.parse::<crate::config::duration::HumanDuration>()
                 .map(|s| s.as_duration())
                 .with_context(|| {
                     format!("spool.fsync must be `always`, `never` or a duration, got `{text}`")

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::de::Spanned;
-use super::duration::Span;
+use super::duration::HumanDuration;
 
 /// The gateway's configuration.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -114,7 +114,7 @@ pub struct EventHubSpec {
     /// Batches sent and not yet acknowledged, at most. Default 16.
     pub max_in_flight: Option<u16>,
     /// How long a partly filled batch waits for more readings. Default 20ms.
-    pub linger: Option<Span>,
+    pub linger: Option<HumanDuration>,
     /// Where events too large for the hub are written. Default `dead-letter.jsonl` in the spool
     /// directory.
     pub dead_letter: Option<String>,
@@ -181,7 +181,7 @@ pub struct SpoolSpec {
     /// process crash loses nothing with any of them.
     pub fsync: Option<String>,
     /// Readings older than this are dropped (and counted), e.g. `7d`. Default: no limit.
-    pub max_age: Option<Span>,
+    pub max_age: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -202,7 +202,7 @@ pub struct TelemetrySpec {
     /// Prometheus metrics, `/healthz` and `/readyz` address. Default `127.0.0.1:9898`; `off` for none.
     pub metrics: Option<String>,
     /// How often to log a one-line summary. Default 1m.
-    pub summary_every: Option<Span>,
+    pub summary_every: Option<HumanDuration>,
 }
 
 /// Where `/metrics` is served when `telemetry.metrics` is not written.

@@ -102,8 +102,11 @@ pub enum RuntimeError {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RunSummary {
     pub mapping: MappingCounters,
-    /// Readings written (lines) or last sequence number acknowledged by the hub.
+    /// Readings written (stdout, file) or events the hub accepted during this run.
     pub delivered: u64,
+    /// With the Event Hub output: the spool sequence number of the last reading the hub
+    /// acknowledged, a position in the spool, not a count.
+    pub last_acked_seq: Option<u64>,
 }
 
 /// Runs until `shutdown` is cancelled (or every source has ended), then drains and returns.
@@ -181,9 +184,12 @@ pub async fn run(
     );
     ops.close();
 
-    let delivered = match output {
-        Output::Stdout => write_lines(LinesSink::stdout(), readings_rx).await?,
-        Output::File(path) => write_lines(LinesSink::append_to(&path).await?, readings_rx).await?,
+    let (delivered, last_acked_seq) = match output {
+        Output::Stdout => (write_lines(LinesSink::stdout(), readings_rx).await?, None),
+        Output::File(path) => (
+            write_lines(LinesSink::append_to(&path).await?, readings_rx).await?,
+            None,
+        ),
         Output::EventHub {
             sink,
             journal,
@@ -200,9 +206,13 @@ pub async fn run(
                     sink_cancel.cancel();
                 }
             });
+            let stats = sink.stats.clone();
             let last = delivery::run(readings_rx, journal, *sink, partition, sink_cancel).await;
             timer.abort();
-            last.unwrap_or(0)
+            let accepted = stats
+                .events_accepted
+                .load(std::sync::atomic::Ordering::Relaxed);
+            (accepted, last)
         }
     };
     let _ = reloader.await;
@@ -211,7 +221,11 @@ pub async fn run(
     ops_cancel.cancel();
     ops.wait().await;
     let mapping = totals.lock().map(|t| *t).unwrap_or_default();
-    Ok(RunSummary { mapping, delivered })
+    Ok(RunSummary {
+        mapping,
+        delivered,
+        last_acked_seq,
+    })
 }
 
 async fn write_lines(

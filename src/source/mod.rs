@@ -13,15 +13,6 @@ use tokio_util::task::TaskTracker;
 use crate::mapping::{SourcePlan, TagMapPlan};
 use crate::sample::SampleBatch;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("{protocol} sources are not available in this build yet ({path})")]
-    NotAvailable {
-        protocol: &'static str,
-        path: String,
-    },
-}
-
 /// A running adapter's live counters, for metrics and `/readyz`.
 #[derive(Debug, Clone)]
 pub enum SourceCounters {
@@ -54,14 +45,18 @@ pub fn spawn(
     tx: mpsc::Sender<SampleBatch>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<SourceCounters, SourceError> {
+) -> SourceCounters {
     match &plan.source {
-        SourcePlan::OpcUa(source) => Ok(SourceCounters::OpcUa(opcua::start(
-            plan, source, tx, cancel, tracker,
-        ))),
-        SourcePlan::Modbus(source) => {
-            modbus::start(plan, source, modbus::Tuning::default(), tx, cancel, tracker)
-                .map(SourceCounters::Modbus)
+        SourcePlan::OpcUa(source) => {
+            SourceCounters::OpcUa(opcua::start(plan, source, tx, cancel, tracker))
         }
+        SourcePlan::Modbus(source) => SourceCounters::Modbus(modbus::start(
+            plan,
+            source,
+            modbus::Tuning::default(),
+            tx,
+            cancel,
+            tracker,
+        )),
     }
 }

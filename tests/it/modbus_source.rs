@@ -105,8 +105,7 @@ impl Gateway {
         let SourcePlan::Modbus(source) = &plan.source else {
             panic!("not a Modbus tag map")
         };
-        let counters = modbus::start(&plan, source, tuning, tx, cancel.child_token(), &tracker)
-            .expect("the Modbus source starts");
+        let counters = modbus::start(&plan, source, tuning, tx, cancel.child_token(), &tracker);
         let samples = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&samples);
         // Ends when the source drops its sender (on cancel).

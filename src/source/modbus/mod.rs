@@ -33,20 +33,8 @@ pub use counters::{CountersSnapshot, ModbusCounters};
 pub use poller::Tuning;
 pub use stats::ModbusStats;
 
-use super::SourceError;
 use crate::mapping::{ModbusPlan, TagMapPlan};
 use crate::sample::SampleBatch;
-
-/// Starts polling for one tag map with default [`Tuning`]; see [`super::spawn`].
-pub fn spawn(
-    plan: &TagMapPlan,
-    source: &ModbusPlan,
-    tx: mpsc::Sender<SampleBatch>,
-    cancel: CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<(), SourceError> {
-    start(plan, source, Tuning::default(), tx, cancel, tracker).map(|_| ())
-}
 
 /// Starts polling for one tag map and returns its counters: one task per connection
 /// (`connections`, default 1), each sending one batch per poll cycle on `tx` (waiting while the
@@ -59,7 +47,7 @@ pub fn start(
     tx: mpsc::Sender<SampleBatch>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<Arc<ModbusCounters>, SourceError> {
+) -> Arc<ModbusCounters> {
     let counters = Arc::new(ModbusCounters::default());
     let limits = planner::Limits {
         max_registers: tuning.max_registers,
@@ -87,5 +75,5 @@ pub fn start(
             }
         });
     }
-    Ok(counters)
+    counters
 }

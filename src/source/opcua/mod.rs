@@ -48,7 +48,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::SourceError;
 use crate::mapping::{OpcUaPlan, TagMapPlan};
 use crate::sample::SampleBatch;
 
@@ -144,19 +143,7 @@ impl OpcUaCounters {
     }
 }
 
-/// Starts the source for one tag map; see [`super::spawn`].
-pub fn spawn(
-    plan: &TagMapPlan,
-    source: &OpcUaPlan,
-    tx: mpsc::Sender<SampleBatch>,
-    cancel: CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<(), SourceError> {
-    start(plan, source, tx, cancel, tracker);
-    Ok(())
-}
-
-/// Like [`spawn`], returning the source's counters.
+/// Starts the source for one tag map and returns its counters; see [`super::spawn`].
 pub fn start(
     plan: &TagMapPlan,
     source: &OpcUaPlan,
