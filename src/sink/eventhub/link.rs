@@ -5,30 +5,13 @@
 //! batch. Several may be outstanding; the sink awaits them oldest first, so acknowledgements stay
 //! in order whatever the transport.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use crate::config::gateway::Transport;
 
-use super::amqp::{HubLink, LinkError, Target};
+use super::amqp::HubLink;
 use super::auth::Credential;
 use super::event::{encode_event, encode_rest_event, Batch};
 use super::rest::RestLink;
-
-/// How the hub settled one batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settled {
-    Accepted,
-    /// Throttled (`com.microsoft:server-busy`, HTTP 503/429): resend after a pause.
-    Busy(String),
-    /// The credentials were refused (HTTPS answers per request): back off as for auth failures.
-    Unauthorized(String),
-    /// Anything else: the link is treated as failed and the batch resent on a new one.
-    Failed(String),
-}
-
-/// The hub's answer to one batch, once it comes.
-pub type Delivery = Pin<Box<dyn Future<Output = Settled> + Send>>;
+pub use super::transport::{Delivery, LinkError, Settled, Target};
 
 /// A connected, authorised link.
 pub enum Link {

@@ -13,6 +13,7 @@ pub mod sas;
 pub mod setup;
 pub mod sink;
 pub mod tls;
+pub mod transport;
 pub mod websocket;
 
 pub use connection_string::{ConnectionString, ConnectionStringError, SasCredential};

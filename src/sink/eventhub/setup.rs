@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use crate::config::gateway::{EventHubSpec, Transport};
 
-use super::amqp::Target;
 use super::auth::Credential;
 use super::connection_string::{ConnectionString, ConnectionStringError};
 use super::entra::{EntraClient, EntraError};
 use super::tls::{client_config, TlsError};
+use super::transport::Target;
 
 /// AMQP over TLS, as Event Hubs serves it.
 pub const AMQPS_PORT: u16 = 5671;

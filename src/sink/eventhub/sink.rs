@@ -26,10 +26,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::amqp::{LinkError, Target};
 use super::auth::{renew_at, Credential};
 use super::event::{AddError, Batch};
-use super::link::{encoder, Delivery, Link, Settled};
+use super::link::{encoder, Link};
+use super::transport::{Delivery, LinkError, Settled, Target};
 
 /// One event to deliver.
 #[derive(Debug, Clone)]
