@@ -12,6 +12,7 @@ pub mod rest;
 pub mod sas;
 pub mod setup;
 pub mod sink;
+pub mod stats;
 pub mod tls;
 pub mod transport;
 pub mod websocket;

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{renew_at, Credential};
 use super::event::{AddError, Batch};
 use super::link::{encoder, Link};
+pub use super::stats::{SinkState, SinkStats};
 use super::transport::{Delivery, LinkError, Settled, Target};
 
 /// One event to deliver.
@@ -68,55 +69,6 @@ impl Default for SinkOptions {
             dead_letter: None,
             shutdown_grace: Duration::from_secs(10),
             readings_per_event: 1,
-        }
-    }
-}
-
-/// What the sink is doing, for health checks and `status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkState {
-    Connecting,
-    Connected,
-    /// The service refused the credentials; the message says which and why.
-    Unauthorized(String),
-    /// The last attempt failed; retrying.
-    Down(String),
-    Stopped,
-}
-
-/// Counters, read by metrics.
-#[derive(Debug)]
-pub struct SinkStats {
-    pub batches_sent: AtomicU64,
-    pub events_accepted: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub throttled: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub token_renewals: AtomicU64,
-    /// When the token on the open link expires (Unix seconds; 0 without a link).
-    pub token_expires_at: AtomicI64,
-    /// Seconds from handing a batch to the link to the hub's acceptance.
-    pub send_latency: Arc<prometheus_client::metrics::histogram::Histogram>,
-}
-
-impl Default for SinkStats {
-    fn default() -> Self {
-        SinkStats {
-            batches_sent: AtomicU64::default(),
-            events_accepted: AtomicU64::default(),
-            bytes_sent: AtomicU64::default(),
-            throttled: AtomicU64::default(),
-            auth_failures: AtomicU64::default(),
-            reconnects: AtomicU64::default(),
-            dead_lettered: AtomicU64::default(),
-            token_renewals: AtomicU64::default(),
-            token_expires_at: AtomicI64::default(),
-            // 1 ms … 32 s, doubling.
-            send_latency: Arc::new(prometheus_client::metrics::histogram::Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
-            )),
         }
     }
 }
