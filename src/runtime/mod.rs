@@ -11,6 +11,7 @@
 //! period, after which what is unsent stays in the journal.
 
 pub mod delivery;
+pub mod gateway;
 pub mod journal;
 pub mod reload;
 pub mod status;
@@ -36,6 +37,8 @@ use delivery::TaggedReadings;
 use journal::Journal;
 use status::{GatewayStatus, MapStats, SinkView};
 use tag_maps::TagMaps;
+
+pub use gateway::{prepare, Gateway, Prepared, Tweaks};
 
 /// Sample batches queued per tag map before its adapter waits.
 pub(crate) const SAMPLE_QUEUE: usize = 64;
