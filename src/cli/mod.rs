@@ -189,6 +189,7 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
             tracing::info!(
                 message = "Gateway stopped.",
                 delivered = summary.delivered,
+                last_acked_seq = summary.last_acked_seq,
                 non_finite = summary.mapping.non_finite
             );
             ExitCode::SUCCESS
@@ -238,7 +239,9 @@ async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
 
 fn schema(dir: &Path, check: bool) -> ExitCode {
     let mut drift = false;
-    for (name, text) in config::schema::all() {
+    let mut schemas = config::schema::all();
+    schemas.push(crate::sim::plc::schema());
+    for (name, text) in schemas {
         let path = dir.join(name);
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {

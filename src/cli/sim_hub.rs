@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::config::duration::Span;
+use crate::config::duration::HumanDuration;
 use crate::config::gateway::LogFormat;
 use crate::sim::hub::{Hub, HubConfig, DEFAULT_KEY, DEFAULT_KEY_NAME};
 
@@ -62,7 +62,7 @@ pub struct SimHubArgs {
     pub throttle_fraction: Option<f64>,
     /// Exit after this long (for scripts).
     #[arg(long)]
-    pub exit_after: Option<Span>,
+    pub exit_after: Option<HumanDuration>,
     /// No summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::de::Spanned;
-use super::duration::Span;
+use super::duration::HumanDuration;
 
 pub use crate::spool::FsyncPolicy;
 
@@ -128,7 +128,7 @@ pub struct EventHubSpec {
     /// Batches sent and not yet acknowledged, at most (1 or more). Default 16.
     pub max_in_flight: Option<std::num::NonZeroU16>,
     /// How long a partly filled batch waits for more readings. Default 20ms.
-    pub linger: Option<Span>,
+    pub linger: Option<HumanDuration>,
     /// Where events too large for the hub are written. Default `dead-letter.jsonl` in the spool
     /// directory.
     pub dead_letter: Option<String>,
@@ -138,7 +138,7 @@ pub struct EventHubSpec {
     pub events: Option<EventsSpec>,
     /// After a stop is asked for (SIGTERM, Ctrl-C), how long the sink may keep delivering what
     /// is spooled before the gateway exits; what is left stays in the spool. Default 10s.
-    pub shutdown_grace: Option<Span>,
+    pub shutdown_grace: Option<HumanDuration>,
 }
 
 /// How readings become events.
@@ -200,7 +200,7 @@ pub struct SpoolSpec {
     /// process crash loses nothing with any of them.
     pub fsync: Option<Fsync>,
     /// Readings older than this are dropped (and counted), e.g. `7d`. Default: no limit.
-    pub max_age: Option<Span>,
+    pub max_age: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -221,7 +221,7 @@ pub struct TelemetrySpec {
     /// Prometheus metrics, `/healthz` and `/readyz` address. Default `127.0.0.1:9898`; `off` for none.
     pub metrics: Option<MetricsAddr>,
     /// How often to log a one-line summary. Default 1m.
-    pub summary_every: Option<Span>,
+    pub summary_every: Option<HumanDuration>,
 }
 
 /// Where `/metrics` is served when `telemetry.metrics` is not written.
@@ -297,7 +297,7 @@ impl std::str::FromStr for Fsync {
             "always" => Ok(Fsync(FsyncPolicy::Always)),
             "never" => Ok(Fsync(FsyncPolicy::Never)),
             other => other
-                .parse::<Span>()
+                .parse::<HumanDuration>()
                 .map(|s| Fsync(FsyncPolicy::Interval(s.as_duration())))
                 .map_err(|_| {
                     format!("`{other}` is not `always`, `never` or a duration such as `100ms`")

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::de::{Items, Spanned};
-use super::duration::Span;
+use super::duration::HumanDuration;
 
 /// A tag map: which tags to read from one OPC UA server or one Modbus connection, and the
 /// `sensor_id` each reading carries.
@@ -55,7 +55,7 @@ pub struct OpcUaSourceSpec {
     /// How the gateway logs in. Anonymous when absent.
     pub user: Option<OpcUaUser>,
     /// How often the server sends collected changes. Default 1s.
-    pub publishing_interval: Option<Span>,
+    pub publishing_interval: Option<HumanDuration>,
     /// Directory holding the gateway's certificate and the trusted/rejected server certificates.
     pub pki_dir: Option<String>,
     /// Trust the server's certificate the first time it is seen. Off by default: an operator
@@ -171,7 +171,7 @@ pub struct ModbusSourceSpec {
     /// Unit id (slave address) for tags that do not set their own. Default 1.
     pub unit: Option<u8>,
     /// How long to wait for a response. Default 1s.
-    pub timeout: Option<Span>,
+    pub timeout: Option<HumanDuration>,
     /// Largest number of unused registers one read may span to join two tags. Default 8.
     pub max_gap: Option<u16>,
     /// TCP transports: connections to open to the device, each with one request in flight; a
@@ -209,7 +209,7 @@ pub enum Parity {
 #[serde(deny_unknown_fields)]
 pub struct TagDefaults {
     /// Modbus: how often to poll. OPC UA: how often the server samples. Default 1s.
-    pub interval: Option<Span>,
+    pub interval: Option<HumanDuration>,
     /// Modbus unit id. Overrides the source's `unit`.
     pub unit: Option<u8>,
     /// Modbus data type.
@@ -221,7 +221,7 @@ pub struct TagDefaults {
     /// suppressed.
     pub deadband: Option<f64>,
     /// Re-send an unchanged value this often, so consumers see the tag is alive.
-    pub heartbeat: Option<Span>,
+    pub heartbeat: Option<HumanDuration>,
     /// Round numbers to this many decimals.
     pub decimals: Option<u8>,
     /// Set to false to keep the tags in the file but not read them.
@@ -272,7 +272,7 @@ pub struct TagSpec {
     pub length: Option<Spanned<u16>>,
 
     /// Modbus: poll interval. OPC UA: sampling interval.
-    pub interval: Option<Span>,
+    pub interval: Option<HumanDuration>,
     /// Multiply the raw value by this.
     pub scale: Option<Spanned<f64>>,
     /// Add this after scaling.
@@ -282,7 +282,7 @@ pub struct TagSpec {
     /// Suppress changes smaller than this (in scaled units).
     pub deadband: Option<Spanned<f64>>,
     /// Re-send an unchanged value this often.
-    pub heartbeat: Option<Span>,
+    pub heartbeat: Option<HumanDuration>,
     /// Round the value to this many decimals.
     pub decimals: Option<Spanned<u8>>,
     /// Extra fields on this tag's readings, e.g. `unit: mm/s`.

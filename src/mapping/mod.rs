@@ -1,4 +1,4 @@
-//! The mapping stage: compiles tag maps into plans, then turns each [`crate::source::Sample`]
+//! The mapping stage: compiles tag maps into plans, then turns each [`crate::sample::Sample`]
 //! into a [`crate::reading::Reading`] (rename, states, scale, deadband, heartbeat).
 
 pub mod compile;

@@ -17,7 +17,7 @@ pub struct TagMapPlan {
     /// The file it came from.
     pub path: PathBuf,
     pub source: SourcePlan,
-    /// Enabled tags only; a [`crate::source::Sample`]'s `tag` indexes this list.
+    /// Enabled tags only; a [`crate::sample::Sample`]'s `tag` indexes this list.
     pub tags: Vec<TagPlan>,
     /// Tags present in the file with `enabled: false`.
     pub disabled: usize,

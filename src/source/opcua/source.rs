@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::convert::{self, EnumNames, Quality, TimestampSource, UncertainPolicy};
 use super::{connect, subscribe, OpcUaCounters};
 use crate::mapping::{OpcUaPlan, TagMapPlan};
-use crate::source::{Sample, SampleBatch};
+use crate::sample::{Sample, SampleBatch};
 
 /// Per-tag flags, so each problem is logged once per episode.
 const FLAG_BAD: u8 = 1;
@@ -462,7 +462,7 @@ impl Deliver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::RawValue;
+    use crate::sample::RawValue;
 
     fn sample(tag: usize) -> Sample {
         Sample {

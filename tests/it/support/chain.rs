@@ -218,7 +218,7 @@ pub fn points() -> Vec<ModbusPoint> {
                 start: 1000,
                 step: 1,
                 wrap: None,
-                update: Some(tagbridge::config::duration::Span(COUNTER_UPDATE)),
+                update: Some(tagbridge::config::duration::HumanDuration(COUNTER_UPDATE)),
             },
         ),
         point(
