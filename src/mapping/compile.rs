@@ -34,14 +34,11 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
     let mut plans = Vec::new();
     let mut first_seen: HashMap<Arc<str>, (PathBuf, u32)> = HashMap::new();
     for path in paths {
-        let parsed = match std::fs::read_to_string(path) {
+        let parsed = match crate::config::read_file(path) {
             Ok(text) => crate::config::parse_str::<TagMapFile>(&text),
-            Err(e) => crate::config::de::Parsed {
+            Err(problem) => crate::config::de::Parsed {
                 value: None,
-                problems: vec![Problem::new(
-                    Pos { line: 1, col: 1 },
-                    format!("cannot read file: {e}"),
-                )],
+                problems: vec![problem],
                 dropped: Vec::new(),
             },
         };
