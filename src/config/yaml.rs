@@ -81,6 +81,23 @@ fn pos_of(span: &Span) -> Pos {
 /// Parses one YAML document. Syntax errors are fatal for the file (the tree after them cannot be
 /// trusted); duplicate keys are collected and the parse goes on.
 pub fn parse(text: &str) -> Result<(Node, Vec<Problem>), Problem> {
+    build(text, None)
+}
+
+/// Like [`parse`], but each item of the top-level `tags:` list is handed to `each_tag` as soon
+/// as it is read, and left out of the tree (which shows `tags` as an empty list). A large tag
+/// map's tree is then never whole in memory.
+pub fn parse_streaming_tags(
+    text: &str,
+    each_tag: &mut dyn FnMut(Node),
+) -> Result<(Node, Vec<Problem>), Problem> {
+    build(text, Some(each_tag))
+}
+
+fn build(
+    text: &str,
+    stream: Option<&mut dyn FnMut(Node)>,
+) -> Result<(Node, Vec<Problem>), Problem> {
     if let Some(problem) = control_character(text) {
         return Err(problem);
     }
@@ -89,6 +106,8 @@ pub fn parse(text: &str) -> Result<(Node, Vec<Problem>), Problem> {
         problems: Vec::new(),
         depth: 0,
         alias_nodes: 0,
+        stream,
+        streaming_next: false,
     };
     let mut parser = Parser::new_from_str(text);
     let mut root = None;
@@ -176,7 +195,9 @@ fn syntax_hint(info: &str) -> &'static str {
     }
 }
 
-struct Builder {
+struct Builder<'s> {
+    /// Where the top-level `tags:` items go, when they are streamed.
+    stream: Option<&'s mut dyn FnMut(Node)>,
     /// Anchored nodes and how many nodes each holds.
     anchors: HashMap<usize, (Node, usize)>,
     problems: Vec<Problem>,
@@ -184,6 +205,8 @@ struct Builder {
     depth: usize,
     /// Nodes copied by aliases so far.
     alias_nodes: usize,
+    /// The sequence about to start is the top-level `tags:` list, to be streamed.
+    streaming_next: bool,
 }
 
 /// How many nodes `node` holds, itself included.
@@ -200,7 +223,7 @@ fn count_nodes(node: &Node) -> usize {
     }
 }
 
-impl Builder {
+impl Builder<'_> {
     fn node<'a>(
         &mut self,
         parser: &mut Parser<'a, saphyr_parser::StrInput<'a>>,
@@ -229,6 +252,8 @@ impl Builder {
                 )
             }
             Event::SequenceStart(anchor, _) => {
+                // The top-level `tags:` list, streamed: its items leave as they are read.
+                let streamed = std::mem::take(&mut self.streaming_next);
                 self.enter(pos)?;
                 let mut items = Vec::new();
                 loop {
@@ -236,10 +261,16 @@ impl Builder {
                     if matches!(event, Event::SequenceEnd) {
                         break;
                     }
-                    items.push(self.node(parser, event, span)?);
+                    let item = self.node(parser, event, span)?;
+                    match (&mut self.stream, streamed) {
+                        (Some(stream), true) => stream(item),
+                        _ => items.push(item),
+                    }
                 }
                 // An error above ends the whole parse, so only success needs to leave.
                 self.depth -= 1;
+                // Large files hold many small lists: no spare capacity kept.
+                items.shrink_to_fit();
                 let end = items.last().map_or(pos, |n| n.end);
                 (
                     Node {
@@ -253,6 +284,9 @@ impl Builder {
             Event::MappingStart(anchor, _) => {
                 self.enter(pos)?;
                 let mut entries: Vec<(Node, Node)> = Vec::new();
+                // Scalar keys seen so far, so that a wide mapping is checked in linear time.
+                let mut seen: HashMap<String, usize> = HashMap::new();
+                let root = self.depth == 1;
                 loop {
                     let (event, span) = next(parser)?;
                     if matches!(event, Event::MappingEnd) {
@@ -260,8 +294,16 @@ impl Builder {
                     }
                     let key = self.node(parser, event, span)?;
                     let (event, span) = next(parser)?;
+                    self.streaming_next = root
+                        && self.stream.is_some()
+                        && key.as_scalar() == Some("tags")
+                        && matches!(event, Event::SequenceStart(..));
                     let value = self.node(parser, event, span)?;
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.kind == key.kind) {
+                    let first = match key.as_scalar() {
+                        Some(text) => seen.get(text).map(|&i| &entries[i]),
+                        None => entries.iter().find(|(k, _)| k.kind == key.kind),
+                    };
+                    if let Some((first, _)) = first {
                         self.problems.push(
                             Problem::new(
                                 key.pos,
@@ -271,9 +313,13 @@ impl Builder {
                         );
                         continue;
                     }
+                    if let Some(text) = key.as_scalar() {
+                        seen.insert(text.to_string(), entries.len());
+                    }
                     entries.push((key, value));
                 }
                 self.depth -= 1;
+                entries.shrink_to_fit();
                 let end = entries.last().map_or(pos, |(_, v)| v.end);
                 (
                     Node {

@@ -37,10 +37,11 @@ const MODBUS_TAG_KEYS: [&str; 8] = [
 pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
     let mut report = Report::default();
     let mut plans = Vec::new();
-    let mut first_seen: HashMap<Arc<str>, (PathBuf, u32)> = HashMap::new();
-    for path in paths {
+    // Where each sensor_id was first seen: (index into `paths`, line).
+    let mut first_seen: HashMap<Arc<str>, (usize, u32)> = HashMap::new();
+    for (index, path) in paths.iter().enumerate() {
         let parsed = match crate::config::read_file(path) {
-            Ok(text) => crate::config::parse_str::<TagMapFile>(&text),
+            Ok(text) => crate::config::parse_tag_map(text),
             Err(problem) => crate::config::de::Parsed {
                 value: None,
                 problems: vec![problem],
@@ -49,11 +50,11 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
         };
         report.extend(path, parsed.problems);
         let Some(file) = parsed.value else { continue };
-        let (plan, problems) = compile(&file, path, &parsed.dropped);
+        let (plan, problems) = compile_owned(file, path, &parsed.dropped);
         report.extend(path, problems);
         for tag in &plan.tags {
-            if let Some((other, line)) = first_seen.get(&tag.sensor_id) {
-                if other != path {
+            if let Some(&(other, line)) = first_seen.get(&tag.sensor_id) {
+                if other != index {
                     report.push(
                         Problem::new(
                             tag.pos,
@@ -61,13 +62,13 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
                         )
                         .with_hint(format!(
                             "also at {}:{line}; sensor_ids must be unique across all tag maps",
-                            other.display()
+                            paths[other].display()
                         ))
                         .in_file(path),
                     );
                 }
             } else {
-                first_seen.insert(tag.sensor_id.clone(), (path.clone(), tag.pos.line));
+                first_seen.insert(tag.sensor_id.clone(), (index, tag.pos.line));
             }
         }
         plans.push(plan);
@@ -85,6 +86,27 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
 /// contain a position in `broken` (problems found while parsing) are left out unchecked: their
 /// bad values were dropped while parsing, and checking what remains would only report echoes.
 pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, Vec<Problem>) {
+    compile_tags(file, file.tags.iter(), path, broken)
+}
+
+/// [`compile`], consuming the file: each tag's parsed form is freed once its plan is made, so a
+/// large tag map's parsed form and plan never coexist whole.
+pub fn compile_owned(
+    mut file: TagMapFile,
+    path: &Path,
+    broken: &[Pos],
+) -> (TagMapPlan, Vec<Problem>) {
+    let tags = std::mem::take(&mut file.tags.items);
+    compile_tags(&file, tags.into_iter(), path, broken)
+}
+
+/// Compiles `file`'s settings and `tags` (the file's own, borrowed or taken out of it).
+fn compile_tags<T: AsRef<Spanned<TagSpec>>>(
+    file: &TagMapFile,
+    tag_specs: impl Iterator<Item = T>,
+    path: &Path,
+    broken: &[Pos],
+) -> (TagMapPlan, Vec<Problem>) {
     let mut c = Compiler {
         problems: Vec::new(),
         base: path.parent().unwrap_or(Path::new(".")),
@@ -96,19 +118,34 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
     let defaults_ok =
         c.deadband(file.defaults.deadband.as_ref()) & c.decimals(file.defaults.decimals.as_ref());
 
-    let mut tags = Vec::new();
+    let mut tags = Vec::with_capacity(tag_specs.size_hint().0);
     let mut disabled = 0;
-    let mut ids: HashMap<&str, u32> = HashMap::new();
-    let mut addresses: HashMap<String, (u32, &str)> = HashMap::new();
-    let mut monitoring = Vec::new();
-    for spanned in file.tags.iter() {
+    // Sized once: a table that grows holds its old and new arrays at the same time.
+    let mut ids: HashMap<Arc<str>, u32> = HashMap::with_capacity(tag_specs.size_hint().0);
+    let mut addresses: HashMap<String, (u32, Arc<str>)> =
+        HashMap::with_capacity(tag_specs.size_hint().0);
+    let mut monitoring = Vec::with_capacity(if is_modbus {
+        0
+    } else {
+        tag_specs.size_hint().0
+    });
+    let (mut seen, mut failed) = (0usize, file.tags.failed);
+    for spanned in tag_specs {
+        let spanned = spanned.as_ref();
+        seen += 1;
         if broken.iter().any(|p| spanned.contains(*p)) {
+            failed += 1;
             continue;
         }
         let tag = &spanned.value;
         let line = spanned.pos.line;
         let id_fits = tag.sensor_id.len() <= MAX_SENSOR_ID_BYTES;
-        if let Some(first) = ids.insert(&tag.sensor_id.value, line).filter(|_| id_fits) {
+        let id: Arc<str> = if id_fits {
+            tag.sensor_id.value.as_str().into()
+        } else {
+            Arc::from("")
+        };
+        if let Some(first) = ids.insert(id.clone(), line).filter(|_| id_fits) {
             c.problem(
                 Problem::new(
                     tag.sensor_id.pos,
@@ -132,7 +169,7 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
                 .opcua_address(spanned)
                 .map(|node| TagAddress::OpcUa { node }),
         };
-        let sensor_id = c.sensor_id(&tag.sensor_id);
+        let sensor_id = c.sensor_id(&tag.sensor_id).map(|()| id.clone());
         let transform = c.transform(tag, &file.defaults).filter(|_| defaults_ok);
         let mut extra = map_extra.clone();
         for (k, v) in c.fields(&tag.fields) {
@@ -165,7 +202,7 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
             );
             continue;
         }
-        addresses.insert(key, (line, &tag.sensor_id.value));
+        addresses.insert(key, (line, id));
         let interval = tag
             .interval
             .or(file.defaults.interval)
@@ -207,7 +244,7 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
     if let Some(SourcePlan::OpcUa(o)) = &mut source {
         o.monitoring = monitoring;
     }
-    if file.tags.is_empty() && file.tags.failed == 0 {
+    if seen == 0 && failed == 0 {
         c.problem(
             Problem::new(file.source.pos, "this tag map has no tags")
                 .with_hint("add at least one entry under `tags:`"),
@@ -466,7 +503,7 @@ impl Compiler<'_> {
         }
     }
 
-    fn sensor_id(&mut self, id: &Spanned<String>) -> Option<Arc<str>> {
+    fn sensor_id(&mut self, id: &Spanned<String>) -> Option<()> {
         if id.len() > MAX_SENSOR_ID_BYTES {
             return self.err(
                 id.pos,
@@ -494,7 +531,7 @@ impl Compiler<'_> {
                 "downstream queries match sensor_ids exactly; remove them",
             );
         }
-        Some(id.value.as_str().into())
+        Some(())
     }
 
     fn opcua_address(&mut self, tag: &Spanned<TagSpec>) -> Option<String> {

@@ -106,11 +106,14 @@ fn check_partition_keys(
     }
 }
 
+/// A change to the Event Hub connection built from the plan.
+pub type TuneTarget = Box<dyn FnOnce(&mut Target) + Send>;
+
 /// What tests, the demo and benchmarks may change on top of gateway.yaml.
 #[derive(Default)]
 pub struct Tweaks {
     /// Adjusts the connection (token lifetime, a proxy) after it is built from the plan.
-    pub target: Option<Box<dyn FnOnce(&mut Target) + Send>>,
+    pub target: Option<TuneTarget>,
     /// Replaces the credential read from the plan.
     pub credential: Option<Credential>,
     /// Replaces the spool with this journal (e.g. an in-memory queue for a benchmark).

@@ -13,7 +13,13 @@ pub fn encode(out: &mut Vec<u8>, key: Option<&str>, reading: &Reading) {
     // Cut at a character boundary: a key cut inside a character would not decode (checks
     // refuse keys over Event Hubs' 128 characters long before this).
     let key = key
-        .map(|k| &k.as_bytes()[..k.floor_char_boundary(255)])
+        .map(|k| {
+            let mut end = k.len().min(255);
+            while !k.is_char_boundary(end) {
+                end -= 1;
+            }
+            &k.as_bytes()[..end]
+        })
         .unwrap_or_default();
     out.push(key.len() as u8);
     out.extend_from_slice(key);
