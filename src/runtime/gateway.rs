@@ -136,11 +136,14 @@ fn check_partition_keys(
     }
 }
 
+/// A change to the connection built from the plan (token lifetime, a proxy).
+pub type TargetTweak = Box<dyn FnOnce(&mut Target) + Send>;
+
 /// What tests, the demo and benchmarks may change on top of gateway.yaml.
 #[derive(Default)]
 pub struct Tweaks {
-    /// Adjusts the connection (token lifetime, a proxy) after it is built from the plan.
-    pub target: Option<Box<dyn FnOnce(&mut Target) + Send>>,
+    /// Adjusts the connection after it is built from the plan.
+    pub target: Option<TargetTweak>,
     /// Replaces the credential read from the plan.
     pub credential: Option<Credential>,
     /// Replaces the spool with this journal (e.g. an in-memory queue for a benchmark).
@@ -322,7 +325,9 @@ mod tests {
         .unwrap();
         std::fs::write(
             dir.path().join("gateway.yaml"),
-            format!("tag_maps: tag-maps\nsink:\n  eventhub:\n    connection_string_file: {secret}\n"),
+            format!(
+                "tag_maps: tag-maps\nsink:\n  eventhub:\n    connection_string_file: {secret}\n"
+            ),
         )
         .unwrap();
         dir
