@@ -187,7 +187,7 @@ fn spool_plan(
                         m.value
                     ),
                 )
-                .with_hint("the default is 1073741824 (1 GiB)"),
+                .with_hint("the default is 1 GiB: 1073741824"),
             );
             MIN_SPOOL_BYTES
         }
