@@ -167,7 +167,10 @@ mod tests {
         stats.reconnects.fetch_add(2, Ordering::Relaxed);
         tx.send_replace(SinkState::Connected);
         let text = metrics.render();
-        assert!(text.contains("tagbridge_eventhub_reconnects_total 2"), "{text}");
+        assert!(
+            text.contains("tagbridge_eventhub_reconnects_total 2"),
+            "{text}"
+        );
         assert!(text.contains("tagbridge_eventhub_connected 1"), "{text}");
     }
 }
