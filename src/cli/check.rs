@@ -17,7 +17,15 @@ const TU_BYTES_PER_S: f64 = 1_048_576.0;
 pub fn check(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
     let loaded = match config {
         Some(config) => {
-            let prepared = crate::runtime::prepare(config).map(|p| p.tag_maps);
+            let prepared = crate::runtime::prepare_with(config, crate::runtime::Secrets::ServiceMayHold)
+                .map(|(prepared, unread)| {
+                    if let Some(path) = unread {
+                        eprintln!(
+                            "note: {path} is a systemd credential that exists only while the service runs; not checked here (`tagbridge send-test` as the service checks it)"
+                        );
+                    }
+                    prepared.tag_maps
+                });
             if paths.is_empty() {
                 prepared
             } else {

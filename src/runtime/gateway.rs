@@ -23,6 +23,7 @@ use crate::config::{Problem, Report};
 use crate::mapping::TagMapPlan;
 use crate::sink::eventhub::amqp::Target;
 use crate::sink::eventhub::auth::Credential;
+use crate::sink::eventhub::setup::SetupError;
 use crate::sink::eventhub::sink::{EventHubSink, SinkOptions, SinkState, SinkStats};
 use crate::spool::Spool;
 
@@ -38,8 +39,29 @@ pub struct Prepared {
     pub event_hub: Option<(Target, Credential)>,
 }
 
+/// What [`prepare_with`] does with a secret file that only the running service can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Read every secret: `run` needs them.
+    Read,
+    /// `check` from a shell: a missing file under systemd's credentials directory
+    /// (`/run/credentials/<unit>/`, filled by `LoadCredential=` only while the service runs) is
+    /// not an error; every other secret is read and checked.
+    ServiceMayHold,
+}
+
+/// Where systemd puts a service's credentials (`LoadCredential=`, `SetCredential=`).
+const SYSTEMD_CREDENTIALS: &str = "/run/credentials/";
+
 /// Loads and checks gateway.yaml, its tag maps and the sink's credentials: every problem at once.
 pub fn prepare(config: &Path) -> Result<Prepared, Report> {
+    prepare_with(config, Secrets::Read).map(|(prepared, _)| prepared)
+}
+
+/// [`prepare`], with a choice about service-only secrets; also returns the secret file that was
+/// left unread under [`Secrets::ServiceMayHold`], for `check` to mention.
+pub fn prepare_with(config: &Path, secrets: Secrets) -> Result<(Prepared, Option<String>), Report> {
+    let mut unread = None;
     let plan = crate::config::plan::load(config)?;
     let mut report = Report::default();
     let tag_maps = match crate::mapping::load_all(&plan.tag_maps) {
@@ -53,6 +75,13 @@ pub fn prepare(config: &Path) -> Result<Prepared, Report> {
     if let SinkPlan::EventHub(hub) = &plan.sink {
         match crate::sink::eventhub::setup::build(&hub.spec, &plan.base) {
             Ok(built) => event_hub = Some(built),
+            Err(SetupError::SecretFile { path, source })
+                if secrets == Secrets::ServiceMayHold
+                    && source.kind() == std::io::ErrorKind::NotFound
+                    && path.starts_with(SYSTEMD_CREDENTIALS) =>
+            {
+                unread = Some(path);
+            }
             Err(error) => report.push(Problem::new(hub.pos, error.to_string()).in_file(&plan.path)),
         }
         check_partition_keys(&hub.partition, &tag_maps, &mut report);
@@ -62,11 +91,12 @@ pub fn prepare(config: &Path) -> Result<Prepared, Report> {
     }
     report.sort();
     if report.is_empty() {
-        Ok(Prepared {
+        let prepared = Prepared {
             plan,
             tag_maps,
             event_hub,
-        })
+        };
+        Ok((prepared, unread))
     } else {
         Err(report)
     }
@@ -106,14 +136,14 @@ fn check_partition_keys(
     }
 }
 
-/// A change to the Event Hub connection built from the plan.
-pub type TuneTarget = Box<dyn FnOnce(&mut Target) + Send>;
+/// A change to the connection built from the plan (token lifetime, a proxy).
+pub type TargetTweak = Box<dyn FnOnce(&mut Target) + Send>;
 
 /// What tests, the demo and benchmarks may change on top of gateway.yaml.
 #[derive(Default)]
 pub struct Tweaks {
-    /// Adjusts the connection (token lifetime, a proxy) after it is built from the plan.
-    pub target: Option<TuneTarget>,
+    /// Adjusts the connection after it is built from the plan.
+    pub target: Option<TargetTweak>,
     /// Replaces the credential read from the plan.
     pub credential: Option<Credential>,
     /// Replaces the spool with this journal (e.g. an in-memory queue for a benchmark).
@@ -279,4 +309,52 @@ fn open_spool(
     );
     let handle = crate::spool::handle::spawn(spool, tracker, cancel.clone());
     Ok(Journal::spool(handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway_with_secret_file(secret: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tag-maps")).unwrap();
+        std::fs::write(
+            dir.path().join("tag-maps/line.yaml"),
+            "source: {modbus: {tcp: 127.0.0.1:502}}\ntags:\n  - {sensor_id: a, modicon: 40001, type: uint16}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("gateway.yaml"),
+            format!(
+                "tag_maps: tag-maps\nsink:\n  eventhub:\n    connection_string_file: {secret}\n"
+            ),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn check_passes_over_a_systemd_credential_that_only_the_service_has() {
+        let dir = gateway_with_secret_file("/run/credentials/tagbridge-test.service/eventhub");
+        let config = dir.path().join("gateway.yaml");
+        let (prepared, unread) =
+            prepare_with(&config, Secrets::ServiceMayHold).expect("check passes");
+        assert_eq!(
+            unread.as_deref(),
+            Some("/run/credentials/tagbridge-test.service/eventhub")
+        );
+        assert!(prepared.event_hub.is_none());
+        // `run` needs the secret.
+        assert!(prepare(&config).is_err());
+    }
+
+    #[test]
+    fn check_still_refuses_any_other_missing_secret_file() {
+        let dir = gateway_with_secret_file("/etc/tagbridge-test/missing");
+        let config = dir.path().join("gateway.yaml");
+        let report = prepare_with(&config, Secrets::ServiceMayHold)
+            .err()
+            .expect("refused");
+        assert!(report.render().contains("cannot read secret file"));
+    }
 }

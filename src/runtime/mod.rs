@@ -37,7 +37,7 @@ use journal::Journal;
 use status::{GatewayStatus, SinkView};
 use tag_maps::TagMaps;
 
-pub use gateway::{prepare, Gateway, Prepared, Tweaks};
+pub use gateway::{prepare, prepare_with, Gateway, Prepared, Secrets, Tweaks};
 
 /// Reading batches queued before mapping tasks wait for the output.
 const READING_QUEUE: usize = 256;
