@@ -20,7 +20,7 @@ const BROKEN_FIXTURE_ERRORS: &[&str] = &[
     r#"tests/fixtures/broken/durations-and-ranges.yaml:17:15: error: decimals 20 is more than a float holds (use 0 to 12)"#,
     r#"tests/fixtures/broken/limits.yaml:4:13: error: deadband -1 must be zero or more (it is the smallest change that is sent)"#,
     r#"tests/fixtures/broken/limits.yaml:5:13: error: decimals 20 is more than a float holds (use 0 to 12)"#,
-    r#"tests/fixtures/broken/limits.yaml:7:60: error: offset -inf would make every value infinite (use a finite number)"#,
+    r#"tests/fixtures/broken/limits.yaml:7:60: error: offset -inf is not a finite number (use a finite number)"#,
     r#"tests/fixtures/broken/limits.yaml:8:58: error: scale inf is not a finite number (use a finite, non-zero factor)"#,
     r#"tests/fixtures/broken/limits.yaml:9:17: error: sensor_id is 300 bytes long; at most 256 are allowed (a sensor_id names a tag; keep it short, e.g. `compressor-7:vibe_x`)"#,
     r#"tests/fixtures/broken/many-in-one-tag.yaml:4:22: error: unknown value `basic256` (expected one of: none, basic256sha256, aes128_sha256_rsaoaep, aes256_sha256_rsapss)"#,
