@@ -101,6 +101,28 @@ fn build(
     if let Some(problem) = control_character(text) {
         return Err(problem);
     }
+    build_tree(text, stream).map_err(|problem| within(text, problem))
+}
+
+/// The reader reports the end of a file that lacks a final line break on the line after it:
+/// point at the end of the last line instead, where an editor can show it.
+fn within(text: &str, mut problem: Problem) -> Problem {
+    let all = super::diagnostic::yaml_lines(text);
+    let lines = all.len() as u32;
+    if problem.pos.line > lines {
+        let last = all.last().copied().unwrap_or("");
+        problem.pos = Pos {
+            line: lines.max(1),
+            col: last.chars().count() as u32 + 1,
+        };
+    }
+    problem
+}
+
+fn build_tree(
+    text: &str,
+    stream: Option<&mut dyn FnMut(Node)>,
+) -> Result<(Node, Vec<Problem>), Problem> {
     let mut builder = Builder {
         anchors: HashMap::new(),
         problems: Vec::new(),
@@ -165,9 +187,9 @@ fn control_character(text: &str) -> Option<Problem> {
     let (offset, c) = text
         .char_indices()
         .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{85}'))?;
-    let before = &text[..offset];
-    let line = before.matches('\n').count() as u32 + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+    let before = super::diagnostic::yaml_lines(&text[..offset]);
+    let line = before.len() as u32;
+    let col = before.last().map_or(0, |l| l.chars().count()) as u32 + 1;
     let name = if c == '\0' { " (a NUL byte)" } else { "" };
     Some(
         Problem::new(
