@@ -13,7 +13,14 @@ pub fn encode(out: &mut Vec<u8>, key: Option<&str>, reading: &Reading) {
     // Cut at a character boundary: a key cut inside a character would not decode (checks
     // refuse keys over Event Hubs' 128 characters long before this).
     let key = key
-        .map(|k| &k.as_bytes()[..k.floor_char_boundary(255)])
+        .map(|k| {
+            // `str::floor_char_boundary` is newer than our minimum Rust version.
+            let end = (0..=k.len().min(255))
+                .rev()
+                .find(|&i| k.is_char_boundary(i))
+                .unwrap_or(0);
+            &k.as_bytes()[..end]
+        })
         .unwrap_or_default();
     out.push(key.len() as u8);
     out.extend_from_slice(key);

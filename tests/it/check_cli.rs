@@ -217,21 +217,22 @@ fn files_that_are_not_regular_files_are_refused_without_reading_them() {
         ),
     ];
     for (args, expected) in cases {
-        let mut child = tagbridge()
+        let child = tagbridge()
             .args(&args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("`tagbridge {args:?}` still runs after 20 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let out = child.wait_with_output().unwrap();
+        let pid = child.id().to_string();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(child.wait_with_output()));
+        let Ok(out) = finished.recv_timeout(std::time::Duration::from_secs(20)) else {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status();
+            panic!("`tagbridge {args:?}` still runs after 20 s");
+        };
+        let out = out.unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(
             stderr(&out).contains(&expected),
