@@ -14,10 +14,11 @@ pub fn encode(out: &mut Vec<u8>, key: Option<&str>, reading: &Reading) {
     // refuse keys over Event Hubs' 128 characters long before this).
     let key = key
         .map(|k| {
-            let mut end = k.len().min(255);
-            while !k.is_char_boundary(end) {
-                end -= 1;
-            }
+            // `str::floor_char_boundary` is newer than our minimum Rust version.
+            let end = (0..=k.len().min(255))
+                .rev()
+                .find(|&i| k.is_char_boundary(i))
+                .unwrap_or(0);
             &k.as_bytes()[..end]
         })
         .unwrap_or_default();

@@ -223,14 +223,12 @@ fn files_that_are_not_regular_files_are_refused_without_reading_them() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let pid = child.id();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done_tx.send(child.wait_with_output());
-        });
-        let Ok(out) = done_rx.recv_timeout(std::time::Duration::from_secs(20)) else {
+        let pid = child.id().to_string();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(child.wait_with_output()));
+        let Ok(out) = finished.recv_timeout(std::time::Duration::from_secs(20)) else {
             let _ = std::process::Command::new("kill")
-                .arg(pid.to_string())
+                .args(["-9", &pid])
                 .status();
             panic!("`tagbridge {args:?}` still runs after 20 s");
         };
