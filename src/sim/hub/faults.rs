@@ -64,7 +64,7 @@ impl FaultState {
             return false;
         }
         let every = self.refuse_every.load(Ordering::Relaxed);
-        if every > 0 && (self.transfers.fetch_add(1, Ordering::Relaxed) + 1) % every == 0 {
+        if every > 0 && (self.transfers.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(every) {
             return false;
         }
         let ppm = self.throttle_ppm.load(Ordering::Relaxed);
