@@ -224,7 +224,7 @@ fn unknown_value(value: &str, expected: &[&str]) -> Error {
     };
     Error::Pending {
         pos: None,
-        message: format!("unknown value `{value}`"),
+        message: format!("unknown value {}", super::diagnostic::shown(value)),
         hint: Some(hint),
     }
 }

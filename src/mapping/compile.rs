@@ -22,6 +22,11 @@ pub const DEFAULT_UNIT: u8 = 1;
 pub const DEFAULT_MAX_GAP: u16 = 8;
 /// Members every reading has; extra fields may not reuse their names.
 const RESERVED_FIELDS: [&str; 3] = ["sensor_id", "timestamp", "value"];
+use crate::config::diagnostic::shown;
+
+/// The longest sensor_id, in bytes of UTF-8: a name, not a payload (every reading carries it).
+pub const MAX_SENSOR_ID_BYTES: usize = 256;
+
 /// Keys that only make sense for one protocol.
 const MODBUS_TAG_KEYS: [&str; 8] = [
     "table", "address", "modicon", "type", "order", "bit", "length", "unit",
@@ -34,14 +39,11 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
     let mut plans = Vec::new();
     let mut first_seen: HashMap<Arc<str>, (PathBuf, u32)> = HashMap::new();
     for path in paths {
-        let parsed = match std::fs::read_to_string(path) {
+        let parsed = match crate::config::read_file(path) {
             Ok(text) => crate::config::parse_str::<TagMapFile>(&text),
-            Err(e) => crate::config::de::Parsed {
+            Err(problem) => crate::config::de::Parsed {
                 value: None,
-                problems: vec![Problem::new(
-                    Pos { line: 1, col: 1 },
-                    format!("cannot read file: {e}"),
-                )],
+                problems: vec![problem],
                 dropped: Vec::new(),
             },
         };
@@ -90,6 +92,9 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
     let source = c.source(&file.source);
     let is_modbus = matches!(file.source.value, SourceSpec::Modbus(_));
     let map_extra = c.fields(&file.fields);
+    // The file's defaults are checked once, here; tags that would use bad ones are left out.
+    let defaults_ok =
+        c.deadband(file.defaults.deadband.as_ref()) & c.decimals(file.defaults.decimals.as_ref());
 
     let mut tags = Vec::new();
     let mut disabled = 0;
@@ -102,7 +107,8 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
         }
         let tag = &spanned.value;
         let line = spanned.pos.line;
-        if let Some(first) = ids.insert(&tag.sensor_id.value, line) {
+        let id_fits = tag.sensor_id.len() <= MAX_SENSOR_ID_BYTES;
+        if let Some(first) = ids.insert(&tag.sensor_id.value, line).filter(|_| id_fits) {
             c.problem(
                 Problem::new(
                     tag.sensor_id.pos,
@@ -127,7 +133,7 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
                 .map(|node| TagAddress::OpcUa { node }),
         };
         let sensor_id = c.sensor_id(&tag.sensor_id);
-        let transform = c.transform(tag, &file.defaults);
+        let transform = c.transform(tag, &file.defaults).filter(|_| defaults_ok);
         let mut extra = map_extra.clone();
         for (k, v) in c.fields(&tag.fields) {
             extra.insert(k, v);
@@ -277,7 +283,7 @@ impl Compiler<'_> {
         if !o.endpoint.starts_with("opc.tcp://") {
             return self.err(
                 o.endpoint.pos,
-                format!("`{}` is not an OPC UA endpoint", o.endpoint.value),
+                format!("{} is not an OPC UA endpoint", shown(&o.endpoint.value)),
                 "write it as opc.tcp://host:port, e.g. opc.tcp://10.0.0.5:4840",
             );
         }
@@ -454,13 +460,23 @@ impl Compiler<'_> {
             }
             _ => self.err(
                 addr.pos,
-                format!("`{}` is not host:port", addr.value),
+                format!("{} is not host:port", shown(&addr.value)),
                 "e.g. 10.0.0.7:502; Modbus TCP's usual port is 502",
             ),
         }
     }
 
     fn sensor_id(&mut self, id: &Spanned<String>) -> Option<Arc<str>> {
+        if id.len() > MAX_SENSOR_ID_BYTES {
+            return self.err(
+                id.pos,
+                format!(
+                    "sensor_id is {} bytes long; at most {MAX_SENSOR_ID_BYTES} are allowed",
+                    id.len()
+                ),
+                "a sensor_id names a tag; keep it short, e.g. `compressor-7:vibe_x`",
+            );
+        }
         if id.trim().is_empty() {
             return self.err(
                 id.pos,
@@ -494,7 +510,7 @@ impl Compiler<'_> {
             Ok(id) => Some(id.to_string()),
             Err(_) => self.err(
                 node.pos,
-                format!("`{}` is not an OPC UA node id", node.value),
+                format!("{} is not an OPC UA node id", shown(&node.value)),
                 "write ns=<index>;s=<name>, ns=<index>;i=<number>, ns=<index>;g=<guid> or ns=<index>;b=<base64>",
             ),
         }
@@ -691,38 +707,34 @@ impl Compiler<'_> {
         let mut ok = true;
         if let Some(scale) = &t.scale {
             if scale.value == 0.0 || !scale.is_finite() {
+                let why = if scale.value == 0.0 {
+                    "would erase every value"
+                } else {
+                    "is not a finite number"
+                };
+                self.problem(
+                    Problem::new(scale.pos, format!("scale {} {why}", scale.value))
+                        .with_hint("use a finite, non-zero factor"),
+                );
+                ok = false;
+            }
+        }
+        if let Some(offset) = &t.offset {
+            if !offset.is_finite() {
                 self.problem(
                     Problem::new(
-                        scale.pos,
-                        format!("scale {} would erase every value", scale.value),
+                        offset.pos,
+                        format!("offset {} would make every value infinite", offset.value),
                     )
-                    .with_hint("use a finite, non-zero factor"),
+                    .with_hint("use a finite number"),
                 );
                 ok = false;
             }
         }
-        let deadband = t.deadband.as_ref().map(|s| (s.value, s.pos));
-        if let Some((value, pos)) = deadband {
-            if !(value >= 0.0 && value.is_finite()) {
-                self.problem(
-                    Problem::new(pos, format!("deadband {value} must be zero or more"))
-                        .with_hint("it is the smallest change that is sent"),
-                );
-                ok = false;
-            }
-        }
-        if let Some(decimals) = &t.decimals {
-            if decimals.value > 12 {
-                self.problem(
-                    Problem::new(
-                        decimals.pos,
-                        format!("decimals {} is more than a float holds", decimals.value),
-                    )
-                    .with_hint("use 0 to 12"),
-                );
-                ok = false;
-            }
-        }
+        // Checked here for the tag's own value; the file's defaults are checked once, by
+        // `defaults`.
+        ok &= self.deadband(t.deadband.as_ref());
+        ok &= self.decimals(t.decimals.as_ref());
         let mut states = None;
         if let Some(map) = &t.states {
             if map.is_empty() || map.values().any(|s| s.trim().is_empty()) {
@@ -743,12 +755,47 @@ impl Compiler<'_> {
         }
         ok.then(|| Transform {
             scale: t.scale.as_ref().map(|s| s.value),
-            offset: t.offset,
+            offset: t.offset.as_ref().map(|o| o.value),
             states,
-            deadband: deadband.map(|(v, _)| v).or(d.deadband).unwrap_or(0.0),
+            deadband: t
+                .deadband
+                .as_ref()
+                .or(d.deadband.as_ref())
+                .map_or(0.0, |s| s.value),
             heartbeat: t.heartbeat.or(d.heartbeat).map(|s| s.as_duration()),
-            decimals: t.decimals.as_ref().map(|s| s.value).or(d.decimals),
+            decimals: t.decimals.as_ref().or(d.decimals.as_ref()).map(|s| s.value),
         })
+    }
+
+    /// A deadband must be a finite number, zero or more.
+    fn deadband(&mut self, deadband: Option<&Spanned<f64>>) -> bool {
+        match deadband {
+            Some(d) if !(d.value >= 0.0 && d.value.is_finite()) => {
+                self.problem(
+                    Problem::new(d.pos, format!("deadband {} must be zero or more", d.value))
+                        .with_hint("it is the smallest change that is sent"),
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Decimals: 0 to 12, what a float holds.
+    fn decimals(&mut self, decimals: Option<&Spanned<u8>>) -> bool {
+        match decimals {
+            Some(d) if d.value > 12 => {
+                self.problem(
+                    Problem::new(
+                        d.pos,
+                        format!("decimals {} is more than a float holds", d.value),
+                    )
+                    .with_hint("use 0 to 12"),
+                );
+                false
+            }
+            _ => true,
+        }
     }
 
     fn fields(

@@ -62,7 +62,8 @@ impl fmt::Debug for ConnectionString {
 pub enum ConnectionStringError {
     #[error("the connection string is empty")]
     Empty,
-    #[error("part {index} of the connection string is not key=value (it starts with `{start}`)")]
+    // `start` is kept for tests, never shown: the part may be a pasted key.
+    #[error("part {index} of the connection string is not key=value (a key pasted without `SharedAccessKey=`?)")]
     NotKeyValue { index: usize, start: String },
     #[error("`{0}` appears twice in the connection string")]
     Duplicate(String),

@@ -2,9 +2,9 @@
 //! the wire on one link ([`Window`]), reports what the hub accepted, and survives throttling,
 //! refused credentials, dropped connections and outages ([`Health`]).
 //!
-//! The task is a state machine in the manner of the Modbus poller: [`Driver`] holds the state and
+//! The task is a state machine in the manner of the Modbus poller: `Driver` holds the state and
 //! has one short method per event (connect, settled, link lost, renewal due, linger, input,
-//! credential re-read, cancel); the loop in [`Driver::run`] only waits for the next event.
+//! credential re-read, cancel); the loop in `Driver::run` only waits for the next event.
 //!
 //! Invariants:
 //! - An event is acknowledged (`acks` receives a sequence number N: every event up to N was
