@@ -38,6 +38,7 @@ pub mod connect;
 pub mod convert;
 mod notify;
 mod source;
+pub mod stats;
 mod subscribe;
 
 use std::path::PathBuf;
