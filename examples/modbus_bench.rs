@@ -22,10 +22,10 @@ use tagbridge::mapping::plan::{
     ModbusAddress, ModbusPlan, ModbusTransport, SourcePlan, TagAddress, TagMapPlan, TagPlan,
     Transform,
 };
+use tagbridge::sample::SampleBatch;
 use tagbridge::sim::plc::{ModbusConfig, ModbusPoint, Plc, PlcConfig};
 use tagbridge::sim::signal::{Signal, SignalValue};
 use tagbridge::source::modbus::{self, planner, Tuning};
-use tagbridge::source::SampleBatch;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -159,8 +159,7 @@ fn run_row(
                 tx,
                 cancel.child_token(),
                 &tracker,
-            )
-            .map_err(|e| e.to_string())?;
+            );
             // Warm up: connect and run a few cycles.
             while counters.snapshot().cycles < 3 {
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -2,8 +2,13 @@
 //!
 //! Modules in data-flow order (blank lines keep rustfmt from sorting them):
 
+#![forbid(unsafe_code)]
+
 // gateway.yaml and tag maps: parsing with positions, JSON Schemas.
 pub mod config;
+
+// What a source emits for one tag: the contract between sources and the mapping stage.
+pub mod sample;
 
 // Adapters that read devices and emit samples.
 pub mod source;

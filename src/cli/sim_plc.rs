@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::config::duration::Span;
+use crate::config::duration::HumanDuration;
 use crate::config::gateway::LogFormat;
 use crate::sim::plc::{generate, ModbusConfig, OpcUaConfig, Plc, PlcConfig};
 
@@ -33,7 +33,7 @@ pub struct SimPlcArgs {
     pub modbus_tags: Option<usize>,
     /// Update period of generated tags.
     #[arg(long, default_value = "1s")]
-    pub update: Span,
+    pub update: HumanDuration,
     /// OPC UA host for the endpoint URL and to bind (clients must use the same literal).
     #[arg(long)]
     pub opcua_host: Option<String>,
@@ -45,7 +45,7 @@ pub struct SimPlcArgs {
     pub modbus_listen: Option<String>,
     /// Exit after this long (for benchmarks and scripts).
     #[arg(long)]
-    pub exit_after: Option<Span>,
+    pub exit_after: Option<HumanDuration>,
 }
 
 /// Runs the command; returns the process exit code.
@@ -81,7 +81,7 @@ fn build_config(args: &SimPlcArgs) -> anyhow::Result<PlcConfig> {
         None => PlcConfig::default(),
     };
     if !args.from.is_empty() {
-        let (_, plans) = super::load(None, &args.from)
+        let plans = super::load_tag_maps(&args.from)
             .map_err(|report| anyhow::anyhow!("{}", report.render()))?;
         let generated = PlcConfig::from_tag_maps(&plans);
         if let Some(g) = generated.modbus {

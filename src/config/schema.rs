@@ -1,5 +1,6 @@
-//! JSON Schemas for `gateway.yaml`, tag maps and the simulated PLC's configuration, generated from the Rust types so they never
-//! drift from what the loader accepts. Editors with a YAML language server complete and check
+//! JSON Schemas for `gateway.yaml` and tag maps, generated from the Rust types so they never
+//! drift from what the loader accepts. The simulated PLC's schema is rendered the same way by
+//! [`crate::sim::plc::schema`]. Editors with a YAML language server complete and check
 //! keys while typing through a first line such as
 //! `# yaml-language-server: $schema=../schema/tag-map.schema.json`.
 
@@ -18,14 +19,11 @@ pub fn all() -> Vec<(&'static str, String)> {
             "tag-map.schema.json",
             render::<TagMapFile>("tagbridge tag map"),
         ),
-        (
-            "sim-plc.schema.json",
-            render::<crate::sim::plc::PlcConfig>("tagbridge simulated PLC"),
-        ),
     ]
 }
 
-fn render<T: schemars::JsonSchema>(title: &str) -> String {
+/// One schema as the pretty JSON written under `schema/`, titled `title`.
+pub fn render<T: schemars::JsonSchema>(title: &str) -> String {
     let generator = SchemaSettings::draft07().into_generator();
     let mut schema = generator.into_root_schema_for::<T>();
     schema.insert("title".into(), title.into());

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::de::{Items, Spanned};
-use super::duration::Span;
+use super::duration::HumanDuration;
 
 /// A tag map: which tags to read from one OPC UA server or one Modbus connection, and the
 /// `sensor_id` each reading carries.
@@ -28,7 +28,7 @@ pub struct TagMapFile {
     #[serde(default)]
     pub fields: BTreeMap<Spanned<String>, serde_json::Value>,
     /// The tags to read.
-    pub tags: Items<Spanned<TagSpec>>,
+    pub tags: Items<Box<Spanned<TagSpec>>>,
 }
 
 /// Where the tags of this file come from.
@@ -55,7 +55,7 @@ pub struct OpcUaSourceSpec {
     /// How the gateway logs in. Anonymous when absent.
     pub user: Option<OpcUaUser>,
     /// How often the server sends collected changes. Default 1s.
-    pub publishing_interval: Option<Span>,
+    pub publishing_interval: Option<HumanDuration>,
     /// Directory holding the gateway's certificate and the trusted/rejected server certificates.
     pub pki_dir: Option<String>,
     /// Trust the server's certificate the first time it is seen. Off by default: an operator
@@ -171,7 +171,7 @@ pub struct ModbusSourceSpec {
     /// Unit id (slave address) for tags that do not set their own. Default 1.
     pub unit: Option<u8>,
     /// How long to wait for a response. Default 1s.
-    pub timeout: Option<Span>,
+    pub timeout: Option<HumanDuration>,
     /// Largest number of unused registers one read may span to join two tags. Default 8.
     pub max_gap: Option<u16>,
     /// TCP transports: connections to open to the device, each with one request in flight; a
@@ -209,7 +209,7 @@ pub enum Parity {
 #[serde(deny_unknown_fields)]
 pub struct TagDefaults {
     /// Modbus: how often to poll. OPC UA: how often the server samples. Default 1s.
-    pub interval: Option<Span>,
+    pub interval: Option<HumanDuration>,
     /// Modbus unit id. Overrides the source's `unit`.
     pub unit: Option<u8>,
     /// Modbus data type.
@@ -219,11 +219,11 @@ pub struct TagDefaults {
     pub order: Option<WordOrder>,
     /// Suppress changes smaller than this (in scaled units). Default 0: only equal values are
     /// suppressed.
-    pub deadband: Option<f64>,
+    pub deadband: Option<Spanned<f64>>,
     /// Re-send an unchanged value this often, so consumers see the tag is alive.
-    pub heartbeat: Option<Span>,
-    /// Round numbers to this many decimals.
-    pub decimals: Option<u8>,
+    pub heartbeat: Option<HumanDuration>,
+    /// Round numbers to this many decimals (0 to 12).
+    pub decimals: Option<Spanned<u8>>,
     /// Set to false to keep the tags in the file but not read them.
     pub enabled: Option<bool>,
 }
@@ -272,17 +272,17 @@ pub struct TagSpec {
     pub length: Option<Spanned<u16>>,
 
     /// Modbus: poll interval. OPC UA: sampling interval.
-    pub interval: Option<Span>,
+    pub interval: Option<HumanDuration>,
     /// Multiply the raw value by this.
     pub scale: Option<Spanned<f64>>,
-    /// Add this after scaling.
-    pub offset: Option<f64>,
+    /// Add this after scaling (a finite number).
+    pub offset: Option<Spanned<f64>>,
     /// Map raw numbers or booleans to state strings, e.g. `{0: Stopped, 1: Running, 2: Fault}`.
     pub states: Option<BTreeMap<StateKey, String>>,
     /// Suppress changes smaller than this (in scaled units).
     pub deadband: Option<Spanned<f64>>,
     /// Re-send an unchanged value this often.
-    pub heartbeat: Option<Span>,
+    pub heartbeat: Option<HumanDuration>,
     /// Round the value to this many decimals.
     pub decimals: Option<Spanned<u8>>,
     /// Extra fields on this tag's readings, e.g. `unit: mm/s`.

@@ -1,4 +1,4 @@
-//! The mapping stage: compiles tag maps into plans, then turns each [`crate::source::Sample`]
+//! The mapping stage: compiles tag maps into plans, then turns each [`crate::sample::Sample`]
 //! into a [`crate::reading::Reading`] (rename, states, scale, deadband, heartbeat).
 
 pub mod compile;
@@ -6,6 +6,6 @@ pub mod plan;
 pub mod stage;
 pub mod transform;
 
-pub use compile::{compile, load_all};
+pub use compile::{compile, compile_owned, load_all};
 pub use plan::{ModbusPlan, OpcUaPlan, SourcePlan, TagMapPlan, TagPlan};
 pub use stage::{Mapper, MappingCounters};

@@ -17,10 +17,22 @@ pub struct TagMapPlan {
     /// The file it came from.
     pub path: PathBuf,
     pub source: SourcePlan,
-    /// Enabled tags only; a [`crate::source::Sample`]'s `tag` indexes this list.
+    /// Enabled tags only; a [`crate::sample::Sample`]'s `tag` indexes this list.
     pub tags: Vec<TagPlan>,
     /// Tags present in the file with `enabled: false`.
     pub disabled: usize,
+}
+
+impl TagMapPlan {
+    /// The tag map's name: its file name without the extension (logs, metrics labels and
+    /// `partition_key: tag_map` use it).
+    pub fn name(&self) -> std::sync::Arc<str> {
+        self.path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .into()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

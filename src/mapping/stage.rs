@@ -14,7 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::reading::{Reading, Value};
-use crate::source::Sample;
+use crate::sample::Sample;
 
 use super::plan::{TagMapPlan, TagPlan};
 use super::transform::Skip;
@@ -149,7 +149,7 @@ fn within_deadband(last: &Value, new: &Value, deadband: f64) -> bool {
 mod tests {
     use super::*;
     use crate::mapping::plan::*;
-    use crate::source::RawValue;
+    use crate::sample::RawValue;
     use chrono::TimeZone;
     use std::time::Duration;
 

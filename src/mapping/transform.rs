@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::config::tagmap::StateKey;
 use crate::reading::{Number, Value};
-use crate::source::RawValue;
+use crate::sample::RawValue;
 
 use super::plan::Transform;
 

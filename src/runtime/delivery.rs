@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::gateway::PartitionKeySpec;
 use crate::reading::Reading;
 use crate::sink::eventhub::sink::{EventHubSink, Outgoing};
+use crate::spool::payload;
 
 use super::journal::Journal;
 
@@ -31,28 +32,6 @@ const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Readings of one tag map (its name travels along for `partition_key: tag_map`).
 pub type TaggedReadings = (Arc<str>, Vec<Reading>);
-
-/// A record: `[key length: u8][key][reading JSON]`; length 0 means no partition key.
-pub fn encode_record(out: &mut Vec<u8>, key: Option<&str>, reading: &Reading) {
-    let key = key
-        .map(|k| &k.as_bytes()[..k.len().min(255)])
-        .unwrap_or_default();
-    out.push(key.len() as u8);
-    out.extend_from_slice(key);
-    reading.write_json(out);
-}
-
-/// Splits a record into its partition key and body; `None` for a record too short to be one.
-pub fn decode_record(record: &[u8]) -> Option<(Option<&str>, &[u8])> {
-    let (&len, rest) = record.split_first()?;
-    let (key, body) = rest.split_at_checked(usize::from(len))?;
-    let key = if key.is_empty() {
-        None
-    } else {
-        std::str::from_utf8(key).ok()
-    };
-    Some((key, body))
-}
 
 fn partition_key<'a>(
     spec: &'a PartitionKeySpec,
@@ -85,7 +64,7 @@ pub async fn run(
                     .iter()
                     .map(|r| {
                         let mut out = Vec::with_capacity(128);
-                        encode_record(&mut out, partition_key(&partition, &tag_map, r), r);
+                        payload::encode(&mut out, partition_key(&partition, &tag_map, r), r);
                         out
                     })
                     .collect();
@@ -106,7 +85,7 @@ pub async fn run(
                 let outgoing: Vec<Outgoing> = records
                     .into_iter()
                     .filter_map(|(seq, record)| {
-                        let Some((key, body)) = decode_record(&record) else {
+                        let Some((key, body)) = payload::decode(&record) else {
                             tracing::error!(message = "Skipping a malformed spool record.", seq);
                             return None;
                         };
@@ -144,35 +123,11 @@ pub async fn run(
         );
     }
     let _ = acker.await;
+    // What the hub has not acknowledged stays for the next run (with the durable spool).
+    tracing::info!(
+        message = "Event hub output stopped.",
+        left_in_spool = journal.depth(),
+        last_acked_seq = last
+    );
     last
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::reading::Value;
-
-    #[test]
-    fn records_round_trip_with_and_without_a_key() {
-        let r = Reading {
-            sensor_id: "s".into(),
-            timestamp: chrono::Utc::now(),
-            value: Value::from(1),
-            extra: "".into(),
-        };
-        let mut with = Vec::new();
-        encode_record(&mut with, Some("line-1"), &r);
-        assert_eq!(
-            decode_record(&with),
-            Some((Some("line-1"), r.to_json().as_bytes()))
-        );
-        let mut without = Vec::new();
-        encode_record(&mut without, None, &r);
-        assert_eq!(
-            decode_record(&without),
-            Some((None, r.to_json().as_bytes()))
-        );
-        assert_eq!(decode_record(&[5, b'a']), None);
-        assert_eq!(decode_record(&[]), None);
-    }
 }

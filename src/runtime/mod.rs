@@ -11,7 +11,9 @@
 //! period, after which what is unsent stays in the journal.
 
 pub mod delivery;
+pub mod gateway;
 pub mod journal;
+pub mod map_task;
 pub mod reload;
 pub mod status;
 pub mod tag_maps;
@@ -26,23 +28,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::gateway::PartitionKeySpec;
-use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
-use crate::reading::Reading;
+use crate::mapping::{MappingCounters, TagMapPlan};
 use crate::sink::eventhub::sink::EventHubSink;
 use crate::sink::lines::{LinesError, LinesSink};
-use crate::source::SampleBatch;
 
 use delivery::TaggedReadings;
 use journal::Journal;
-use status::{GatewayStatus, MapStats, SinkView};
+use status::{GatewayStatus, SinkView};
 use tag_maps::TagMaps;
 
-/// Sample batches queued per tag map before its adapter waits.
-pub(crate) const SAMPLE_QUEUE: usize = 64;
+pub use gateway::{prepare, prepare_with, Gateway, Prepared, Secrets, Tweaks};
+
 /// Reading batches queued before mapping tasks wait for the output.
 const READING_QUEUE: usize = 256;
-/// How often tags with a heartbeat are checked.
-const HEARTBEAT_TICK: Duration = Duration::from_millis(500);
 
 /// Where the readings go.
 pub enum Output {
@@ -107,8 +105,11 @@ pub enum RuntimeError {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RunSummary {
     pub mapping: MappingCounters,
-    /// Readings written (lines) or last sequence number acknowledged by the hub.
+    /// Readings written (stdout, file) or events the hub accepted during this run.
     pub delivered: u64,
+    /// With the Event Hub output: the spool sequence number of the last reading the hub
+    /// acknowledged, a position in the spool, not a count.
+    pub last_acked_seq: Option<u64>,
 }
 
 /// Runs until `shutdown` is cancelled (or every source has ended), then drains and returns.
@@ -186,9 +187,12 @@ pub async fn run(
     );
     ops.close();
 
-    let delivered = match output {
-        Output::Stdout => write_lines(LinesSink::stdout(), readings_rx).await?,
-        Output::File(path) => write_lines(LinesSink::append_to(&path).await?, readings_rx).await?,
+    let (delivered, last_acked_seq) = match output {
+        Output::Stdout => (write_lines(LinesSink::stdout(), readings_rx).await?, None),
+        Output::File(path) => (
+            write_lines(LinesSink::append_to(&path).await?, readings_rx).await?,
+            None,
+        ),
         Output::EventHub {
             sink,
             journal,
@@ -205,9 +209,13 @@ pub async fn run(
                     sink_cancel.cancel();
                 }
             });
+            let stats = sink.stats.clone();
             let last = delivery::run(readings_rx, journal, *sink, partition, sink_cancel).await;
             timer.abort();
-            last.unwrap_or(0)
+            let accepted = stats
+                .events_accepted
+                .load(std::sync::atomic::Ordering::Relaxed);
+            (accepted, last)
         }
     };
     let _ = reloader.await;
@@ -216,7 +224,11 @@ pub async fn run(
     ops_cancel.cancel();
     ops.wait().await;
     let mapping = totals.lock().map(|t| *t).unwrap_or_default();
-    Ok(RunSummary { mapping, delivered })
+    Ok(RunSummary {
+        mapping,
+        delivered,
+        last_acked_seq,
+    })
 }
 
 async fn write_lines(
@@ -230,39 +242,4 @@ async fn write_lines(
         written += batch.len() as u64;
     }
     Ok(written)
-}
-
-pub(crate) async fn map_task(
-    name: Arc<str>,
-    mut mapper: Mapper,
-    mut samples: mpsc::Receiver<SampleBatch>,
-    readings: mpsc::Sender<TaggedReadings>,
-    totals: Arc<std::sync::Mutex<MappingCounters>>,
-    stats: Arc<MapStats>,
-) {
-    let mut tick = tokio::time::interval(HEARTBEAT_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut out: Vec<Reading> = Vec::new();
-        tokio::select! {
-            batch = samples.recv() => match batch {
-                Some(batch) => out.extend(batch.iter().filter_map(|s| mapper.map(s))),
-                // The adapter has stopped: nothing more will come.
-                None => break,
-            },
-            _ = tick.tick() => mapper.heartbeats(chrono::Utc::now(), &mut out),
-        }
-        stats.store(&mapper.counters());
-        if !out.is_empty() && readings.send((name.clone(), out)).await.is_err() {
-            break;
-        }
-    }
-    if let Ok(mut t) = totals.lock() {
-        let c = mapper.counters();
-        t.samples += c.samples;
-        t.readings += c.readings;
-        t.suppressed += c.suppressed;
-        t.non_finite += c.non_finite;
-        t.unknown_tag += c.unknown_tag;
-    }
 }

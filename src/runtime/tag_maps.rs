@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::delivery::TaggedReadings;
+use super::map_task::{map_task, SAMPLE_QUEUE};
 use super::status::{MapEntry, MapStats, RunningMaps};
-use super::{map_task, SAMPLE_QUEUE};
 use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
-use crate::source::{self, SampleBatch};
+use crate::sample::SampleBatch;
+use crate::source;
 
 struct Running {
     cancel: CancellationToken,
@@ -98,31 +99,23 @@ impl TagMaps {
                 }
                 Some(_) => {
                     self.stop(&plan.path);
-                    if self.start(&plan, content) {
-                        applied.restarted += 1;
-                        tracing::info!(message = "Tag map changed; its source restarted.", path = %plan.path.display());
-                    }
+                    self.start(&plan, content);
+                    applied.restarted += 1;
+                    tracing::info!(message = "Tag map changed; its source restarted.", path = %plan.path.display());
                 }
                 None => {
-                    if self.start(&plan, content) {
-                        applied.started += 1;
-                    }
+                    self.start(&plan, content);
+                    applied.started += 1;
                 }
             }
         }
         applied
     }
 
-    fn start(&mut self, plan: &TagMapPlan, content: u64) -> bool {
+    fn start(&mut self, plan: &TagMapPlan, content: u64) {
         let (tx, rx) = mpsc::channel::<SampleBatch>(SAMPLE_QUEUE);
         let cancel = self.shutdown.child_token();
-        let counters = match source::spawn(plan, tx, cancel.clone(), &self.tracker) {
-            Ok(counters) => counters,
-            Err(error) => {
-                tracing::error!(message = "Source not started; the other tag maps keep running.", %error);
-                return false;
-            }
-        };
+        let counters = source::spawn(plan, tx, cancel.clone(), &self.tracker);
         let name: Arc<str> = plan
             .path
             .file_stem()
@@ -151,7 +144,6 @@ impl TagMaps {
         ));
         self.running
             .insert(plan.path.clone(), Running { cancel, content });
-        true
     }
 
     fn stop(&mut self, path: &PathBuf) {

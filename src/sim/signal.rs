@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer};
 
-use crate::config::duration::Span;
+use crate::config::duration::HumanDuration;
 
 /// Default update period of every signal.
 pub const DEFAULT_UPDATE: Duration = Duration::from_secs(1);
@@ -141,17 +141,17 @@ pub enum Signal {
     Ramp {
         from: f64,
         to: f64,
-        period: Span,
+        period: HumanDuration,
         /// Update period. Default 1s.
-        update: Option<Span>,
+        update: Option<HumanDuration>,
     },
     /// `offset + amplitude · sin(2π t / period)`.
     Sine {
         #[serde(default)]
         offset: f64,
         amplitude: f64,
-        period: Span,
-        update: Option<Span>,
+        period: HumanDuration,
+        update: Option<HumanDuration>,
     },
     /// `high` for the first `duty` fraction of each `period`, `low` for the rest.
     Square {
@@ -159,10 +159,10 @@ pub enum Signal {
         low: f64,
         #[serde(default = "one")]
         high: f64,
-        period: Span,
+        period: HumanDuration,
         /// Fraction of the period spent high, 0..=1. Default 0.5.
         duty: Option<f64>,
-        update: Option<Span>,
+        update: Option<HumanDuration>,
     },
     /// Starts at `start`; every update adds a seeded pseudo-random step in `[-step, step]`,
     /// reflected back into `[min, max]`.
@@ -176,7 +176,7 @@ pub enum Signal {
         min: f64,
         #[serde(default = "inf")]
         max: f64,
-        update: Option<Span>,
+        update: Option<HumanDuration>,
         /// Speeds up monotonic reads; never part of the value.
         #[serde(skip)]
         cache: WalkCache,
@@ -189,10 +189,13 @@ pub enum Signal {
         step: i64,
         /// The counter wraps to 0 on reaching this (e.g. 65536 for a 16-bit counter).
         wrap: Option<u64>,
-        update: Option<Span>,
+        update: Option<HumanDuration>,
     },
     /// Cycles through `names`, each held for `period`.
-    States { names: Vec<String>, period: Span },
+    States {
+        names: Vec<String>,
+        period: HumanDuration,
+    },
 }
 
 fn one() -> f64 {

@@ -44,6 +44,7 @@
 
 pub mod format;
 pub mod handle;
+pub mod payload;
 pub mod status;
 mod store;
 

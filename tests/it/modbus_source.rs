@@ -14,10 +14,10 @@ use tagbridge::mapping::plan::{
     ModbusAddress, ModbusPlan, ModbusTransport, SourcePlan, TagAddress, TagMapPlan, TagPlan,
     Transform,
 };
+use tagbridge::sample::{RawValue, Sample};
 use tagbridge::sim::plc::{ModbusConfig, ModbusPoint, Plc, PlcConfig};
 use tagbridge::sim::signal::{Signal, SignalValue};
 use tagbridge::source::modbus::{self, ModbusCounters, Tuning};
-use tagbridge::source::{RawValue, Sample};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio_modbus::ExceptionCode;
@@ -105,8 +105,7 @@ impl Gateway {
         let SourcePlan::Modbus(source) = &plan.source else {
             panic!("not a Modbus tag map")
         };
-        let counters = modbus::start(&plan, source, tuning, tx, cancel.child_token(), &tracker)
-            .expect("the Modbus source starts");
+        let counters = modbus::start(&plan, source, tuning, tx, cancel.child_token(), &tracker);
         let samples = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&samples);
         // Ends when the source drops its sender (on cancel).

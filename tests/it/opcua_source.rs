@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tagbridge::mapping::{load_all, SourcePlan, TagMapPlan};
+use tagbridge::sample::{RawValue, Sample, SampleBatch};
 use tagbridge::sim::plc::{
     OpcUaConfig, OpcUaSecurity, OpcUaType, OpcUaUser, OpcUaVariable, Plc, PlcConfig, PlcHandle,
 };
 use tagbridge::sim::signal::{Signal, SignalValue};
 use tagbridge::source::opcua::{self, OpcUaCounters, OpcUaError};
-use tagbridge::source::{RawValue, Sample, SampleBatch};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -158,15 +158,15 @@ fn pki(dir: &Path) -> String {
 async fn every_type_arrives_with_the_right_value() {
     let states = || Signal::States {
         names: vec!["Stopped".into(), "Running".into(), "Fault".into()],
-        period: tagbridge::config::duration::Span(Duration::from_millis(300)),
+        period: tagbridge::config::duration::HumanDuration(Duration::from_millis(300)),
     };
     let counter = Signal::Counter {
         start: 0,
         step: 1,
         wrap: None,
-        update: Some(tagbridge::config::duration::Span(Duration::from_millis(
-            200,
-        ))),
+        update: Some(tagbridge::config::duration::HumanDuration(
+            Duration::from_millis(200),
+        )),
     };
     let plc = start_sim(OpcUaConfig {
         variables: vec![
@@ -364,9 +364,9 @@ async fn readings_resume_after_the_server_restarts() {
         start: 0,
         step: 1,
         wrap: None,
-        update: Some(tagbridge::config::duration::Span(Duration::from_millis(
-            200,
-        ))),
+        update: Some(tagbridge::config::duration::HumanDuration(
+            Duration::from_millis(200),
+        )),
     };
     let plc = start_sim(OpcUaConfig {
         variables: vec![var("R/Counter", OpcUaType::Int64, counter.clone())],
@@ -571,7 +571,7 @@ async fn browse_writes_a_tag_map_that_checks_and_runs() {
                 OpcUaType::Enum,
                 Signal::States {
                     names: vec!["Stopped".into(), "Running".into()],
-                    period: tagbridge::config::duration::Span(Duration::from_secs(1)),
+                    period: tagbridge::config::duration::HumanDuration(Duration::from_secs(1)),
                 },
             ),
             var(
@@ -989,9 +989,9 @@ async fn a_dropped_connection_loses_no_values() {
         start: 0,
         step: 1,
         wrap: None,
-        update: Some(tagbridge::config::duration::Span(Duration::from_millis(
-            200,
-        ))),
+        update: Some(tagbridge::config::duration::HumanDuration(
+            Duration::from_millis(200),
+        )),
     };
     let plc = start_sim(OpcUaConfig {
         variables: vec![var("D/Counter", OpcUaType::Int32, counter.clone())],

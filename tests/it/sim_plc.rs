@@ -187,9 +187,9 @@ async fn modbus_values_follow_the_signal_clock() {
         start: 0,
         step: 1,
         wrap: None,
-        update: Some(tagbridge::config::duration::Span(Duration::from_millis(
-            100,
-        ))),
+        update: Some(tagbridge::config::duration::HumanDuration(
+            Duration::from_millis(100),
+        )),
     };
     let mut p = point(
         1,
@@ -366,7 +366,7 @@ fn the_shipped_example_config_parses() {
 
 mod opcua {
     use super::*;
-    use tagbridge::config::duration::Span;
+    use tagbridge::config::duration::HumanDuration;
     use tagbridge::sim::plc::{OpcUaConfig, OpcUaType, OpcUaUser, OpcUaVariable};
 
     fn var(path: &str, ty: OpcUaType, signal: Signal) -> OpcUaVariable {
@@ -388,7 +388,7 @@ mod opcua {
             start: 10,
             step: 3,
             wrap: None,
-            update: Some(Span(Duration::from_millis(200))),
+            update: Some(HumanDuration(Duration::from_millis(200))),
         }
     }
 
@@ -444,7 +444,7 @@ mod opcua {
                     OpcUaType::Enum,
                     Signal::States {
                         names: vec!["Stopped".into(), "Running".into(), "Fault".into()],
-                        period: Span(Duration::from_secs(3600)),
+                        period: HumanDuration(Duration::from_secs(3600)),
                     },
                 ),
                 var("Line1/Compressor7/Starts", OpcUaType::UInt32, counter()),

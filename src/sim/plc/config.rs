@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::duration::Span;
+use crate::config::duration::HumanDuration;
 use crate::config::tagmap::{DataType, Table, WordOrder};
 use crate::sim::signal::Signal;
 
@@ -218,7 +218,7 @@ pub enum OpcUaType {
 #[serde(deny_unknown_fields)]
 pub struct ScheduledFault {
     /// Time after start.
-    pub at: Span,
+    pub at: HumanDuration,
     /// What happens.
     pub fault: FaultSpec,
 }
@@ -230,7 +230,7 @@ pub enum FaultSpec {
     /// Close every open Modbus connection (clients must reconnect).
     DropConnections {},
     /// Answer nothing (Modbus requests are read and ignored) for this long.
-    Silence { duration: Span },
+    Silence { duration: HumanDuration },
     /// Answer a Modbus exception for reads covering this address, until `duration` passes
     /// (forever when absent).
     ModbusException {
@@ -240,7 +240,7 @@ pub enum FaultSpec {
         address: u16,
         /// Exception code, e.g. 2 (illegal data address) or 4 (server device failure).
         code: u8,
-        duration: Option<Span>,
+        duration: Option<HumanDuration>,
     },
     /// Stop the OPC UA server and start it again on the same endpoint: subscriptions die.
     RestartOpcua {},

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::config::{ModbusConfig, ModbusPoint, OpcUaConfig, OpcUaType, OpcUaUser, OpcUaVariable};
 use super::PlcConfig;
-use crate::config::duration::Span;
+use crate::config::duration::HumanDuration;
 use crate::config::tagmap::{DataType, StateKey, Table, WordOrder};
 use crate::mapping::plan::{ModbusTransport, SecretSource, TagAddress, UserPlan};
 use crate::mapping::{SourcePlan, TagMapPlan, TagPlan};
@@ -164,7 +164,7 @@ fn cycle(keys: &[i64], update: Duration) -> Signal {
             start: 0,
             step: 1,
             wrap: Some(keys.len() as u64),
-            update: Some(Span(update)),
+            update: Some(HumanDuration(update)),
         }
     } else {
         Signal::Constant(SignalValue::Int(keys[0]))
@@ -180,8 +180,8 @@ fn sine_for(n: usize, update: Duration) -> Signal {
     Signal::Sine {
         offset,
         amplitude: offset / 2.0,
-        period: Span(update * steps),
-        update: Some(Span(update)),
+        period: HumanDuration(update * steps),
+        update: Some(HumanDuration(update)),
     }
 }
 
@@ -194,9 +194,9 @@ fn plausible_modbus(tag: &TagPlan, data_type: DataType, n: usize) -> Signal {
         DataType::Bool => Signal::Square {
             low: 0.0,
             high: 1.0,
-            period: Span(update * 2),
+            period: HumanDuration(update * 2),
             duty: None,
-            update: Some(Span(update)),
+            update: Some(HumanDuration(update)),
         },
         DataType::Float32 | DataType::Float64 => sine_for(n, update),
         DataType::String => Signal::Constant(SignalValue::Text(format!("SIM{n}"))),
@@ -208,7 +208,7 @@ fn plausible_modbus(tag: &TagPlan, data_type: DataType, n: usize) -> Signal {
             },
             step: 1,
             wrap: (dt == DataType::Uint16 || dt == DataType::Int16).then_some(1000),
-            update: Some(Span(update)),
+            update: Some(HumanDuration(update)),
         },
     }
 }
@@ -221,9 +221,9 @@ fn plausible_opcua(tag: &TagPlan, n: usize) -> (OpcUaType, Option<Vec<String>>, 
             let signal = Signal::Square {
                 low: 0.0,
                 high: 1.0,
-                period: Span(update * 2),
+                period: HumanDuration(update * 2),
                 duty: None,
-                update: Some(Span(update)),
+                update: Some(HumanDuration(update)),
             };
             return (OpcUaType::Boolean, None, signal);
         }
@@ -283,7 +283,7 @@ pub fn modbus_load(n: usize, update: Duration) -> Vec<ModbusPoint> {
                 start: (i % 1000) as i64,
                 step: 1,
                 wrap: Some(60_000),
-                update: Some(Span(update)),
+                update: Some(HumanDuration(update)),
             },
         })
         .collect()

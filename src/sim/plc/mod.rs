@@ -64,6 +64,14 @@ pub use config::{
 };
 pub use faults::Faults;
 
+/// The JSON Schema of the simulated PLC's configuration: its file name under `schema/` and text.
+pub fn schema() -> (&'static str, String) {
+    (
+        "sim-plc.schema.json",
+        crate::config::schema::render::<PlcConfig>("tagbridge simulated PLC"),
+    )
+}
+
 /// Why the simulator could not start or do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

@@ -18,7 +18,7 @@
 
 use crate::config::tagmap::{DataType, WordOrder};
 use crate::mapping::plan::ModbusAddress;
-use crate::source::RawValue;
+use crate::sample::RawValue;
 
 /// What a response held for one tag.
 #[derive(Debug, Clone, Copy)]

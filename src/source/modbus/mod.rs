@@ -13,7 +13,7 @@
 //! - [`ModbusCounters`]: what it did, as atomics, for metrics and tests; [`ModbusStats`] turns
 //!   the counters of every source into `tagbridge_modbus_*` Prometheus families.
 //!
-//! Addressing is resolved before this code runs (see `DESIGN.md`, "Modbus addressing"): every
+//! Addressing is resolved before this code runs (see `ARCHITECTURE.md`, "Modbus addressing"): every
 //! tag carries its 0-based wire address; `modicon: 40001` has already become holding register 0.
 
 pub mod counters;
@@ -33,19 +33,8 @@ pub use counters::{CountersSnapshot, ModbusCounters};
 pub use poller::Tuning;
 pub use stats::ModbusStats;
 
-use super::{SampleBatch, SourceError};
 use crate::mapping::{ModbusPlan, TagMapPlan};
-
-/// Starts polling for one tag map with default [`Tuning`]; see [`super::spawn`].
-pub fn spawn(
-    plan: &TagMapPlan,
-    source: &ModbusPlan,
-    tx: mpsc::Sender<SampleBatch>,
-    cancel: CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<(), SourceError> {
-    start(plan, source, Tuning::default(), tx, cancel, tracker).map(|_| ())
-}
+use crate::sample::SampleBatch;
 
 /// Starts polling for one tag map and returns its counters: one task per connection
 /// (`connections`, default 1), each sending one batch per poll cycle on `tx` (waiting while the
@@ -58,7 +47,7 @@ pub fn start(
     tx: mpsc::Sender<SampleBatch>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<Arc<ModbusCounters>, SourceError> {
+) -> Arc<ModbusCounters> {
     let counters = Arc::new(ModbusCounters::default());
     let limits = planner::Limits {
         max_registers: tuning.max_registers,
@@ -86,5 +75,5 @@ pub fn start(
             }
         });
     }
-    Ok(counters)
+    counters
 }

@@ -47,7 +47,7 @@ use super::link::{self, Items, Link, LinkError};
 use super::planner::{self, Blocked, Limits, ReadRequest};
 use crate::config::tagmap::Table;
 use crate::mapping::plan::{ModbusAddress, ModbusPlan, ModbusTransport, TagAddress, TagMapPlan};
-use crate::source::{Sample, SampleBatch};
+use crate::sample::{Sample, SampleBatch};
 
 type Counters = ModbusCounters;
 

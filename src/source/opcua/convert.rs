@@ -29,7 +29,7 @@ use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use opcua::types::{DataValue, StatusCode, Variant};
 
-use crate::source::RawValue;
+use crate::sample::RawValue;
 
 /// The state names of one enumeration data type: value → name.
 pub type EnumNames = Arc<HashMap<i64, Arc<str>>>;

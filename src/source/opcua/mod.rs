@@ -1,5 +1,5 @@
 //! The OPC UA source: one client session per tag map, monitored items in subscriptions, data
-//! change notifications turned into [`Sample`](crate::source::Sample) batches.
+//! change notifications turned into [`Sample`](crate::sample::Sample) batches.
 //!
 //! Invariants:
 //! - Secure by default: the plan says Basic256Sha256 + SignAndEncrypt unless the tag map asks
@@ -50,8 +50,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{SampleBatch, SourceError};
 use crate::mapping::{OpcUaPlan, TagMapPlan};
+use crate::sample::SampleBatch;
 
 /// How often tags whose monitored item could not be created are tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(30);
@@ -145,19 +145,7 @@ impl OpcUaCounters {
     }
 }
 
-/// Starts the source for one tag map; see [`super::spawn`].
-pub fn spawn(
-    plan: &TagMapPlan,
-    source: &OpcUaPlan,
-    tx: mpsc::Sender<SampleBatch>,
-    cancel: CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<(), SourceError> {
-    start(plan, source, tx, cancel, tracker);
-    Ok(())
-}
-
-/// Like [`spawn`], returning the source's counters.
+/// Starts the source for one tag map and returns its counters; see [`super::spawn`].
 pub fn start(
     plan: &TagMapPlan,
     source: &OpcUaPlan,

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use super::convert::{self, EnumNames, Quality, TimestampSource, UncertainPolicy};
 use super::OpcUaCounters;
 use crate::mapping::{OpcUaPlan, TagMapPlan};
-use crate::source::Sample;
+use crate::sample::Sample;
 
 /// Per-tag flags, so each problem is logged once per episode.
 const FLAG_BAD: u8 = 1;
@@ -259,7 +259,7 @@ impl Deliver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::RawValue;
+    use crate::sample::RawValue;
 
     fn sample(tag: usize) -> Sample {
         Sample {

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::notify::{Ctx, Queue};
 use super::{connect, subscribe, OpcUaCounters};
 use crate::mapping::{OpcUaPlan, TagMapPlan};
-use crate::source::SampleBatch;
+use crate::sample::SampleBatch;
 
 pub(super) fn start(
     plan: Arc<TagMapPlan>,
