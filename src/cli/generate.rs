@@ -136,11 +136,15 @@ mod tests {
         assert_eq!(scripts.len(), 3);
         let bash = std::fs::read_to_string(dir.path().join("tagbridge.bash")).unwrap();
         assert!(bash.contains("send-test"), "{bash}");
-        assert!(!bash.contains("generate"), "hidden command completed");
+        assert!(
+            !bash.contains("subcmd__generate"),
+            "hidden command completed"
+        );
         for name in ["_tagbridge", "tagbridge.fish"] {
             let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
             assert!(text.contains("send-test"), "{text}");
-            assert!(!text.contains("generate"), "hidden command in {name}");
+            // Its description, which zsh and fish show.
+            assert!(!text.contains("for packagers"), "hidden command in {name}");
         }
     }
 }
