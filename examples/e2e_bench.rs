@@ -20,20 +20,14 @@ mod bench_support;
 use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench_support::{cpu_seconds, rss_mb};
-use tagbridge::config::gateway::{PartitionKeySpec, Transport};
 use tagbridge::runtime::journal::Journal;
-use tagbridge::runtime::{Output, RunOptions};
+use tagbridge::runtime::{Gateway, Tweaks};
 use tagbridge::sim::hub::{Hub, HubConfig};
 use tagbridge::sim::plc::generate::{load_path, opcua_load};
 use tagbridge::sim::plc::{OpcUaConfig, Plc, PlcConfig};
-use tagbridge::sink::eventhub::amqp::Target;
-use tagbridge::sink::eventhub::auth::Credential;
-use tagbridge::sink::eventhub::sink::{EventHubSink, SinkOptions};
-use tagbridge::sink::eventhub::ConnectionString;
 use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn std::error::Error>;
@@ -174,47 +168,27 @@ async fn measure(n: usize, seconds: u64, spool_on: bool) -> Result<Row, BoxError
             load_path(i)
         ));
     }
-    let path = dir.join("bench.yaml");
-    std::fs::write(&path, yaml)?;
-    let plans = tagbridge::mapping::load_all(&[path]).map_err(|r| r.render())?;
-
-    let cs = ConnectionString::parse(connection_string, None)?;
-    let tls = tagbridge::sink::eventhub::tls::client_config(Some(std::path::Path::new(ca)))?;
-    let port = cs.port.ok_or("no port")?;
-    let target = Target::for_connection_string(&cs, Some(tls), port, Transport::Amqp);
-    let sink = EventHubSink::new(
-        target,
-        Credential::Sas(cs.credential),
-        SinkOptions::default(),
-    );
-    let stats = sink.stats.clone();
-    let spool_tasks = tokio_util::task::TaskTracker::new();
-    let journal = if spool_on {
-        // 1 GiB, fsync every 100 ms: the shipped defaults.
-        let (spool, _) = tagbridge::spool::Spool::open(
-            dir.join("spool"),
-            tagbridge::spool::SpoolConfig::new(1 << 30),
-        )?;
-        Arc::new(Journal::spool(tagbridge::spool::handle::spawn(
-            spool,
-            &spool_tasks,
-            CancellationToken::new(),
-        )))
-    } else {
-        Arc::new(Journal::memory(1 << 20))
+    std::fs::write(dir.join("bench.yaml"), yaml)?;
+    // gateway.yaml, built the way `tagbridge run` builds it: 1 GiB spool, fsync every 100 ms
+    // (the shipped defaults).
+    std::fs::write(dir.join("connection-string"), connection_string)?;
+    let gateway_yaml = dir.join("gateway.yaml");
+    std::fs::write(
+        &gateway_yaml,
+        format!(
+            "tag_maps: bench.yaml\nsink:\n  eventhub:\n    connection_string_file: connection-string\n    ca_file: \"{ca}\"\n    shutdown_grace: 5s\nspool:\n  dir: spool\ntelemetry:\n  metrics: \"off\"\n"
+        ),
+    )?;
+    let prepared = tagbridge::runtime::prepare(&gateway_yaml).map_err(|r| r.render())?;
+    let tweaks = Tweaks {
+        // Spool off: an in-memory queue in its place.
+        journal: (!spool_on).then(|| Journal::memory(1 << 20)),
+        ..Default::default()
     };
+    let gateway = Gateway::build(prepared, tweaks)?;
+    let stats = gateway.sink().ok_or("no Event Hub sink")?.stats.clone();
     let shutdown = CancellationToken::new();
-    let gateway = tokio::spawn(tagbridge::runtime::run(
-        plans,
-        Output::EventHub {
-            sink: Box::new(sink),
-            journal: journal.clone(),
-            partition: PartitionKeySpec::None,
-            grace: Duration::from_secs(5),
-        },
-        RunOptions::default(),
-        shutdown.clone(),
-    ));
+    let gateway = tokio::spawn(gateway.run(shutdown.clone()));
 
     // Warm up: every item subscribed and a full second of changes delivered.
     let started = Instant::now();
@@ -247,9 +221,6 @@ async fn measure(n: usize, seconds: u64, spool_on: bool) -> Result<Row, BoxError
     let rss = rss_mb();
     shutdown.cancel();
     let _ = gateway.await;
-    drop(journal);
-    spool_tasks.close();
-    spool_tasks.wait().await;
     drop(hub.stdin.take());
     let _ = hub.wait();
     drop(plc.stdin.take());

@@ -12,9 +12,41 @@ use crate::reading::{Number, Reading, Value};
 const TU_EVENTS_PER_S: f64 = 1000.0;
 const TU_BYTES_PER_S: f64 = 1_048_576.0;
 
+/// With `-c`, exactly what `run` checks before it starts ([`crate::runtime::prepare`]); tag
+/// map paths given besides are checked as well.
 pub fn check(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
-    let plans = match super::load(config, paths) {
-        Ok((_, plans)) => plans,
+    let loaded = match config {
+        Some(config) => {
+            let prepared = crate::runtime::prepare_with(config, crate::runtime::Secrets::ServiceMayHold)
+                .map(|(prepared, unread)| {
+                    if let Some(path) = unread {
+                        eprintln!(
+                            "note: {path} is a systemd credential that exists only while the service runs; not checked here (`tagbridge send-test` as the service checks it)"
+                        );
+                    }
+                    prepared.tag_maps
+                });
+            if paths.is_empty() {
+                prepared
+            } else {
+                match (prepared, super::load_tag_maps(paths)) {
+                    (Ok(mut a), Ok(b)) => {
+                        a.extend(b);
+                        Ok(a)
+                    }
+                    (Err(mut a), Err(b)) => {
+                        a.diagnostics.extend(b.diagnostics);
+                        a.sort();
+                        Err(a)
+                    }
+                    (Err(a), _) | (_, Err(a)) => Err(a),
+                }
+            }
+        }
+        None => super::load_tag_maps(paths),
+    };
+    let plans = match loaded {
+        Ok(plans) => plans,
         Err(report) => {
             eprint!("{}", report.render());
             eprintln!(

@@ -16,14 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::gateway::{LogFormat, PartitionKeySpec, Transport};
-use crate::runtime::{Output, RunOptions};
+use crate::config::gateway::LogFormat;
 use crate::sim::hub::{Hub, HubConfig};
 use crate::sim::plc::{Plc, PlcConfig};
-use crate::sink::eventhub::amqp::Target;
-use crate::sink::eventhub::auth::Credential;
-use crate::sink::eventhub::sink::{EventHubSink, SinkOptions};
-use crate::sink::eventhub::ConnectionString;
 
 /// The shipped tag maps, with the addresses the simulator replaces.
 const TAG_MAPS: [(&str, &str); 2] = [
@@ -114,39 +109,34 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     .await
     .context("starting the Event Hub emulator")?;
 
-    // 3. The gateway, reading the same tag maps pointed at the simulator.
-    let live = write_tag_maps(&work.join("live"), &opcua, &modbus.to_string())?;
-    let plans = crate::mapping::load_all(&live)
-        .map_err(|report| anyhow::anyhow!("embedded tag maps: {}", report.render()))?;
-    let cs = ConnectionString::parse(&hub.connection_string(KEY_NAME), None)
-        .context("the emulator's connection string")?;
-    let tls = crate::sink::eventhub::tls::client_config(Some(hub.ca_cert_path()))
-        .context("trusting the emulator's CA")?;
-    let target =
-        Target::for_connection_string(&cs, Some(tls), hub.amqps_addr().port(), Transport::Amqp);
-    let sink = EventHubSink::new(
-        target,
-        Credential::Sas(cs.credential),
-        SinkOptions {
-            linger: Duration::from_millis(50),
-            ..Default::default()
-        },
-    );
-    let stats = sink.stats.clone();
-    // Readings go through the durable spool, as in production (in the demo's scratch folder).
-    let spool_tasks = tokio_util::task::TaskTracker::new();
-    let spool = crate::config::gateway::SpoolSpec {
-        dir: Some(work.join("spool").display().to_string()),
-        ..Default::default()
-    };
-    let (journal, _) = super::spool::open(&spool, &work, &spool_tasks)?;
-    let journal = Arc::new(journal);
-    let output = Output::EventHub {
-        sink: Box::new(sink),
-        journal: journal.clone(),
-        partition: PartitionKeySpec::None,
-        grace: Duration::from_secs(5),
-    };
+    // 3. The gateway, reading the same tag maps pointed at the simulator, configured by a
+    //    gateway.yaml and built exactly as `tagbridge run` builds it: the connection string in a
+    //    file, the emulator's CA trusted, the durable spool in the scratch folder.
+    write_tag_maps(&work.join("live"), &opcua, &modbus.to_string())?;
+    let secret = work.join("hub-connection-string");
+    std::fs::write(&secret, hub.connection_string(KEY_NAME))
+        .with_context(|| format!("writing {}", secret.display()))?;
+    let gateway_yaml = work.join("gateway.yaml");
+    std::fs::write(
+        &gateway_yaml,
+        format!(
+            "tag_maps: live\n\
+             sink:\n  eventhub:\n    connection_string_file: {secret}\n    ca_file: {ca}\n    linger: 50ms\n    shutdown_grace: 5s\n\
+             spool:\n  dir: spool\n\
+             telemetry:\n  metrics: \"off\"\n",
+            secret = secret.display(),
+            ca = hub.ca_cert_path().display(),
+        ),
+    )
+    .with_context(|| format!("writing {}", gateway_yaml.display()))?;
+    let prepared = crate::runtime::prepare(&gateway_yaml)
+        .map_err(|report| anyhow::anyhow!("the demo's gateway.yaml: {}", report.render()))?;
+    let gateway = crate::runtime::Gateway::build(prepared, Default::default())?;
+    let handles = gateway
+        .sink()
+        .cloned()
+        .context("the demo's gateway has an Event Hub sink")?;
+    let (stats, journal) = (handles.stats, Arc::downgrade(&handles.journal));
     println!("tagbridge demo: simulated PLC → gateway → local Event Hub emulator");
     println!("  OPC UA server  {opcua}");
     println!("  Modbus server  {modbus}");
@@ -183,7 +173,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             println!(
                 "{:>5.0}s  gateway: {accepted:>7} events accepted ({rate:>6.1}/s, {} waiting)   hub: {} events in {} batches",
                 started.elapsed().as_secs_f64(),
-                journal.depth(),
+                journal.upgrade().map_or(0, |j| j.depth()),
                 hub_stats.events,
                 hub_stats.batches,
             );
@@ -198,15 +188,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let gateway = crate::runtime::run(plans, output, RunOptions::default(), shutdown);
+    let gateway = gateway.run(shutdown);
     let result = tokio::select! {
         result = gateway => result,
         () = progress => unreachable!("the progress loop never ends"),
     };
     let summary = result.context("the gateway failed")?;
-    drop(journal);
-    spool_tasks.close();
-    spool_tasks.wait().await;
     println!(
         "\nStopped. {} readings produced, {} events accepted by the hub, written to {}.",
         summary.mapping.readings,

@@ -139,28 +139,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Loads gateway.yaml (if given) and the tag maps it names plus `extra`, all checked.
-pub(crate) fn load(
-    config_path: Option<&Path>,
-    extra: &[PathBuf],
-) -> Result<(Option<config::GatewayConfig>, Vec<TagMapPlan>), Report> {
-    let mut paths = Vec::new();
-    let mut gateway = None;
-    if let Some(path) = config_path {
-        let cfg = config::load_gateway(path)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let listed = cfg.tag_maps.paths();
-        paths.extend(config::expand_tag_map_paths(
-            listed.iter().map(Path::new),
-            base,
-        )?);
-        gateway = Some(cfg);
-    }
-    paths.extend(config::expand_tag_map_paths(
-        extra.iter().map(PathBuf::as_path),
-        Path::new(""),
-    )?);
-    if paths.is_empty() {
+/// Loads and checks tag map files and folders (`check` without `-c`).
+pub(crate) fn load_tag_maps(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
+    let files = config::expand_tag_map_paths(paths.iter().map(PathBuf::as_path), Path::new(""))?;
+    if files.is_empty() {
         let mut report = Report::default();
         report.push(
             config::Problem::new(config::Pos::default(), "no tag maps given")
@@ -169,37 +151,21 @@ pub(crate) fn load(
         );
         return Err(report);
     }
-    let plans = crate::mapping::load_all(&paths)?;
-    Ok((gateway, plans))
+    crate::mapping::load_all(&files)
 }
 
 fn run(config_path: &Path, format: LogFormat) -> ExitCode {
-    let (gateway, plans) = match load(Some(config_path), &[]) {
-        Ok(loaded) => loaded,
+    // The same checks as `tagbridge check -c`.
+    let prepared = match crate::runtime::prepare(config_path) {
+        Ok(prepared) => prepared,
         Err(report) => {
             eprint!("{}", report.render());
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let Some(gateway) = gateway else {
-        return ExitCode::from(EXIT_INVALID);
-    };
-    let telemetry = &gateway.telemetry;
-    crate::telemetry::init_logging(
-        telemetry.log_format.unwrap_or(format),
-        telemetry.log_level.as_deref().unwrap_or("info"),
-    );
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let run_options = match run_options(&gateway.telemetry) {
-        Ok(mut o) => {
-            o.reload = Some(reload_of(config_path, &gateway));
-            o
-        }
-        Err(error) => {
-            tracing::error!(message = "Invalid telemetry settings.", %error);
-            return ExitCode::from(EXIT_INVALID);
-        }
-    };
+    let telemetry = &prepared.plan.telemetry;
+    crate::telemetry::init_logging(telemetry.log_format.unwrap_or(format), &telemetry.log_level);
+    let reload = reload_of(&prepared.plan);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {
@@ -207,25 +173,24 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    // The spool's task is spawned while the output is set up.
-    let _entered = runtime.enter();
-    let spool_tasks = tokio_util::task::TaskTracker::new();
-    let output = match output(&gateway, base, &spool_tasks) {
-        Ok(o) => o,
-        Err(error) => {
-            tracing::error!(message = "Cannot set up the sink.", error = %format!("{error:#}"));
-            return ExitCode::from(EXIT_INVALID);
-        }
-    };
     let result = runtime.block_on(async {
+        let tweaks = crate::runtime::Tweaks {
+            reload: Some(reload),
+            ..Default::default()
+        };
+        let gateway = match crate::runtime::Gateway::build(prepared, tweaks) {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                tracing::error!(message = "Cannot set up the sink.", %error);
+                return Err(ExitCode::from(EXIT_FAILURE));
+            }
+        };
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let result = crate::runtime::run(plans, output, run_options, shutdown).await;
-        // The spool task ends once the runtime has dropped its handles: wait for its last
-        // commit and fsync.
-        spool_tasks.close();
-        spool_tasks.wait().await;
-        result
+        gateway.run(shutdown).await.map_err(|error| {
+            tracing::error!(message = "Gateway failed.", %error);
+            ExitCode::from(EXIT_FAILURE)
+        })
     });
     match result {
         Ok(summary) => {
@@ -237,91 +202,21 @@ fn run(config_path: &Path, format: LogFormat) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            tracing::error!(message = "Gateway failed.", %error);
-            ExitCode::from(EXIT_FAILURE)
-        }
+        Err(code) => code,
     }
 }
 
 /// Live reload: gateway.yaml's tag maps are loaded again on SIGHUP or when gateway.yaml, a tag
-/// map or a tag-map folder changes.
-fn reload_of(
-    config_path: &Path,
-    gateway: &config::GatewayConfig,
-) -> crate::runtime::reload::Reload {
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let mut watch = vec![config_path.to_path_buf()];
-    watch.extend(gateway.tag_maps.paths().iter().map(|p| base.join(p)));
-    let path = config_path.to_path_buf();
+/// map or a tag-map folder changes, through the same loader as `check` and `run`.
+fn reload_of(plan: &config::GatewayPlan) -> crate::runtime::reload::Reload {
+    let mut watch = vec![plan.path.clone()];
+    watch.extend(plan.watch.iter().cloned());
+    let path = plan.path.clone();
     crate::runtime::reload::Reload {
-        load: std::sync::Arc::new(move || load(Some(&path), &[]).map(|(_, plans)| plans)),
+        load: std::sync::Arc::new(move || crate::runtime::prepare(&path).map(|p| p.tag_maps)),
         watch,
         every: std::time::Duration::from_secs(2),
     }
-}
-
-/// Metrics address (default 127.0.0.1:9898, `off` for none) and summary period.
-fn run_options(
-    telemetry: &config::gateway::TelemetrySpec,
-) -> anyhow::Result<crate::runtime::RunOptions> {
-    let metrics = telemetry.metrics_addr().map_err(anyhow::Error::msg)?;
-    Ok(crate::runtime::RunOptions {
-        metrics,
-        metrics_bound: None,
-        summary_every: telemetry
-            .summary_every
-            .map_or(std::time::Duration::from_secs(60), |s| s.as_duration()),
-        reload: None,
-    })
-}
-
-/// The output named by gateway.yaml's `sink`.
-fn output(
-    gateway: &config::GatewayConfig,
-    base: &Path,
-    spool_tasks: &tokio_util::task::TaskTracker,
-) -> anyhow::Result<crate::runtime::Output> {
-    use crate::runtime::Output;
-    use crate::sink::eventhub::sink::{EventHubSink, SinkOptions};
-    Ok(match &gateway.sink {
-        config::gateway::SinkSpec::Stdout {} => Output::Stdout,
-        config::gateway::SinkSpec::File { path } => Output::File(base.join(path)),
-        config::gateway::SinkSpec::Eventhub(spec) => {
-            let (target, credential) = crate::sink::eventhub::setup::build(spec, base)?;
-            let mut options = SinkOptions::default();
-            if let Some(config::gateway::EventsSpec::Array(n)) = spec.events {
-                anyhow::ensure!(
-                    n >= 1,
-                    "sink.eventhub.events: array needs at least 1 reading per event"
-                );
-                options.readings_per_event = usize::from(n);
-            }
-            if let Some(n) = spec.max_in_flight {
-                options.max_in_flight = usize::from(n.max(1));
-            }
-            if let Some(linger) = spec.linger {
-                options.linger = linger.as_duration();
-            }
-            let journal = spool::open(&gateway.spool, base, spool_tasks)?;
-            options.dead_letter = Some(match spec.dead_letter.as_deref() {
-                Some(p) => base.join(p),
-                None => journal.1.join("dead-letter.jsonl"),
-            });
-            if let Ok(host) = std::env::var("HOSTNAME") {
-                options.message_id_prefix = host;
-            }
-            Output::EventHub {
-                sink: Box::new(EventHubSink::new(target, credential, options)),
-                journal: std::sync::Arc::new(journal.0),
-                partition: spec
-                    .partition_key
-                    .clone()
-                    .unwrap_or(config::gateway::PartitionKeySpec::None),
-                grace: std::time::Duration::from_secs(10),
-            }
-        }
-    })
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.

@@ -81,7 +81,7 @@ fn build_config(args: &SimPlcArgs) -> anyhow::Result<PlcConfig> {
         None => PlcConfig::default(),
     };
     if !args.from.is_empty() {
-        let (_, plans) = super::load(None, &args.from)
+        let plans = super::load_tag_maps(&args.from)
             .map_err(|report| anyhow::anyhow!("{}", report.render()))?;
         let generated = PlcConfig::from_tag_maps(&plans);
         if let Some(g) = generated.modbus {

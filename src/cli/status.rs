@@ -14,21 +14,14 @@ use std::time::Duration;
 use super::{EXIT_FAILURE, EXIT_INVALID};
 
 pub fn status(config: &Path) -> ExitCode {
-    let gateway = match crate::config::load_gateway(config) {
-        Ok(g) => g,
+    let plan = match crate::config::plan::load(config) {
+        Ok(plan) => plan,
         Err(report) => {
             eprint!("{}", report.render());
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let base = config.parent().unwrap_or(Path::new("."));
-    let addr = match gateway.telemetry.metrics_addr() {
-        Ok(addr) => addr,
-        Err(error) => {
-            eprintln!("{}: {error}", config.display());
-            return ExitCode::from(EXIT_INVALID);
-        }
-    };
+    let addr = plan.telemetry.metrics;
     let mut ready = false;
     match addr {
         None => println!(
@@ -44,9 +37,7 @@ pub fn status(config: &Path) -> ExitCode {
             ),
         },
     }
-    if let Ok((dir, _)) = super::spool::settings(&gateway.spool, base) {
-        print_spool(&dir);
-    }
+    print_spool(&plan.spool.dir);
     if ready {
         ExitCode::SUCCESS
     } else {

@@ -113,19 +113,39 @@ impl Report {
         let mut cached: Option<(&Path, Option<String>)> = None;
         for d in &self.diagnostics {
             if cached.as_ref().map(|(p, _)| *p) != Some(d.file.as_path()) {
-                cached = Some((d.file.as_path(), std::fs::read_to_string(&d.file).ok()));
+                // Through the loader's checks: never a device, a FIFO or a huge file.
+                cached = Some((d.file.as_path(), super::read_file(&d.file).ok()));
             }
             out.push_str(&d.to_string());
             out.push('\n');
             let text = cached.as_ref().and_then(|(_, t)| t.as_deref());
-            if let Some(line) =
-                text.and_then(|t| t.lines().nth(d.pos.line.saturating_sub(1) as usize))
-            {
+            if let Some(line) = text.and_then(|t| {
+                yaml_lines(t)
+                    .get(d.pos.line.saturating_sub(1) as usize)
+                    .copied()
+            }) {
                 let gutter = d.pos.line.to_string();
                 let caret_pad: String = line
                     .chars()
                     .take(d.pos.col.saturating_sub(1) as usize)
                     .map(|c| if c == '\t' { '\t' } else { ' ' })
+                    .collect();
+                if looks_secret(line) {
+                    out.push_str(&format!(
+                        " {gutter} | (not shown: the line looks like a key or a connection string)\n"
+                    ));
+                    continue;
+                }
+                // A control character would reach the terminal as it is: show a placeholder.
+                let line: String = line
+                    .chars()
+                    .map(|c| {
+                        if c.is_control() && c != '\t' {
+                            '\u{FFFD}'
+                        } else {
+                            c
+                        }
+                    })
                     .collect();
                 out.push_str(&format!(" {gutter} | {line}\n"));
                 out.push_str(&format!(" {} | {caret_pad}^\n", " ".repeat(gutter.len())));
@@ -142,6 +162,64 @@ impl fmt::Display for Report {
         }
         write!(f, "{} error(s)", self.diagnostics.len())
     }
+}
+
+/// The lines of a text as YAML counts them: a line break is `\r\n`, `\n` or a lone `\r`.
+pub fn yaml_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(['\n', '\r']) {
+        lines.push(&rest[..at]);
+        let skip = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[at + skip..];
+    }
+    lines.push(rest);
+    lines
+}
+
+/// A value as messages show it: in backticks, cut after 60 characters, and not at all when it
+/// looks like a secret.
+pub fn shown(text: &str) -> String {
+    const MAX_SHOWN_CHARS: usize = 60;
+    if looks_secret(text) {
+        return "a value that looks like a key or a connection string (not shown)".to_string();
+    }
+    let chars = text.chars().count();
+    if chars > MAX_SHOWN_CHARS {
+        let cut: String = text.chars().take(MAX_SHOWN_CHARS).collect();
+        return format!("`{cut}…` ({chars} characters)");
+    }
+    format!("`{text}`")
+}
+
+/// Whether `text` may hold a secret (a connection string, a key, a password), so that it is
+/// never echoed in a message: the names Azure and people use for secrets, or a long run of
+/// base64 such as a pasted SAS key.
+pub fn looks_secret(text: &str) -> bool {
+    const MARKERS: [&str; 6] = [
+        "sharedaccesskey",
+        "sharedaccesssignature",
+        "accountkey",
+        "secret",
+        "password",
+        "sig=",
+    ];
+    let lower = text.to_ascii_lowercase();
+    if MARKERS.iter().any(|m| lower.contains(m)) {
+        return true;
+    }
+    let mut run = 0;
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=') {
+            run += 1;
+            if run >= 32 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
 }
 
 /// The candidate closest to `input` by edit distance, if it is close enough to be a typo.
@@ -185,6 +263,23 @@ mod tests {
         assert_eq!(did_you_mean("Scale", keys), Some("scale"));
         assert_eq!(did_you_mean("deadbnd", keys), Some("deadband"));
         assert_eq!(did_you_mean("colour", keys), None);
+    }
+
+    #[test]
+    fn lines_break_where_yaml_breaks_them() {
+        assert_eq!(yaml_lines("a\r\nb\rc\nd"), ["a", "b", "c", "d"]);
+        assert_eq!(yaml_lines("a\n"), ["a", ""]);
+    }
+
+    #[test]
+    fn secrets_are_recognised() {
+        assert!(looks_secret(
+            "Endpoint=sb://a/;SharedAccessKeyName=x;SharedAccessKey=abc="
+        ));
+        assert!(looks_secret("dGhpcyBpcyBhIHNlY3JldCBrZXkgb2YgNDQgY2hhcnM="));
+        assert!(!looks_secret(
+            "  - {sensor_id: press:a, node: \"ns=2;s=A\"}"
+        ));
     }
 
     #[test]

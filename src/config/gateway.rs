@@ -9,6 +9,8 @@ use serde::Deserialize;
 use super::de::Spanned;
 use super::duration::HumanDuration;
 
+pub use crate::spool::FsyncPolicy;
+
 /// The gateway's configuration.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -30,14 +32,26 @@ pub struct GatewayConfig {
 #[serde(untagged)]
 pub enum PathList {
     One(String),
-    Many(Vec<String>),
+    Many(Vec<Spanned<String>>),
 }
 
 impl PathList {
     pub fn paths(&self) -> Vec<&str> {
         match self {
             PathList::One(p) => vec![p.as_str()],
-            PathList::Many(ps) => ps.iter().map(String::as_str).collect(),
+            PathList::Many(ps) => ps.iter().map(|p| p.value.as_str()).collect(),
+        }
+    }
+
+    /// Each path with where it was written; a single path takes `whole`, the position of the
+    /// `tag_maps` value.
+    pub fn spanned(&self, whole: super::Pos) -> Vec<Spanned<&str>> {
+        match self {
+            PathList::One(p) => vec![Spanned::new(whole, p.as_str())],
+            PathList::Many(ps) => ps
+                .iter()
+                .map(|p| Spanned::new(p.pos, p.value.as_str()))
+                .collect(),
         }
     }
 }
@@ -62,7 +76,7 @@ impl<'de> Deserialize<'de> for PathList {
                 mut seq: A,
             ) -> Result<PathList, A::Error> {
                 let mut paths = Vec::new();
-                while let Some(p) = seq.next_element::<String>()? {
+                while let Some(p) = seq.next_element::<Spanned<String>>()? {
                     paths.push(p);
                 }
                 Ok(PathList::Many(paths))
@@ -85,7 +99,7 @@ pub enum SinkSpec {
         path: String,
     },
     /// An Azure Event Hub.
-    Eventhub(Box<EventHubSpec>),
+    Eventhub(Spanned<Box<EventHubSpec>>),
 }
 
 /// An Azure Event Hub and how to authenticate to it: a send-only SAS connection string, or an
@@ -110,9 +124,9 @@ pub struct EventHubSpec {
     pub ca_file: Option<String>,
     /// Which readings share a partition: `none` (default: the hub spreads them), `sensor_id`,
     /// `tag_map`, or `{fixed: <key>}`.
-    pub partition_key: Option<PartitionKeySpec>,
-    /// Batches sent and not yet acknowledged, at most. Default 16.
-    pub max_in_flight: Option<u16>,
+    pub partition_key: Option<Spanned<PartitionKeySpec>>,
+    /// Batches sent and not yet acknowledged, at most (1 or more). Default 16.
+    pub max_in_flight: Option<std::num::NonZeroU16>,
     /// How long a partly filled batch waits for more readings. Default 20ms.
     pub linger: Option<HumanDuration>,
     /// Where events too large for the hub are written. Default `dead-letter.jsonl` in the spool
@@ -122,6 +136,9 @@ pub struct EventHubSpec {
     /// JSON array; fewer events (Event Hubs bills per event), but every consumer must expect
     /// arrays.
     pub events: Option<EventsSpec>,
+    /// After a stop is asked for (SIGTERM, Ctrl-C), how long the sink may keep delivering what
+    /// is spooled before the gateway exits; what is left stays in the spool. Default 10s.
+    pub shutdown_grace: Option<HumanDuration>,
 }
 
 /// How readings become events.
@@ -129,7 +146,8 @@ pub struct EventHubSpec {
 #[serde(rename_all = "snake_case")]
 pub enum EventsSpec {
     One,
-    Array(u16),
+    /// Up to this many readings per event (1 or more).
+    Array(std::num::NonZeroU16),
 }
 
 /// An Entra ID (Azure AD) application allowed to send ("Azure Event Hubs Data Sender").
@@ -171,15 +189,16 @@ pub enum Transport {
 pub struct SpoolSpec {
     /// Directory for spool segments. Default `spool/` beside gateway.yaml.
     pub dir: Option<String>,
-    /// Largest size on disk, in bytes. Default 1 GiB.
-    pub max_bytes: Option<u64>,
+    /// Largest size on disk, in bytes: at least 4096. Default 1 GiB.
+    #[schemars(range(min = 4096))]
+    pub max_bytes: Option<Spanned<u64>>,
     /// What to drop when full: `drop_oldest` (default) or `drop_newest`.
     pub when_full: Option<WhenFull>,
     /// How often to fsync: a duration such as `100ms` (default; a power cut may lose the
     /// readings of the last interval), `always` (after every group commit; loses nothing that
     /// was appended, costs an fsync per group), or `never` (the OS decides; tests only). A
     /// process crash loses nothing with any of them.
-    pub fsync: Option<String>,
+    pub fsync: Option<Fsync>,
     /// Readings older than this are dropped (and counted), e.g. `7d`. Default: no limit.
     pub max_age: Option<HumanDuration>,
 }
@@ -198,9 +217,9 @@ pub struct TelemetrySpec {
     /// `human` (default) or `json`. Logs always go to standard error.
     pub log_format: Option<LogFormat>,
     /// A tracing filter, e.g. `info` or `tagbridge=debug`. Default `info`.
-    pub log_level: Option<String>,
+    pub log_level: Option<Spanned<String>>,
     /// Prometheus metrics, `/healthz` and `/readyz` address. Default `127.0.0.1:9898`; `off` for none.
-    pub metrics: Option<String>,
+    pub metrics: Option<MetricsAddr>,
     /// How often to log a one-line summary. Default 1m.
     pub summary_every: Option<HumanDuration>,
 }
@@ -210,18 +229,105 @@ pub const DEFAULT_METRICS_ADDR: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9898);
 
 impl TelemetrySpec {
-    /// The metrics address: the default when unset, `None` for `off`; the error says what is
-    /// wrong with the text.
-    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
-        match self.metrics.as_deref().map(str::trim) {
-            None => Ok(Some(DEFAULT_METRICS_ADDR)),
-            Some("off") => Ok(None),
-            Some(addr) => addr.parse().map(Some).map_err(|_| {
-                format!(
-                    "telemetry.metrics `{addr}` is not host:port (e.g. 127.0.0.1:9898) or `off`"
-                )
-            }),
+    /// The metrics address: the default when unset, `None` for `off`.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        match self.metrics {
+            None => Some(DEFAULT_METRICS_ADDR),
+            Some(MetricsAddr::Off) => None,
+            Some(MetricsAddr::At(addr)) => Some(addr),
         }
+    }
+}
+
+/// `telemetry.metrics`: `host:port` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for MetricsAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "off" => Ok(MetricsAddr::Off),
+            addr => addr
+                .parse()
+                .map(MetricsAddr::At)
+                .map_err(|_| format!("`{addr}` is not host:port (e.g. 127.0.0.1:9898) or `off`")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for MetricsAddr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MetricsAddr".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "An IP address and port, e.g. 127.0.0.1:9898, or `off`.",
+            "anyOf": [
+                {"const": "off"},
+                {"pattern": "^(\\[[0-9A-Fa-f:.]+\\]|[0-9.]+):[0-9]{1,5}$"}
+            ],
+            "examples": ["127.0.0.1:9898", "0.0.0.0:9100", "off"]
+        })
+    }
+}
+
+/// `spool.fsync`: `always`, `never` or a duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fsync(pub FsyncPolicy);
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "always" => Ok(Fsync(FsyncPolicy::Always)),
+            "never" => Ok(Fsync(FsyncPolicy::Never)),
+            other => other
+                .parse::<HumanDuration>()
+                .map(|s| Fsync(FsyncPolicy::Interval(s.as_duration())))
+                .map_err(|_| {
+                    format!("`{other}` is not `always`, `never` or a duration such as `100ms`")
+                }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Fsync {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Fsync {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Fsync".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`always`, `never`, or a duration such as `100ms` (at most that long after an append).",
+            "anyOf": [
+                {"enum": ["always", "never"]},
+                {"pattern": "^[0-9]+(\\.[0-9]+)?(ms|s|m|min|h|d)$"}
+            ],
+            "examples": ["100ms", "always", "never"]
+        })
     }
 }
 
@@ -240,17 +346,32 @@ mod tests {
     #[test]
     fn metrics_address_defaults_turns_off_and_names_a_bad_value() {
         let spec = |m: Option<&str>| TelemetrySpec {
-            metrics: m.map(String::from),
+            metrics: m.map(|m| m.parse().unwrap()),
             ..Default::default()
         };
-        assert_eq!(spec(None).metrics_addr(), Ok(Some(DEFAULT_METRICS_ADDR)));
-        assert_eq!(spec(Some(" off ")).metrics_addr(), Ok(None));
+        assert_eq!(spec(None).metrics_addr(), Some(DEFAULT_METRICS_ADDR));
+        assert_eq!(spec(Some(" off ")).metrics_addr(), None);
         assert_eq!(
             spec(Some("0.0.0.0:9100")).metrics_addr(),
-            Ok(Some("0.0.0.0:9100".parse().unwrap()))
+            Some("0.0.0.0:9100".parse().unwrap())
         );
-        assert!(spec(Some("localhost"))
-            .metrics_addr()
+        assert!("localhost"
+            .parse::<MetricsAddr>()
             .is_err_and(|e| e.contains("`localhost` is not host:port")));
+    }
+
+    #[test]
+    fn fsync_parses_always_never_and_durations() {
+        assert_eq!("always".parse(), Ok(Fsync(FsyncPolicy::Always)));
+        assert_eq!(" never".parse(), Ok(Fsync(FsyncPolicy::Never)));
+        assert_eq!(
+            "250ms".parse(),
+            Ok(Fsync(FsyncPolicy::Interval(
+                std::time::Duration::from_millis(250)
+            )))
+        );
+        assert!("sometimes"
+            .parse::<Fsync>()
+            .is_err_and(|e| e.contains("`sometimes` is not `always`, `never` or a duration")));
     }
 }

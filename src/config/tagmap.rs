@@ -28,7 +28,7 @@ pub struct TagMapFile {
     #[serde(default)]
     pub fields: BTreeMap<Spanned<String>, serde_json::Value>,
     /// The tags to read.
-    pub tags: Items<Spanned<TagSpec>>,
+    pub tags: Items<Box<Spanned<TagSpec>>>,
 }
 
 /// Where the tags of this file come from.
@@ -219,11 +219,11 @@ pub struct TagDefaults {
     pub order: Option<WordOrder>,
     /// Suppress changes smaller than this (in scaled units). Default 0: only equal values are
     /// suppressed.
-    pub deadband: Option<f64>,
+    pub deadband: Option<Spanned<f64>>,
     /// Re-send an unchanged value this often, so consumers see the tag is alive.
     pub heartbeat: Option<HumanDuration>,
-    /// Round numbers to this many decimals.
-    pub decimals: Option<u8>,
+    /// Round numbers to this many decimals (0 to 12).
+    pub decimals: Option<Spanned<u8>>,
     /// Set to false to keep the tags in the file but not read them.
     pub enabled: Option<bool>,
 }
@@ -275,8 +275,8 @@ pub struct TagSpec {
     pub interval: Option<HumanDuration>,
     /// Multiply the raw value by this.
     pub scale: Option<Spanned<f64>>,
-    /// Add this after scaling.
-    pub offset: Option<f64>,
+    /// Add this after scaling (a finite number).
+    pub offset: Option<Spanned<f64>>,
     /// Map raw numbers or booleans to state strings, e.g. `{0: Stopped, 1: Running, 2: Fault}`.
     pub states: Option<BTreeMap<StateKey, String>>,
     /// Suppress changes smaller than this (in scaled units).

@@ -23,6 +23,18 @@ pub struct TagMapPlan {
     pub disabled: usize,
 }
 
+impl TagMapPlan {
+    /// The tag map's name: its file name without the extension (logs, metrics labels and
+    /// `partition_key: tag_map` use it).
+    pub fn name(&self) -> std::sync::Arc<str> {
+        self.path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .into()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourcePlan {
     OpcUa(OpcUaPlan),

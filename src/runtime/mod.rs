@@ -11,6 +11,7 @@
 //! period, after which what is unsent stays in the journal.
 
 pub mod delivery;
+pub mod gateway;
 pub mod journal;
 pub mod map_task;
 pub mod reload;
@@ -35,6 +36,8 @@ use delivery::TaggedReadings;
 use journal::Journal;
 use status::{GatewayStatus, SinkView};
 use tag_maps::TagMaps;
+
+pub use gateway::{prepare, prepare_with, Gateway, Prepared, Secrets, Tweaks};
 
 /// Reading batches queued before mapping tasks wait for the output.
 const READING_QUEUE: usize = 256;

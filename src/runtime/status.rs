@@ -17,51 +17,6 @@ use crate::sink::eventhub::sink::{SinkState, SinkStats};
 use crate::source::SourceCounters;
 use crate::telemetry::metrics::{single, Labels, Metrics, Points};
 
-/// The sink's counter families: (name, help, field). `_total` is appended by the encoder.
-type SinkCounter = (&'static str, &'static str, fn(&SinkStats) -> &AtomicU64);
-const SINK_COUNTERS: [SinkCounter; 8] = [
-    (
-        "tagbridge_eventhub_batches_sent",
-        "Batch messages sent to the event hub.",
-        |s| &s.batches_sent,
-    ),
-    (
-        "tagbridge_eventhub_events_accepted",
-        "Events the event hub accepted.",
-        |s| &s.events_accepted,
-    ),
-    (
-        "tagbridge_eventhub_sent_bytes",
-        "Bytes of batch messages sent.",
-        |s| &s.bytes_sent,
-    ),
-    (
-        "tagbridge_eventhub_throttled",
-        "Batches the hub refused as server-busy.",
-        |s| &s.throttled,
-    ),
-    (
-        "tagbridge_eventhub_auth_failures",
-        "Connection attempts the hub refused for the credentials.",
-        |s| &s.auth_failures,
-    ),
-    (
-        "tagbridge_eventhub_reconnects",
-        "Links dropped and re-established.",
-        |s| &s.reconnects,
-    ),
-    (
-        "tagbridge_eventhub_dead_lettered",
-        "Events too large for the hub, written to the dead-letter file.",
-        |s| &s.dead_lettered,
-    ),
-    (
-        "tagbridge_eventhub_token_renewals",
-        "Tokens renewed on a live link.",
-        |s| &s.token_renewals,
-    ),
-];
-
 /// Live mapping counters of one tag map.
 #[derive(Debug, Default)]
 pub struct MapStats {
@@ -142,7 +97,7 @@ impl GatewayStatus {
             None => (true, "lines output".to_string()),
             Some(view) => {
                 let state = view.state.borrow().clone();
-                (matches!(state, SinkState::Connected), describe(&state))
+                (matches!(state, SinkState::Connected), state.to_string())
             }
         };
         (
@@ -190,41 +145,8 @@ impl GatewayStatus {
         let Some(view) = &self.sink else {
             return;
         };
-        let stat = |read: fn(&SinkStats) -> &AtomicU64| {
-            let stats = view.stats.clone();
-            move |points: &mut Points| {
-                points.push((Vec::new(), read(&stats).load(Ordering::Relaxed) as f64))
-            }
-        };
-        for (name, help, read) in SINK_COUNTERS {
-            metrics.counter(name, help, stat(read));
-        }
-        metrics.histogram(
-            "tagbridge_eventhub_send_latency_seconds",
-            "Seconds from handing a batch to the link to the hub's acceptance.",
-            view.stats.send_latency.clone(),
-        );
-        let stats = view.stats.clone();
-        metrics.gauge(
-            "tagbridge_eventhub_token_expiry_seconds",
-            "Seconds until the token on the open link expires (renewed at 80 % of its life).",
-            move |points: &mut Points| {
-                let at = stats.token_expires_at.load(Ordering::Relaxed);
-                if at > 0 {
-                    let left = at - chrono::Utc::now().timestamp();
-                    single(left as f64)(points)
-                }
-            },
-        );
-        let state = view.state.clone();
-        metrics.gauge(
-            "tagbridge_eventhub_connected",
-            "1 when the link to the hub is open and authorised.",
-            move |points: &mut Points| {
-                let up = matches!(*state.borrow(), SinkState::Connected);
-                single(f64::from(u8::from(up)))(points)
-            },
-        );
+        // The sink's own families (counters, latency, token expiry, connected).
+        crate::sink::eventhub::stats::register(metrics, &view.stats, &view.state);
         let journal = view.journal.clone();
         metrics.gauge(
             "tagbridge_spool_depth_records",
@@ -345,7 +267,7 @@ impl GatewayStatus {
                     message = "Summary.",
                     readings_per_s = format!("{rate:.1}"),
                     spool_depth = view.journal.depth(),
-                    hub = %describe(&view.state.borrow()),
+                    hub = %*view.state.borrow(),
                     accepted = view.stats.events_accepted.load(Ordering::Relaxed),
                 ),
                 None => {
@@ -358,16 +280,6 @@ impl GatewayStatus {
 
 fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
-}
-
-fn describe(state: &SinkState) -> String {
-    match state {
-        SinkState::Connecting => "connecting".into(),
-        SinkState::Connected => "connected".into(),
-        SinkState::Unauthorized(why) => format!("unauthorized: {why}"),
-        SinkState::Down(why) => format!("down: {why}"),
-        SinkState::Stopped => "stopped".into(),
-    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,17 @@ use crate::reading::Reading;
 
 /// A record: `[key length: u8][key][reading JSON]`; length 0 means no partition key.
 pub fn encode(out: &mut Vec<u8>, key: Option<&str>, reading: &Reading) {
+    // Cut at a character boundary: a key cut inside a character would not decode (checks
+    // refuse keys over Event Hubs' 128 characters long before this).
     let key = key
-        .map(|k| &k.as_bytes()[..k.len().min(255)])
+        .map(|k| {
+            // `str::floor_char_boundary` is newer than our minimum Rust version.
+            let end = (0..=k.len().min(255))
+                .rev()
+                .find(|&i| k.is_char_boundary(i))
+                .unwrap_or(0);
+            &k.as_bytes()[..end]
+        })
         .unwrap_or_default();
     out.push(key.len() as u8);
     out.extend_from_slice(key);
@@ -34,6 +43,22 @@ pub fn decode(record: &[u8]) -> Option<(Option<&str>, &[u8])> {
 mod tests {
     use super::*;
     use crate::reading::Value;
+
+    #[test]
+    fn a_long_key_is_cut_at_a_character_boundary() {
+        let r = Reading {
+            sensor_id: "s".into(),
+            timestamp: chrono::Utc::now(),
+            value: Value::from(1),
+            extra: "".into(),
+        };
+        // 254 bytes, then a 2-byte character across the 255-byte cut.
+        let key = format!("{}é", "k".repeat(254));
+        let mut out = Vec::new();
+        encode(&mut out, Some(&key), &r);
+        let (decoded, _) = decode(&out).unwrap();
+        assert_eq!(decoded, Some("k".repeat(254).as_str()));
+    }
 
     #[test]
     fn records_round_trip_with_and_without_a_key() {

@@ -5,6 +5,9 @@ use super::support::tagbridge;
 /// Every error in tests/fixtures/broken, in the order `check` prints them. Each line names
 /// file:line:column, says what is wrong with which value, and how to fix it.
 const BROKEN_FIXTURE_ERRORS: &[&str] = &[
+    r#"tests/fixtures/broken/alias-bomb.yaml:6:45: error: aliases expand to more than 100000 nodes (write the repeated parts out, or use fewer nested aliases)"#,
+    r#"tests/fixtures/broken/control-character.yaml:4:24: error: the file holds the control character U+0000 (a NUL byte), which YAML does not allow (is it a text file? remove the character)"#,
+    r#"tests/fixtures/broken/deep-nesting.yaml:2:129: error: lists and mappings are nested more than 64 levels deep (tag maps and gateway.yaml need only a few levels)"#,
     r#"tests/fixtures/broken/duplicates.yaml:6:3: error: field `value` would replace a reading's own member (sensor_id, timestamp and value are set by the gateway; pick another name)"#,
     r#"tests/fixtures/broken/duplicates.yaml:10:16: error: sensor_id `dup:a` is used twice in this file (the first is at line 8)"#,
     r#"tests/fixtures/broken/duplicates.yaml:12:5: error: this tag reads the same node as `dup:a` (line 8; read it once and derive the other value downstream)"#,
@@ -15,6 +18,11 @@ const BROKEN_FIXTURE_ERRORS: &[&str] = &[
     r#"tests/fixtures/broken/durations-and-ranges.yaml:13:12: error: scale 0 would erase every value (use a finite, non-zero factor)"#,
     r#"tests/fixtures/broken/durations-and-ranges.yaml:14:15: error: deadband -1 must be zero or more (it is the smallest change that is sent)"#,
     r#"tests/fixtures/broken/durations-and-ranges.yaml:17:15: error: decimals 20 is more than a float holds (use 0 to 12)"#,
+    r#"tests/fixtures/broken/limits.yaml:4:13: error: deadband -1 must be zero or more (it is the smallest change that is sent)"#,
+    r#"tests/fixtures/broken/limits.yaml:5:13: error: decimals 20 is more than a float holds (use 0 to 12)"#,
+    r#"tests/fixtures/broken/limits.yaml:7:60: error: offset -inf is not a finite number (use a finite number)"#,
+    r#"tests/fixtures/broken/limits.yaml:8:58: error: scale inf is not a finite number (use a finite, non-zero factor)"#,
+    r#"tests/fixtures/broken/limits.yaml:9:17: error: sensor_id is 300 bytes long; at most 256 are allowed (a sensor_id names a tag; keep it short, e.g. `compressor-7:vibe_x`)"#,
     r#"tests/fixtures/broken/many-in-one-tag.yaml:4:22: error: unknown value `basic256` (expected one of: none, basic256sha256, aes128_sha256_rsaoaep, aes256_sha256_rsapss)"#,
     r#"tests/fixtures/broken/many-in-one-tag.yaml:8:15: error: expected an integer from 0 to 255, found `lots`"#,
     r#"tests/fixtures/broken/many-in-one-tag.yaml:9:16: error: `often` is not a duration: write a number and a unit, e.g. `500ms`, `1s`, `5m`"#,
@@ -102,35 +110,232 @@ fn an_error_shows_the_source_line_and_a_caret() {
     assert!(text.contains(expected), "{text}");
 }
 
+/// Every mistake in tests/fixtures/gateway-broken, as `check -c` prints them: whatever `run`
+/// refuses, `check` refuses first, at its place. `shapes.yaml` has mistakes found while
+/// reading the file, `values.yaml` those found when its values are compiled.
+const GATEWAY_FIXTURE_ERRORS: &[(&str, &[&str])] = &[
+    (
+        "tests/fixtures/gateway-broken/shapes.yaml",
+        &[
+            r#"tests/fixtures/gateway-broken/shapes.yaml:6:21: error: expected a nonzero u16, found `0`"#,
+            r#"tests/fixtures/gateway-broken/shapes.yaml:7:20: error: expected a nonzero u16, found `0`"#,
+            r#"tests/fixtures/gateway-broken/shapes.yaml:9:10: error: `sometimes` is not `always`, `never` or a duration such as `100ms`"#,
+            r#"tests/fixtures/gateway-broken/shapes.yaml:11:15: error: unknown value `xml` (expected one of: human, json)"#,
+            r#"tests/fixtures/gateway-broken/shapes.yaml:12:12: error: `localhost` is not host:port (e.g. 127.0.0.1:9898) or `off`"#,
+        ],
+    ),
+    (
+        "tests/fixtures/gateway-broken/values.yaml",
+        &[
+            r#"tests/fixtures/gateway-broken/values.yaml:2:31: error: tag_maps `missing-dir`: no such file or directory"#,
+            r#"tests/fixtures/gateway-broken/values.yaml:5:5: error: the Event Hub sink needs exactly one of connection_string_env, connection_string_file or entra (never write the key itself in gateway.yaml)"#,
+            r#"tests/fixtures/gateway-broken/values.yaml:7:20: error: partition_key fixed is 129 characters long; Event Hubs takes partition keys of at most 128 (shorten it, or use another partition_key)"#,
+            r#"tests/fixtures/gateway-broken/values.yaml:9:14: error: spool.max_bytes 1 is less than the smallest spool, 4096 bytes (the default is 1 GiB: 1073741824)"#,
+            r#"tests/fixtures/gateway-broken/values.yaml:11:14: error: log_level `info,tagbridge=loudest` is not a log filter: error parsing level filter: expected one of "off", "error", "warn", "info", "debug", "trace", or a number 0-5 (write a level (error, warn, info, debug, trace) or e.g. `info,tagbridge=debug`)"#,
+        ],
+    ),
+];
+
 #[test]
-fn a_broken_gateway_config_is_reported_the_same_way() {
+fn broken_gateway_configs_exit_2_with_every_error_at_file_line_column() {
+    for (file, expected) in GATEWAY_FIXTURE_ERRORS {
+        let out = tagbridge().args(["check", "-c", file]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let text = stderr(&out);
+        let errors: Vec<&str> = text.lines().filter(|l| l.contains(": error: ")).collect();
+        assert_eq!(errors, *expected, "full output:\n{text}");
+        // `run` refuses the same file with the same diagnostics, before starting anything.
+        let run = tagbridge().args(["run", "-c", file]).output().unwrap();
+        assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+        let run_text = stderr(&run);
+        let run_errors: Vec<&str> = run_text
+            .lines()
+            .filter(|l| l.contains(": error: "))
+            .collect();
+        assert_eq!(run_errors, *expected, "full output:\n{run_text}");
+    }
+}
+
+/// The shipped files are what the broken ones are not: `check -c` passes them.
+#[test]
+fn a_partition_key_too_long_for_event_hubs_is_refused_where_the_sensor_id_is() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
+    let long = "s".repeat(129);
     std::fs::write(
-        &path,
-        "tag_maps: missing-dir\nsink:\n  stdot: {}\ntelemetry:\n  log_format: xml\n",
+        dir.path().join("map.yaml"),
+        format!("source:\n  opcua: {{endpoint: \"opc.tcp://127.0.0.1:4840\"}}\ntags:\n  - {{sensor_id: {long}, node: \"ns=2;s=A\"}}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("hub"), "Endpoint=sb://localhost:5671/;SharedAccessKeyName=send;SharedAccessKey=c2VjcmV0;EntityPath=hub\n").unwrap();
+    let gateway = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &gateway,
+        "tag_maps: map.yaml\nsink:\n  eventhub:\n    connection_string_file: hub\n    partition_key: sensor_id\n",
     )
     .unwrap();
     let out = tagbridge()
         .arg("check")
         .arg("-c")
-        .arg(&path)
+        .arg(&gateway)
         .output()
         .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let expected = format!(
+        "{}:4:17: error: this sensor_id (the partition key with `partition_key: sensor_id`) is 129 characters long; Event Hubs takes partition keys of at most 128 (shorten it, or use another partition_key)",
+        dir.path().join("map.yaml").display()
+    );
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+}
+
+#[test]
+fn files_that_are_not_regular_files_are_refused_without_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let gateway = dir.path().join("gateway.yaml");
+    std::fs::write(&gateway, "tag_maps: /dev/zero\nsink: {stdout: {}}\n").unwrap();
+    let cases: [(Vec<std::ffi::OsString>, String); 4] = [
+        (
+            vec!["check".into(), "/dev/zero".into()],
+            "/dev/zero:0:0: error: not a regular file or a directory (a device)".into(),
+        ),
+        (
+            vec!["check".into(), fifo.clone().into()],
+            format!("{}:0:0: error: not a regular file or a directory (a FIFO)", fifo.display()),
+        ),
+        (
+            vec!["check".into(), "-c".into(), fifo.clone().into()],
+            format!("{}:1:1: error: not a regular file (a FIFO) (configuration files must be regular files)", fifo.display()),
+        ),
+        (
+            vec!["check".into(), "-c".into(), gateway.clone().into()],
+            format!("{}:1:11: error: tag_maps `/dev/zero`: not a regular file or a directory (a device)", gateway.display()),
+        ),
+    ];
+    for (args, expected) in cases {
+        let child = tagbridge()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(child.wait_with_output()));
+        let Ok(out) = finished.recv_timeout(std::time::Duration::from_secs(20)) else {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status();
+            panic!("`tagbridge {args:?}` still runs after 20 s");
+        };
+        let out = out.unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// A connection string or key handed to any command in the wrong place is never echoed: every
+/// output of every failing command is searched for the key.
+#[test]
+fn no_failing_command_prints_any_part_of_a_secret() {
+    const KEY: &str = "Zm9yIHRlc3RzIG9ubHk6IG5vdCBhIHJlYWwga2V5IQ==";
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let full = write(
+        "hub.txt",
+        format!("Endpoint=sb://localhost:1/;SharedAccessKeyName=send;SharedAccessKey={KEY};EntityPath=hub\n"),
+    );
+    let yaml = write("hub.yaml", std::fs::read_to_string(&full).unwrap());
+    let raw = write(
+        "raw-key",
+        format!("Endpoint=sb://localhost:1/;SharedAccessKeyName=send;{KEY};EntityPath=hub\n"),
+    );
+    let bare = write("bare-key.yaml", format!("{KEY}\n"));
+    let in_map = write(
+        "in-map.yaml",
+        format!("source:\n  opcua: {{endpoint: \"opc.tcp://h:4840\"}}\ntags:\n  - {{sensor_id: x, node: {KEY}}}\n  - {{sensor_id: y, nod: \"{KEY}\"}}\n"),
+    );
+    let mut gateways = Vec::new();
+    for (i, (tag_maps, secret)) in [
+        (yaml.display().to_string(), full.display().to_string()),
+        (bare.display().to_string(), raw.display().to_string()),
+        (in_map.display().to_string(), raw.display().to_string()),
+        (full.display().to_string(), full.display().to_string()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        gateways.push(write(
+            &format!("gateway-{i}.yaml"),
+            format!("tag_maps: {tag_maps}\nsink:\n  eventhub:\n    connection_string_file: {secret}\n    hub: other\n"),
+        ));
+    }
+    let mut commands: Vec<Vec<std::ffi::OsString>> = Vec::new();
+    for file in [&full, &yaml, &raw, &bare, &in_map] {
+        commands.push(vec!["check".into(), file.into()]);
+        commands.push(vec!["check".into(), "-c".into(), file.into()]);
+        commands.push(vec!["run".into(), "-c".into(), file.into()]);
+        commands.push(vec![
+            "spool".into(),
+            "status".into(),
+            "-c".into(),
+            file.into(),
+        ]);
+    }
+    for gateway in &gateways {
+        commands.push(vec!["check".into(), "-c".into(), gateway.into()]);
+        commands.push(vec!["run".into(), "-c".into(), gateway.into()]);
+    }
+    for args in commands {
+        let out = tagbridge().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        for part in [KEY, &KEY[..12], &KEY[KEY.len() - 12..]] {
+            assert!(
+                !text.contains(part),
+                "{args:?} printed part of the key:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_fifty_megabyte_sensor_id_is_refused_without_echoing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.yaml");
+    let id = "x".repeat(50 << 20);
+    std::fs::write(
+        &path,
+        format!("source:\n  opcua: {{endpoint: \"opc.tcp://h:4840\"}}\ntags:\n  - {{sensor_id: {id}, node: \"ns=2;s=A\"}}\n"),
+    )
+    .unwrap();
+    let out = tagbridge().arg("check").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let text = stderr(&out);
-    let p = path.display();
     assert!(
-        text.contains(&format!(
-            "{p}:3:3: error: unknown value `stdot` (did you mean `stdout`?)"
+        text.starts_with(&format!(
+            "{}:4:17: error: sensor_id is 52428800 bytes long; at most 256 are allowed",
+            path.display()
         )),
-        "{text}"
+        "{}",
+        &text[..text.len().min(500)]
     );
     assert!(
-        text.contains(&format!(
-            "{p}:5:15: error: unknown value `xml` (expected one of: human, json)"
-        )),
-        "{text}"
+        text.len() < 10_000,
+        "the error echoes the value: {} bytes",
+        text.len()
     );
 }
 
@@ -192,4 +397,89 @@ fn the_tag_map_reference_examples_pass_check() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A hostile file saved beside a running gateway's tag maps (10 000 levels of nesting, an
+/// alias bomb) is refused on reload with its position; the gateway keeps running and the
+/// healthy tag map keeps delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_tag_map_is_refused_on_reload_and_the_gateway_keeps_running() {
+    use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
+    let plc = Plc::start(PlcConfig {
+        modbus: Some(ModbusConfig {
+            listen: Some("127.0.0.1:0".into()),
+            points: super::support::chain::points(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("PLC");
+    let modbus = plc.modbus_addr().expect("modbus");
+    let dir = tempfile::tempdir().unwrap();
+    let maps = dir.path().join("maps");
+    std::fs::create_dir(&maps).unwrap();
+    std::fs::write(
+        maps.join("line.yaml"),
+        format!(
+            "source:\n  modbus: {{tcp: \"{modbus}\", unit: 1}}\ndefaults: {{interval: 50ms}}\n\
+             tags:\n  - {{sensor_id: line:counter, table: holding_register, address: 0, type: uint32}}\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("readings.jsonl");
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        format!(
+            "tag_maps: maps\nsink:\n  file: {{path: {}}}\ntelemetry:\n  metrics: \"off\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("gateway.log");
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagbridge"))
+        .args(["run", "-c"])
+        .arg(dir.path().join("gateway.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tagbridge run");
+    let lines = || {
+        std::fs::read_to_string(&out)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Duration::from_secs(30);
+    assert!(
+        super::support::wait_until(deadline, || lines() >= 3).await,
+        "no readings before the hostile files"
+    );
+    std::fs::write(maps.join("deep.yaml"), "- ".repeat(10_000) + "x\n").unwrap();
+    let refused = |what: &'static str| {
+        let log = log.clone();
+        move || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(what)
+        }
+    };
+    assert!(
+        super::support::wait_until(deadline, refused("nested more than 64 levels deep")).await,
+        "the deep file was not refused:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        gateway.try_wait().unwrap().is_none(),
+        "the gateway died on reload:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let before = lines();
+    assert!(
+        super::support::wait_until(deadline, || lines() >= before + 3).await,
+        "the healthy tag map stopped delivering after the refused reload"
+    );
+    assert!(gateway.try_wait().unwrap().is_none());
+    let _ = gateway.kill().await;
+    plc.shutdown().await;
 }

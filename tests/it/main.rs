@@ -16,6 +16,9 @@ mod eventhub_sink;
 /// deploy/: the systemd unit and the install script.
 mod deploy;
 
+/// README, ARCHITECTURE.md and docs/: links resolve, named paths exist.
+mod docs;
+
 /// The simulated PLC read by pymodbus and asyncua; faults on demand.
 mod sim_plc;
 

@@ -7,7 +7,7 @@ use tagbridge::sim::hub::{Hub, HubConfig};
 use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
 
 use crate::support::chain::{self, http_get, metric, values_of, ChainOptions, COUNTER};
-use crate::support::wait_until;
+use crate::support::{wait_for, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -72,29 +72,27 @@ async fn metrics_match_what_was_delivered_and_readyz_follows_the_hub() {
 
     // The hub goes away: /readyz says the sink is not ready, and recovers with the hub.
     chain.hub.faults().down_for(Duration::from_secs(6));
-    let mut not_ready = String::new();
-    for _ in 0..300 {
+    let not_ready = std::sync::Mutex::new(String::new());
+    let went_down = wait_for(DEADLINE, || async {
         let (status, body) = http_get(addr, "/readyz").await;
-        if status == 503 {
-            not_ready = body;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        *not_ready.lock().unwrap() = body;
+        status == 503
+    })
+    .await;
+    let not_ready = not_ready.into_inner().unwrap();
+    assert!(
+        went_down,
+        "/readyz stayed ready with the hub down: {not_ready}"
+    );
     let detail: serde_json::Value =
         serde_json::from_str(not_ready.trim()).expect("/readyz went 503 with a JSON body");
     assert_eq!(detail["ready"], false);
     assert_eq!(detail["detail"]["sink"]["ok"], false, "{detail}");
-    let mut ready_again = false;
-    for _ in 0..600 {
-        if http_get(addr, "/readyz").await.0 == 200 {
-            ready_again = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        ready_again,
+        wait_for(DEADLINE, || async {
+            http_get(addr, "/readyz").await.0 == 200
+        })
+        .await,
         "/readyz did not recover after the hub came back"
     );
     let (_, events, plc, hub) = chain.stop().await;

@@ -503,11 +503,10 @@ async fn fault_delay_dispositions() {
         .await
         .expect("start sending");
     hub.wait_for_events(1, WAIT).await.expect("recorded");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        futures::FutureExt::now_or_never(&mut outcome).is_none(),
-        "settled despite the delay"
-    );
+    // Poll the settlement for a whole second: without the fault it arrives in milliseconds
+    // (a single poll after a sleep could miss it either way and prove nothing).
+    let early = tokio::time::timeout(Duration::from_secs(1), &mut outcome).await;
+    assert!(early.is_err(), "settled despite the delay: {early:?}");
     hub.faults().clear();
     let outcome = tokio::time::timeout(WAIT, outcome).await.expect("settled");
     assert!(

@@ -6,7 +6,6 @@
 //! here and handed to `open_with_stream`.
 
 use std::fmt::Debug;
-use std::sync::Arc;
 
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
@@ -20,95 +19,14 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::auth::{AuthError, Credential, Token};
+use super::auth::{Credential, Token};
 use super::event::{Batch, BATCH_MESSAGE_FORMAT, PARTITION_KEY_ANNOTATION};
-use super::link::{Delivery, Settled};
+use super::transport::{Delivery, Settled};
+pub use super::transport::{LinkError, Target};
 use crate::config::gateway::Transport;
 
 /// Event Hubs' maximum message size when the link does not say (Standard tier: 1 MB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
-
-/// Where to connect.
-#[derive(Clone)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-    /// `None` connects in plain AMQP (only the emulator's development mode).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub hub: String,
-    /// The token audience, `sb://<host>/<hub>`.
-    pub audience: String,
-    /// AMQP over TCP, AMQP over WebSockets, or HTTPS.
-    pub transport: Transport,
-    /// How long the SAS tokens the gateway signs are valid (renewed at 80 %).
-    pub token_lifetime: std::time::Duration,
-    /// An HTTP CONNECT proxy for AMQP over WebSockets (from `HTTPS_PROXY`).
-    pub proxy: Option<super::proxy::Proxy>,
-}
-
-impl Target {
-    /// The target a connection string names, reached on `port` over `transport` (`tls` None:
-    /// plain AMQP, the emulator's development mode). Tokens live
-    /// [`SAS_TOKEN_LIFETIME`](super::auth::SAS_TOKEN_LIFETIME); no proxy.
-    pub fn for_connection_string(
-        cs: &super::ConnectionString,
-        tls: Option<Arc<rustls::ClientConfig>>,
-        port: u16,
-        transport: Transport,
-    ) -> Target {
-        Target {
-            audience: cs.audience(),
-            host: cs.host.clone(),
-            port,
-            tls,
-            hub: cs.hub.clone(),
-            transport,
-            token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
-            proxy: None,
-        }
-    }
-}
-
-/// Why a connection could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    #[error("cannot reach {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("TLS handshake with {host} failed: {source}")]
-    Tls {
-        host: String,
-        source: std::io::Error,
-    },
-    #[error("`{host}` is not a valid TLS server name")]
-    ServerName { host: String },
-    #[error("AMQP connection to {host} refused: {reason}")]
-    Open { host: String, reason: String },
-    #[error("AMQP session failed: {0}")]
-    Session(String),
-    #[error("the hub refused {credential} for {audience}: {status}")]
-    Unauthorized {
-        credential: String,
-        audience: String,
-        status: String,
-    },
-    #[error("cannot attach to hub `{hub}`: {reason}")]
-    Attach { hub: String, reason: String },
-    #[error("send failed: {0}")]
-    Send(String),
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-}
-
-impl LinkError {
-    /// Credentials are wrong: retrying soon will not help, only a backoff and a clear message.
-    pub fn is_auth(&self) -> bool {
-        matches!(self, LinkError::Unauthorized { .. } | LinkError::Auth(_))
-            || matches!(self, LinkError::Attach { reason, .. } if reason.contains("unauthorized"))
-    }
-}
 
 /// A connected, authorised sender.
 pub struct HubLink {
@@ -131,9 +49,13 @@ impl HubLink {
     ) -> Result<HubLink, LinkError> {
         let addr = format!("{}:{}", target.host, target.port);
         let tcp = match &target.proxy {
-            Some(proxy) if target.transport == Transport::AmqpWs => {
-                proxy.connect(&target.host, target.port).await?
-            }
+            Some(proxy) if target.transport == Transport::AmqpWs => proxy
+                .connect(&target.host, target.port)
+                .await
+                .map_err(|source| LinkError::Connect {
+                    addr: format!("{addr} through proxy {}", proxy.addr),
+                    source,
+                })?,
             _ => TcpStream::connect(&addr)
                 .await
                 .map_err(|source| LinkError::Connect {

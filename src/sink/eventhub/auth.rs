@@ -90,6 +90,13 @@ impl Credential {
         }
     }
 
+    /// The hub refused the last token: do not reuse a cached one.
+    pub fn forget_token(&self) {
+        if let Credential::Entra(client) = self {
+            client.forget_token();
+        }
+    }
+
     /// The key name, for error messages ("which key").
     pub fn describe(&self) -> String {
         match self {

@@ -6,8 +6,8 @@
 //! `access_token` and `expires_in` (seconds). The authority is configurable for sovereign clouds
 //! (`https://login.microsoftonline.us`, `https://login.chinacloudapi.cn`) and for tests.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -24,6 +24,16 @@ pub struct EntraClient {
     pub client_id: String,
     client_secret: String,
     http: reqwest::Client,
+    /// The last token, reused until 80 % of its life (Entra throttles clients that ask for a
+    /// token per request); shared by clones.
+    cached: Arc<Mutex<Option<Cached>>>,
+}
+
+struct Cached {
+    token: String,
+    /// When it was obtained, and how long it lives.
+    at: Instant,
+    lifetime: Duration,
 }
 
 impl std::fmt::Debug for EntraClient {
@@ -90,11 +100,44 @@ impl EntraClient {
             client_id: client_id.to_string(),
             client_secret: client_secret.to_string(),
             http,
+            cached: Arc::default(),
         })
     }
 
-    /// A fresh access token and its lifetime.
+    /// An access token and what is left of its life: the cached one until 80 % of its life
+    /// has passed, else a fresh one.
     pub async fn token(&self) -> Result<(String, Duration), EntraError> {
+        if let Some(reused) = self.cached_token() {
+            return Ok(reused);
+        }
+        let (token, lifetime) = self.fetch().await?;
+        if let Ok(mut cached) = self.cached.lock() {
+            *cached = Some(Cached {
+                token: token.clone(),
+                at: Instant::now(),
+                lifetime,
+            });
+        }
+        Ok((token, lifetime))
+    }
+
+    /// Forgets the cached token (the hub refused it): the next [`token`](Self::token) asks
+    /// Entra ID again.
+    pub fn forget_token(&self) {
+        if let Ok(mut cached) = self.cached.lock() {
+            *cached = None;
+        }
+    }
+
+    fn cached_token(&self) -> Option<(String, Duration)> {
+        let cached = self.cached.lock().ok()?;
+        let c = cached.as_ref()?;
+        let age = c.at.elapsed();
+        (age < c.lifetime.mul_f64(0.8)).then(|| (c.token.clone(), c.lifetime - age))
+    }
+
+    /// A fresh access token and its lifetime, from the token endpoint.
+    async fn fetch(&self) -> Result<(String, Duration), EntraError> {
         let url = format!("{}/{}/oauth2/v2.0/token", self.authority, self.tenant_id);
         let form = [
             ("grant_type", "client_credentials"),

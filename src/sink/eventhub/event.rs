@@ -211,10 +211,229 @@ impl Batch {
         &self.seqs
     }
 
+    /// Splits into batches that fit `max_size` (a link that takes less than the batch was
+    /// packed for), in order. An event that cannot fit alone comes back as
+    /// `Err((seq, size))` in its place.
+    pub fn split(self, max_size: usize) -> Vec<Result<Batch, (u64, usize)>> {
+        let mut out = Vec::new();
+        let mut current = Batch::new(self.partition_key.clone(), max_size);
+        for (seq, encoded) in self.seqs.into_iter().zip(self.events) {
+            match current.try_add(seq, encoded) {
+                Ok(()) => {}
+                Err((AddError::Full, encoded)) => {
+                    let full = std::mem::replace(
+                        &mut current,
+                        Batch::new(self.partition_key.clone(), max_size),
+                    );
+                    out.push(Ok(full));
+                    if let Err((AddError::TooLarge { size, .. }, _)) = current.try_add(seq, encoded)
+                    {
+                        out.push(Err((seq, size)));
+                    }
+                }
+                Err((AddError::TooLarge { size, .. }, _)) => {
+                    if !current.is_empty() {
+                        let before = std::mem::replace(
+                            &mut current,
+                            Batch::new(self.partition_key.clone(), max_size),
+                        );
+                        out.push(Ok(before));
+                    }
+                    out.push(Err((seq, size)));
+                }
+            }
+        }
+        if !current.is_empty() {
+            out.push(Ok(current));
+        }
+        out
+    }
+
     /// The events' encoded messages, in order, and their sequence numbers.
     pub fn into_parts(self) -> (Option<String>, Vec<Vec<u8>>, Vec<u64>) {
         (self.partition_key, self.events, self.seqs)
     }
+}
+
+/// One event to deliver.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Spool sequence number: strictly increasing.
+    pub seq: u64,
+    /// The event body (a reading's JSON).
+    pub body: Vec<u8>,
+    pub partition_key: Option<std::sync::Arc<str>>,
+}
+
+/// How one event is encoded for the transport (AMQP message or REST JSON entry).
+pub type Encoder = fn(&mut Vec<u8>, &str, Option<&str>, &[u8]);
+
+/// What packing produced, oldest first.
+#[derive(Debug)]
+pub enum Packed {
+    /// A full batch (or one closed because the next event has another partition key).
+    Batch(Batch),
+    /// An event larger than a message may be: it can never be sent.
+    TooLarge {
+        event: Outgoing,
+        size: usize,
+        max: usize,
+    },
+}
+
+/// Packs outgoing events into batches: message ids `<prefix>-<seq>` (or `<prefix>-<first>-<last>`
+/// for JSON arrays of `readings_per_event` readings), one partition key per batch, up to the
+/// link's maximum message size. A partly filled batch waits for more events until its linger
+/// time is over.
+pub struct Batcher {
+    encode: Encoder,
+    prefix: String,
+    readings_per_event: usize,
+    max_size: usize,
+    /// The batch being filled, and when it got its first event.
+    filling: Option<(Batch, tokio::time::Instant)>,
+    scratch: Vec<u8>,
+}
+
+impl Batcher {
+    pub fn new(
+        encode: Encoder,
+        prefix: String,
+        readings_per_event: usize,
+        max_size: usize,
+    ) -> Self {
+        Batcher {
+            encode,
+            prefix,
+            readings_per_event: readings_per_event.max(1),
+            max_size,
+            filling: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The link's maximum message size, for batches started from now on.
+    pub fn set_max_size(&mut self, max_size: usize) {
+        self.max_size = max_size;
+    }
+
+    pub fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filling.is_none()
+    }
+
+    /// Events in the batch being filled.
+    pub fn events(&self) -> usize {
+        self.filling.as_ref().map_or(0, |(b, _)| b.len())
+    }
+
+    /// When the batch being filled must go, whether full or not.
+    pub fn linger_deadline(&self, linger: std::time::Duration) -> Option<tokio::time::Instant> {
+        self.filling.as_ref().map(|(_, since)| *since + linger)
+    }
+
+    /// The batch being filled, if any.
+    pub fn flush(&mut self) -> Option<Batch> {
+        self.filling
+            .take()
+            .map(|(b, _)| b)
+            .filter(|b| !b.is_empty())
+    }
+
+    /// Packs `events` (in sequence order); closed batches and refused events go to `out`, in
+    /// order. An event too large is preceded by the batch being filled, so acknowledgements stay
+    /// in order.
+    pub fn add(&mut self, events: Vec<Outgoing>, now: tokio::time::Instant, out: &mut Vec<Packed>) {
+        let events = if self.readings_per_event > 1 {
+            pack_arrays(events, self.readings_per_event, self.max_size / 2)
+        } else {
+            events.into_iter().map(|e| (None, e)).collect()
+        };
+        for (first, event) in events {
+            self.scratch.clear();
+            let id = match first {
+                Some(first) if first != event.seq => {
+                    format!("{}-{first}-{}", self.prefix, event.seq)
+                }
+                _ => format!("{}-{}", self.prefix, event.seq),
+            };
+            let key = event.partition_key.as_deref();
+            (self.encode)(&mut self.scratch, &id, key, &event.body);
+            let mut bytes = std::mem::take(&mut self.scratch);
+            loop {
+                let max_size = self.max_size;
+                let (batch, _) = self
+                    .filling
+                    .get_or_insert_with(|| (Batch::new(key.map(String::from), max_size), now));
+                if batch.partition_key() != key {
+                    out.extend(self.flush().map(Packed::Batch));
+                    continue;
+                }
+                match batch.try_add(event.seq, bytes) {
+                    Ok(()) => break,
+                    Err((AddError::Full, back)) => {
+                        bytes = back;
+                        out.extend(self.flush().map(Packed::Batch));
+                    }
+                    Err((AddError::TooLarge { size, max }, _)) => {
+                        out.extend(self.flush().map(Packed::Batch));
+                        out.push(Packed::TooLarge { event, size, max });
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs consecutive readings with the same partition key into JSON-array events of at most
+/// `per_event` readings and about `max_bytes`. Each packed event carries the sequence number of
+/// its last reading (acks are cumulative) and, as `Some(first)`, its first one for the message
+/// id `<prefix>-<first>-<last>`.
+fn pack_arrays(
+    events: Vec<Outgoing>,
+    per_event: usize,
+    max_bytes: usize,
+) -> Vec<(Option<u64>, Outgoing)> {
+    let mut out: Vec<(Option<u64>, Outgoing)> = Vec::new();
+    let mut count = 0;
+    for event in events {
+        let fits = out.last().is_some_and(|(_, last)| {
+            last.partition_key == event.partition_key
+                && count < per_event
+                && last.body.len() + event.body.len() < max_bytes
+        });
+        match out.last_mut() {
+            Some((_, last)) if fits => {
+                // `[a]` + `b` → `[a,b]`
+                last.body.pop();
+                last.body.push(b',');
+                last.body.extend_from_slice(&event.body);
+                last.body.push(b']');
+                last.seq = event.seq;
+                count += 1;
+            }
+            _ => {
+                let mut body = Vec::with_capacity(event.body.len() + 2);
+                body.push(b'[');
+                body.extend_from_slice(&event.body);
+                body.push(b']');
+                out.push((
+                    Some(event.seq),
+                    Outgoing {
+                        seq: event.seq,
+                        body,
+                        partition_key: event.partition_key,
+                    },
+                ));
+                count = 1;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -320,5 +539,96 @@ mod tests {
             empty.try_add(0, huge),
             Err((AddError::TooLarge { .. }, _))
         ));
+    }
+
+    fn reading(seq: u64, key: Option<&str>) -> Outgoing {
+        Outgoing {
+            seq,
+            body: format!("{{\"n\":{seq}}}").into_bytes(),
+            partition_key: key.map(std::sync::Arc::from),
+        }
+    }
+
+    #[test]
+    fn arrays_pack_up_to_n_readings_per_key_in_order() {
+        let events = vec![
+            reading(1, None),
+            reading(2, None),
+            reading(3, None),
+            reading(4, Some("a")),
+            reading(5, Some("a")),
+        ];
+        let packed = pack_arrays(events, 2, 1 << 20);
+        let shown: Vec<(Option<u64>, u64, String)> = packed
+            .into_iter()
+            .map(|(first, e)| (first, e.seq, String::from_utf8(e.body).unwrap()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (Some(1), 2, r#"[{"n":1},{"n":2}]"#.to_string()),
+                (Some(3), 3, r#"[{"n":3}]"#.to_string()),
+                (Some(4), 5, r#"[{"n":4},{"n":5}]"#.to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_batcher_splits_by_key_and_size_and_keeps_too_large_events_in_order() {
+        let now = tokio::time::Instant::now();
+        let mut b = Batcher::new(encode_event, "gw".into(), 1, 2048);
+        let mut out = Vec::new();
+        let mut big = reading(4, Some("a"));
+        big.body = vec![b'x'; 4096];
+        b.add(
+            vec![
+                reading(1, Some("a")),
+                reading(2, Some("b")),
+                reading(3, Some("b")),
+                big,
+                reading(5, Some("a")),
+            ],
+            now,
+            &mut out,
+        );
+        let shown: Vec<String> = out
+            .iter()
+            .map(|p| match p {
+                Packed::Batch(b) => format!("batch {:?}", b.seqs()),
+                Packed::TooLarge { event, .. } => format!("too large {}", event.seq),
+            })
+            .collect();
+        assert_eq!(shown, vec!["batch [1]", "batch [2, 3]", "too large 4"]);
+        assert_eq!(b.events(), 1);
+        assert_eq!(b.flush().map(|b| b.seqs().to_vec()), Some(vec![5]));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_batch_splits_to_fit_a_smaller_link() {
+        let mut b = Batch::new(Some("k".into()), 1 << 20);
+        for seq in 1..=30 {
+            b.try_add(seq, vec![7; 100]).unwrap();
+        }
+        b.try_add(31, vec![7; 3000]).unwrap();
+        b.try_add(32, vec![7; 100]).unwrap();
+        let parts = b.split(1024);
+        let mut seqs = Vec::new();
+        for p in &parts {
+            match p {
+                Ok(b) => {
+                    assert!(b.encoded_size() <= 1024);
+                    assert_eq!(b.partition_key(), Some("k"));
+                    seqs.extend_from_slice(b.seqs());
+                }
+                Err((seq, size)) => {
+                    assert_eq!(*seq, 31);
+                    assert!(*size > 1024);
+                    seqs.push(*seq);
+                }
+            }
+        }
+        assert_eq!(seqs, (1..=32).collect::<Vec<_>>());
+        assert!(parts.len() > 3);
     }
 }

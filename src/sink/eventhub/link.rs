@@ -5,30 +5,13 @@
 //! batch. Several may be outstanding; the sink awaits them oldest first, so acknowledgements stay
 //! in order whatever the transport.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use crate::config::gateway::Transport;
 
-use super::amqp::{HubLink, LinkError, Target};
+use super::amqp::HubLink;
 use super::auth::Credential;
 use super::event::{encode_event, encode_rest_event, Batch};
 use super::rest::RestLink;
-
-/// How the hub settled one batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settled {
-    Accepted,
-    /// Throttled (`com.microsoft:server-busy`, HTTP 503/429): resend after a pause.
-    Busy(String),
-    /// The credentials were refused (HTTPS answers per request): back off as for auth failures.
-    Unauthorized(String),
-    /// Anything else: the link is treated as failed and the batch resent on a new one.
-    Failed(String),
-}
-
-/// The hub's answer to one batch, once it comes.
-pub type Delivery = Pin<Box<dyn Future<Output = Settled> + Send>>;
+pub use super::transport::{Delivery, LinkError, Settled, Target};
 
 /// A connected, authorised link.
 pub enum Link {
@@ -57,6 +40,20 @@ impl Link {
             Link::Amqp(l) => l.max_message_size,
             Link::Rest(l) => l.max_message_size,
         }
+    }
+
+    /// The hub refused a batch as too large: take at most `max` from now on.
+    pub fn limit_message_size(&mut self, max: usize) {
+        match self {
+            Link::Amqp(l) => l.max_message_size = l.max_message_size.min(max),
+            Link::Rest(l) => l.max_message_size = l.max_message_size.min(max),
+        }
+    }
+
+    /// Whether opening the link already proved the credential (AMQP: the token was put on
+    /// `$cbs`); an HTTPS link learns it only from its first request.
+    pub fn verified(&self) -> bool {
+        matches!(self, Link::Amqp(_))
     }
 
     /// When the current token expires (Unix seconds).

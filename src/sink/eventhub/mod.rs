@@ -6,13 +6,17 @@ pub mod auth;
 pub mod connection_string;
 pub mod entra;
 pub mod event;
+pub mod health;
 pub mod link;
 pub mod proxy;
 pub mod rest;
 pub mod sas;
 pub mod setup;
 pub mod sink;
+pub mod stats;
 pub mod tls;
+pub mod transport;
 pub mod websocket;
+pub mod window;
 
 pub use connection_string::{ConnectionString, ConnectionStringError, SasCredential};

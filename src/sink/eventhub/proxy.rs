@@ -7,8 +7,6 @@ use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::amqp::LinkError;
-
 /// A proxy from the environment.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Proxy {
@@ -75,12 +73,10 @@ impl Proxy {
         Some(Proxy { addr, credentials })
     }
 
-    /// Opens a tunnel to `host:port` through the proxy.
-    pub async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, LinkError> {
-        let failed = |reason: String| LinkError::Connect {
-            addr: format!("{host}:{port} through proxy {}", self.addr),
-            source: std::io::Error::other(reason),
-        };
+    /// Opens a tunnel to `host:port` through the proxy. The error says why; the caller names
+    /// the address (`<host>:<port> through proxy <addr>`).
+    pub async fn connect(&self, host: &str, port: u16) -> std::io::Result<TcpStream> {
+        let failed = std::io::Error::other;
         let mut tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| failed(e.to_string()))?;

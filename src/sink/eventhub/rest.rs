@@ -9,10 +9,9 @@
 
 use std::time::Duration;
 
-use super::amqp::{LinkError, Target};
 use super::auth::{Credential, Token};
 use super::event::Batch;
-use super::link::{Delivery, Settled};
+use super::transport::{Delivery, LinkError, Settled, Target};
 
 /// The service's limit for one request body.
 pub const MAX_REQUEST_SIZE: usize = 1024 * 1024;
@@ -110,6 +109,7 @@ impl RestLink {
                     match status.as_u16() {
                         429 | 503 => Settled::Busy(format!("HTTP {status}: {text}")),
                         401 | 403 => Settled::Unauthorized(format!("HTTP {status}: {text}")),
+                        413 => Settled::TooLarge(format!("HTTP {status}: {text}")),
                         _ => Settled::Failed(format!("HTTP {status}: {text}")),
                     }
                 }

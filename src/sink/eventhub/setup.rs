@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use crate::config::gateway::{EventHubSpec, Transport};
 
-use super::amqp::Target;
 use super::auth::Credential;
 use super::connection_string::{ConnectionString, ConnectionStringError};
 use super::entra::{EntraClient, EntraError};
 use super::tls::{client_config, TlsError};
+use super::transport::Target;
 
 /// AMQP over TLS, as Event Hubs serves it.
 pub const AMQPS_PORT: u16 = 5671;
@@ -66,6 +66,80 @@ pub fn read_secret(
 
 /// Builds the connection target and credential; relative paths are taken from `base`.
 pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), SetupError> {
+    build_fingerprinted(spec, base).map(|(target, credential, _)| (target, credential))
+}
+
+/// Where the sink's secret comes from (an environment variable or a file, holding a connection
+/// string or an Entra client secret), read again on every refused credential and on SIGHUP, so
+/// a fixed or rotated key is used without a restart.
+#[derive(Clone)]
+pub struct CredentialSource {
+    spec: EventHubSpec,
+    base: PathBuf,
+    /// SHA-256 of the secret last read: tells a new secret from the same one, never shown.
+    fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialSource")
+            .field("from", &self.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialSource {
+    /// The source `spec` names; the secret read now is the one in use.
+    pub fn new(spec: &EventHubSpec, base: &Path) -> CredentialSource {
+        let fingerprint = build_fingerprinted(spec, base).map_or([0; 32], |(_, _, f)| f);
+        CredentialSource {
+            spec: spec.clone(),
+            base: base.to_path_buf(),
+            fingerprint,
+        }
+    }
+
+    /// Where the secret is read from (an environment variable's name or a path), for logs.
+    pub fn describe(&self) -> String {
+        let entra = self.spec.entra.as_ref();
+        let env = self
+            .spec
+            .connection_string_env
+            .as_deref()
+            .or_else(|| entra.and_then(|e| e.client_secret_env.as_deref()));
+        let file = self
+            .spec
+            .connection_string_file
+            .as_deref()
+            .or_else(|| entra.and_then(|e| e.client_secret_file.as_deref()));
+        match (env, file) {
+            (Some(var), _) => format!("${var}"),
+            (None, Some(path)) => self.base.join(path).display().to_string(),
+            (None, None) => "nowhere".into(),
+        }
+    }
+
+    /// Reads the secret again: the new target and credential if it changed since the last read,
+    /// `None` if it is the same.
+    pub fn reread(&mut self) -> Result<Option<(Target, Credential)>, SetupError> {
+        let (target, credential, fingerprint) = build_fingerprinted(&self.spec, &self.base)?;
+        if fingerprint == self.fingerprint {
+            return Ok(None);
+        }
+        self.fingerprint = fingerprint;
+        Ok(Some((target, credential)))
+    }
+}
+
+fn fingerprint(secret: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret.as_bytes()).into()
+}
+
+fn build_fingerprinted(
+    spec: &EventHubSpec,
+    base: &Path,
+) -> Result<(Target, Credential, [u8; 32]), SetupError> {
     let resolve = |p: &str| -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
@@ -87,6 +161,7 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
     let connection_string = read_secret(spec.connection_string_env.as_deref(), file.as_deref())?;
     match (connection_string, &spec.entra) {
         (Some((text, from)), None) => {
+            let print = fingerprint(&text);
             let cs = ConnectionString::parse(&text, spec.hub.as_deref())
                 .map_err(|source| SetupError::ConnectionString { from, source })?;
             let (port, tls) = match (cs.port, cs.use_emulator) {
@@ -97,7 +172,7 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
                 proxy: super::proxy::Proxy::from_env(&cs.host),
                 ..Target::for_connection_string(&cs, tls, port, transport)
             };
-            Ok((target, Credential::Sas(cs.credential)))
+            Ok((target, Credential::Sas(cs.credential), print))
         }
         (None, Some(entra)) => {
             let (Some(namespace), Some(hub)) = (&spec.namespace, &spec.hub) else {
@@ -130,7 +205,7 @@ pub fn build(spec: &EventHubSpec, base: &Path) -> Result<(Target, Credential), S
                 transport,
                 token_lifetime: super::auth::SAS_TOKEN_LIFETIME,
             };
-            Ok((target, Credential::Entra(client)))
+            Ok((target, Credential::Entra(client), fingerprint(&secret)))
         }
         _ => Err(SetupError::NoCredential),
     }

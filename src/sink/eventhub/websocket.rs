@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::amqp::LinkError;
+use super::transport::LinkError;
 
 /// The path Event Hubs serves AMQP WebSockets on.
 pub const PATH: &str = "/$servicebus/websocket";

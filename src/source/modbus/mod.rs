@@ -13,7 +13,7 @@
 //! - [`ModbusCounters`]: what it did, as atomics, for metrics and tests; [`ModbusStats`] turns
 //!   the counters of every source into `tagbridge_modbus_*` Prometheus families.
 //!
-//! Addressing is resolved before this code runs (see `DESIGN.md`, "Modbus addressing"): every
+//! Addressing is resolved before this code runs (see `ARCHITECTURE.md`, "Modbus addressing"): every
 //! tag carries its 0-based wire address; `modicon: 40001` has already become holding register 0.
 
 pub mod counters;

@@ -9,17 +9,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tagbridge::config::gateway::{PartitionKeySpec, Transport};
+use tagbridge::config::gateway::Transport;
 use tagbridge::config::tagmap::{DataType, Table, WordOrder};
 use tagbridge::runtime::journal::Journal;
-use tagbridge::runtime::{Output, RunOptions, RunSummary, RuntimeError};
+use tagbridge::runtime::{Gateway, RunSummary, RuntimeError, Tweaks};
 use tagbridge::sim::hub::{Hub, HubConfig, HubHandle, ReceivedEvent};
 use tagbridge::sim::plc::{ModbusConfig, ModbusPoint, Plc, PlcConfig, PlcHandle};
 use tagbridge::sim::signal::{Signal, SignalValue};
 use tagbridge::sink::eventhub::amqp::Target;
-use tagbridge::sink::eventhub::auth::{Credential, SAS_TOKEN_LIFETIME};
-use tagbridge::sink::eventhub::sink::{EventHubSink, SinkOptions, SinkState, SinkStats};
-use tagbridge::sink::eventhub::ConnectionString;
+use tagbridge::sink::eventhub::auth::SAS_TOKEN_LIFETIME;
+use tagbridge::sink::eventhub::sink::{SinkOptions, SinkState, SinkStats};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -104,65 +103,89 @@ pub async fn start(options: ChainOptions) -> Chain {
         ),
     )
     .expect("write tag map");
-    let plans = tagbridge::mapping::load_all(&[path]).unwrap_or_else(|r| panic!("{}", r.render()));
 
     let hub = Hub::start(options.hub).await.expect("emulator starts");
-    let cs = ConnectionString::parse(&hub.connection_string(&options.key_name), None)
-        .expect("emulator connection string parses");
-    let tls = tagbridge::sink::eventhub::tls::client_config(Some(hub.ca_cert_path()))
-        .expect("trust the emulator's CA");
+    // The gateway is configured by a gateway.yaml and built the way `tagbridge run` builds it:
+    // the connection string in a file, the emulator's CA trusted, the durable spool on disk.
+    let secret = dir.path().join("hub-connection-string");
+    let mut connection_string = hub.connection_string(&options.key_name);
+    if let Some(key) = &options.key_override {
+        let at = connection_string
+            .find("SharedAccessKey=")
+            .expect("the emulator's connection string has a key");
+        let rest = &connection_string[at + "SharedAccessKey=".len()..];
+        let end = rest
+            .find(';')
+            .map_or(connection_string.len(), |i| at + 16 + i);
+        connection_string.replace_range(at + "SharedAccessKey=".len()..end, key);
+    }
+    std::fs::write(&secret, &connection_string).expect("write the connection string");
+    let credential = match &options.entra {
+        Some((tenant, client, client_secret)) => {
+            let secret_file = dir.path().join("entra-secret");
+            std::fs::write(&secret_file, client_secret).expect("write the client secret");
+            format!(
+                "    entra:\n      tenant_id: {tenant}\n      client_id: {client}\n      client_secret_file: {}\n      authority: {}\n    namespace: localhost\n    hub: {}\n",
+                secret_file.display(),
+                hub.token_authority(),
+                hub.hub(),
+            )
+        }
+        None => format!("    connection_string_file: {}\n", secret.display()),
+    };
+    let transport = match options.transport {
+        Transport::Amqp => "amqp",
+        Transport::AmqpWs => "amqp_ws",
+        Transport::Https => "https",
+    };
+    let events = match options.sink.readings_per_event {
+        0 | 1 => "one".to_string(),
+        n => format!("{{array: {n}}}"),
+    };
+    let gateway_yaml = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &gateway_yaml,
+        format!(
+            "tag_maps: chain.yaml\n\
+             sink:\n  eventhub:\n{credential}    ca_file: {ca}\n    transport: {transport}\n\
+             \x20   linger: {linger}ms\n    max_in_flight: {in_flight}\n    events: {events}\n    shutdown_grace: 10s\n\
+             spool:\n  dir: spool\n\
+             telemetry:\n  metrics: {metrics}\n",
+            ca = hub.ca_cert_path().display(),
+            linger = options.sink.linger.as_millis().max(1),
+            in_flight = options.sink.max_in_flight.max(1),
+            metrics = if options.metrics { "127.0.0.1:0" } else { "\"off\"" },
+        ),
+    )
+    .expect("write gateway.yaml");
+    let prepared = tagbridge::runtime::prepare(&gateway_yaml).unwrap_or_else(|r| {
+        panic!(
+            "{}\n{}",
+            r.render(),
+            std::fs::read_to_string(&gateway_yaml).unwrap_or_default()
+        )
+    });
     let port = match options.transport {
         Transport::Https => hub.https_addr().port(),
         Transport::AmqpWs => hub.wss_addr().port(),
         _ => hub.amqps_addr().port(),
     };
-    let target = Target {
-        token_lifetime: options.token_lifetime,
-        proxy: options.proxy.clone(),
-        ..Target::for_connection_string(&cs, Some(tls.clone()), port, options.transport)
-    };
-    let credential = match (&options.entra, options.key_override) {
-        (Some((tenant, client, secret)), _) => Credential::Entra(
-            tagbridge::sink::eventhub::entra::EntraClient::new(
-                Some(&hub.token_authority()),
-                tenant,
-                client,
-                secret,
-                tls,
-            )
-            .expect("entra client"),
-        ),
-        (None, Some(key)) => Credential::Sas(tagbridge::sink::eventhub::SasCredential::Key {
-            name: options.key_name.clone(),
-            key,
-        }),
-        (None, None) => Credential::Sas(cs.credential),
-    };
-    let sink = EventHubSink::new(target, credential, options.sink);
-    let stats = sink.stats.clone();
-    let state = sink.state.subscribe();
-    let journal = Arc::new(Journal::memory(100_000));
-    let output = Output::EventHub {
-        sink: Box::new(sink),
-        journal: journal.clone(),
-        partition: PartitionKeySpec::None,
-        grace: Duration::from_secs(10),
-    };
-    let shutdown = CancellationToken::new();
+    let (token_lifetime, proxy) = (options.token_lifetime, options.proxy.clone());
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let run_options = RunOptions {
-        metrics: options
-            .metrics
-            .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    let tweaks = Tweaks {
+        target: Some(Box::new(move |target: &mut Target| {
+            target.port = port;
+            target.token_lifetime = token_lifetime;
+            target.proxy = proxy;
+        })),
         metrics_bound: Some(bound_tx),
         ..Default::default()
     };
-    let gateway = tokio::spawn(tagbridge::runtime::run(
-        plans,
-        output,
-        run_options,
-        shutdown.clone(),
-    ));
+    let gateway = Gateway::build(prepared, tweaks).expect("the gateway builds");
+    let handles = gateway.sink().cloned().expect("an Event Hub sink");
+    let (stats, state, journal) = (handles.stats, handles.state, handles.journal);
+    let shutdown = CancellationToken::new();
+    let gateway = tokio::spawn(gateway.run(shutdown.clone()));
     let metrics = if options.metrics {
         Some(
             bound_rx
@@ -234,6 +257,7 @@ impl Chain {
 
     /// Stops the gateway (it flushes within the grace period) and returns its summary.
     pub async fn stop(self) -> (RunSummary, Vec<ReceivedEvent>, PlcHandle, HubHandle) {
+        drop(self.journal);
         self.shutdown.cancel();
         let summary = tokio::time::timeout(Duration::from_secs(30), self.gateway)
             .await

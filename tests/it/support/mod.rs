@@ -31,3 +31,24 @@ pub async fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool)
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Like [`wait_until`] for a condition that must await (an HTTP request, a lock, a query):
+/// polls it until it holds or `deadline` passes; returns whether it held.
+pub async fn wait_for<F, Fut>(deadline: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        let remaining = end.saturating_duration_since(Instant::now());
+        // A condition that hangs counts as not holding once the deadline has passed.
+        if tokio::time::timeout(remaining, condition()).await == Ok(true) {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

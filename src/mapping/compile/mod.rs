@@ -1,0 +1,531 @@
+//! Tag map files → validated plans. Every check reports at the value's position, and every
+//! problem of every file is collected before giving up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::de::Spanned;
+use crate::config::diagnostic::{did_you_mean, shown, Pos, Problem, Report};
+use crate::config::tagmap::*;
+use crate::reading::write_json_str;
+
+use super::plan::*;
+
+mod modbus;
+mod opcua;
+#[cfg(test)]
+mod tests;
+
+/// Default Modbus poll interval and OPC UA sampling interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default Modbus unit id.
+pub const DEFAULT_UNIT: u8 = 1;
+/// Default for joining two Modbus tags into one read across unused registers.
+pub const DEFAULT_MAX_GAP: u16 = 8;
+/// Members every reading has; extra fields may not reuse their names.
+const RESERVED_FIELDS: [&str; 3] = ["sensor_id", "timestamp", "value"];
+
+/// The longest sensor_id, in bytes of UTF-8: a name, not a payload (every reading carries it).
+pub const MAX_SENSOR_ID_BYTES: usize = 256;
+
+/// Keys that only make sense for one protocol.
+const MODBUS_TAG_KEYS: [&str; 8] = [
+    "table", "address", "modicon", "type", "order", "bit", "length", "unit",
+];
+
+/// Loads, parses and compiles tag map files; reports every problem in every file, including a
+/// `sensor_id` used in two files.
+pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
+    let mut report = Report::default();
+    let mut plans = Vec::new();
+    // Where each sensor_id was first seen: (index into `paths`, line).
+    let mut first_seen: HashMap<Arc<str>, (usize, u32)> = HashMap::new();
+    for (index, path) in paths.iter().enumerate() {
+        let parsed = match crate::config::read_file(path) {
+            Ok(text) => crate::config::parse_tag_map(text),
+            Err(problem) => crate::config::de::Parsed {
+                value: None,
+                problems: vec![problem],
+                dropped: Vec::new(),
+            },
+        };
+        report.extend(path, parsed.problems);
+        let Some(file) = parsed.value else { continue };
+        let (plan, problems) = compile_owned(file, path, &parsed.dropped);
+        report.extend(path, problems);
+        for tag in &plan.tags {
+            if let Some(&(other, line)) = first_seen.get(&tag.sensor_id) {
+                if other != index {
+                    report.push(
+                        Problem::new(
+                            tag.pos,
+                            format!("sensor_id `{}` is used in two tag maps", tag.sensor_id),
+                        )
+                        .with_hint(format!(
+                            "also at {}:{line}; sensor_ids must be unique across all tag maps",
+                            paths[other].display()
+                        ))
+                        .in_file(path),
+                    );
+                }
+            } else {
+                first_seen.insert(tag.sensor_id.clone(), (index, tag.pos.line));
+            }
+        }
+        plans.push(plan);
+    }
+    report.sort();
+    if report.is_empty() {
+        Ok(plans)
+    } else {
+        Err(report)
+    }
+}
+
+/// Compiles one parsed file. The plan holds every tag that passed its checks, so a caller that
+/// tolerates problems (live reload of other files) still learns what is healthy. Tags that
+/// contain a position in `broken` (problems found while parsing) are left out unchecked: their
+/// bad values were dropped while parsing, and checking what remains would only report echoes.
+pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, Vec<Problem>) {
+    compile_tags(file, file.tags.iter(), path, broken)
+}
+
+/// [`compile`], consuming the file: each tag's parsed form is freed once its plan is made, so a
+/// large tag map's parsed form and plan never coexist whole.
+pub fn compile_owned(
+    mut file: TagMapFile,
+    path: &Path,
+    broken: &[Pos],
+) -> (TagMapPlan, Vec<Problem>) {
+    let tags = std::mem::take(&mut file.tags.items);
+    compile_tags(&file, tags.into_iter(), path, broken)
+}
+
+/// Compiles `file`'s settings and `tags` (the file's own, borrowed or taken out of it).
+///
+/// Longer than most functions here: one pass over the tags that carries the file-wide state
+/// (sensor ids and addresses seen, monitoring items); each check it makes is a method of
+/// [`Compiler`], in this file or in `opcua.rs` / `modbus.rs`.
+fn compile_tags<T: AsRef<Spanned<TagSpec>>>(
+    file: &TagMapFile,
+    tag_specs: impl Iterator<Item = T>,
+    path: &Path,
+    broken: &[Pos],
+) -> (TagMapPlan, Vec<Problem>) {
+    let mut c = Compiler {
+        problems: Vec::new(),
+        base: path.parent().unwrap_or(Path::new(".")),
+    };
+    let source = c.source(&file.source);
+    let is_modbus = matches!(file.source.value, SourceSpec::Modbus(_));
+    let map_extra = c.fields(&file.fields);
+    // The file's defaults are checked once, here; tags that would use bad ones are left out.
+    let defaults_ok =
+        c.deadband(file.defaults.deadband.as_ref()) & c.decimals(file.defaults.decimals.as_ref());
+
+    let mut tags = Vec::with_capacity(tag_specs.size_hint().0);
+    let mut disabled = 0;
+    // Sized once: a table that grows holds its old and new arrays at the same time.
+    let mut ids: HashMap<Arc<str>, u32> = HashMap::with_capacity(tag_specs.size_hint().0);
+    let mut addresses: HashMap<String, (u32, Arc<str>)> =
+        HashMap::with_capacity(tag_specs.size_hint().0);
+    let mut monitoring = Vec::with_capacity(if is_modbus {
+        0
+    } else {
+        tag_specs.size_hint().0
+    });
+    let (mut seen, mut failed) = (0usize, file.tags.failed);
+    for spanned in tag_specs {
+        let spanned = spanned.as_ref();
+        seen += 1;
+        if broken.iter().any(|p| spanned.contains(*p)) {
+            failed += 1;
+            continue;
+        }
+        let tag = &spanned.value;
+        let line = spanned.pos.line;
+        let id_fits = tag.sensor_id.len() <= MAX_SENSOR_ID_BYTES;
+        let id: Arc<str> = if id_fits {
+            tag.sensor_id.value.as_str().into()
+        } else {
+            Arc::from("")
+        };
+        if let Some(first) = ids.insert(id.clone(), line).filter(|_| id_fits) {
+            c.problem(
+                Problem::new(
+                    tag.sensor_id.pos,
+                    format!(
+                        "sensor_id `{}` is used twice in this file",
+                        tag.sensor_id.value
+                    ),
+                )
+                .with_hint(format!("the first is at line {first}")),
+            );
+        }
+        if !tag.enabled.or(file.defaults.enabled).unwrap_or(true) {
+            disabled += 1;
+            continue;
+        }
+        let address = match &file.source.value {
+            SourceSpec::Modbus(m) => c
+                .modbus_address(spanned, &file.defaults, m)
+                .map(TagAddress::Modbus),
+            SourceSpec::OpcUa(_) => c
+                .opcua_address(spanned)
+                .map(|node| TagAddress::OpcUa { node }),
+        };
+        let sensor_id = c.sensor_id(&tag.sensor_id).map(|()| id.clone());
+        let transform = c.transform(tag, &file.defaults).filter(|_| defaults_ok);
+        let mut extra = map_extra.clone();
+        for (k, v) in c.fields(&tag.fields) {
+            extra.insert(k, v);
+        }
+        let (Some(address), Some(sensor_id), Some(transform)) = (address, sensor_id, transform)
+        else {
+            continue;
+        };
+        let key = match &address {
+            TagAddress::OpcUa { node } => node.clone(),
+            TagAddress::Modbus(a) => format!(
+                "unit {} {} {} bit {:?}",
+                a.unit,
+                a.table.name(),
+                a.address,
+                a.bit
+            ),
+        };
+        if let Some((first, other)) = addresses.get(&key) {
+            let what = if is_modbus { "address" } else { "node" };
+            c.problem(
+                Problem::new(
+                    spanned.pos,
+                    format!("this tag reads the same {what} as `{other}`"),
+                )
+                .with_hint(format!(
+                    "line {first}; read it once and derive the other value downstream"
+                )),
+            );
+            continue;
+        }
+        addresses.insert(key, (line, id));
+        let interval = tag
+            .interval
+            .or(file.defaults.interval)
+            .map(|s| s.as_duration())
+            .unwrap_or(DEFAULT_INTERVAL);
+        if !is_modbus {
+            let Some(m) = c.monitoring(tag) else { continue };
+            // An array node read per element: one tag `sensor_id[i]` per element.
+            if let Some(n) = tag.elements.as_ref().map(|e| e.value) {
+                let extra = encode_extra(&extra);
+                for i in 0..n {
+                    monitoring.push(MonitoringPlan {
+                        index: Some(i),
+                        ..m
+                    });
+                    tags.push(TagPlan {
+                        sensor_id: format!("{sensor_id}[{i}]").into(),
+                        address: address.clone(),
+                        interval,
+                        transform: transform.clone(),
+                        extra: extra.clone(),
+                        pos: tag.sensor_id.pos,
+                    });
+                }
+                continue;
+            }
+            monitoring.push(m);
+        }
+        tags.push(TagPlan {
+            sensor_id,
+            address,
+            interval,
+            transform,
+            extra: encode_extra(&extra),
+            pos: tag.sensor_id.pos,
+        });
+    }
+    let mut source = source;
+    if let Some(SourcePlan::OpcUa(o)) = &mut source {
+        o.monitoring = monitoring;
+    }
+    if seen == 0 && failed == 0 {
+        c.problem(
+            Problem::new(file.source.pos, "this tag map has no tags")
+                .with_hint("add at least one entry under `tags:`"),
+        );
+    }
+    let source = source.unwrap_or(SourcePlan::Modbus(ModbusPlan {
+        transport: ModbusTransport::Tcp(String::new()),
+        timeout: DEFAULT_INTERVAL,
+        max_gap: DEFAULT_MAX_GAP,
+        connections: std::num::NonZeroU8::MIN,
+    }));
+    (
+        TagMapPlan {
+            path: path.to_path_buf(),
+            source,
+            tags,
+            disabled,
+        },
+        c.problems,
+    )
+}
+
+fn encode_extra(fields: &BTreeMap<String, serde_json::Value>) -> Arc<str> {
+    let mut out = Vec::new();
+    for (k, v) in fields {
+        out.push(b',');
+        write_json_str(&mut out, k);
+        out.push(b':');
+        // Writing a `serde_json::Value` into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, v);
+    }
+    String::from_utf8(out).unwrap_or_default().into()
+}
+
+struct Compiler<'a> {
+    problems: Vec<Problem>,
+    base: &'a Path,
+}
+
+impl Compiler<'_> {
+    fn problem(&mut self, p: Problem) {
+        self.problems.push(p);
+    }
+
+    fn err<T>(
+        &mut self,
+        pos: Pos,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Option<T> {
+        self.problems
+            .push(Problem::new(pos, message).with_hint(hint));
+        None
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn source(&mut self, spec: &Spanned<SourceSpec>) -> Option<SourcePlan> {
+        match &spec.value {
+            SourceSpec::OpcUa(o) => self.opcua_source(o).map(SourcePlan::OpcUa),
+            SourceSpec::Modbus(m) => self.modbus_source(spec.pos, m).map(SourcePlan::Modbus),
+        }
+    }
+
+    fn sensor_id(&mut self, id: &Spanned<String>) -> Option<()> {
+        if id.len() > MAX_SENSOR_ID_BYTES {
+            return self.err(
+                id.pos,
+                format!(
+                    "sensor_id is {} bytes long; at most {MAX_SENSOR_ID_BYTES} are allowed",
+                    id.len()
+                ),
+                "a sensor_id names a tag; keep it short, e.g. `compressor-7:vibe_x`",
+            );
+        }
+        if id.trim().is_empty() {
+            return self.err(
+                id.pos,
+                "sensor_id is empty",
+                "give every tag a name such as `compressor-7:vibe_x`",
+            );
+        }
+        if id.trim() != id.as_str() || id.chars().any(char::is_control) {
+            return self.err(
+                id.pos,
+                format!(
+                    "sensor_id {:?} has leading/trailing spaces or control characters",
+                    id.value
+                ),
+                "downstream queries match sensor_ids exactly; remove them",
+            );
+        }
+        Some(())
+    }
+
+    /// Reports keys of the other protocol on a tag.
+    fn foreign_keys(&mut self, tag: &Spanned<TagSpec>, modbus: bool) {
+        let t = &tag.value;
+        if modbus {
+            if let Some(node) = &t.node {
+                self.problem(
+                    Problem::new(
+                        node.pos,
+                        "`node` is an OPC UA key, and this tag map reads a Modbus device",
+                    )
+                    .with_hint("address Modbus tags with `table` + `address`, or `modicon`"),
+                );
+            }
+            return;
+        }
+        // Point at the key's value where it is spanned, otherwise at the tag.
+        let present = [
+            t.table.as_ref().map(|v| v.pos),
+            t.address.as_ref().map(|v| v.pos),
+            t.modicon.as_ref().map(|v| v.pos),
+            t.data_type.as_ref().map(|v| v.pos),
+            t.order.map(|_| tag.pos),
+            t.bit.as_ref().map(|v| v.pos),
+            t.length.as_ref().map(|v| v.pos),
+            t.unit.map(|_| tag.pos),
+        ];
+        for (key, pos) in MODBUS_TAG_KEYS
+            .iter()
+            .zip(present)
+            .filter_map(|(k, p)| Some((k, p?)))
+        {
+            self.problem(
+                Problem::new(
+                    pos,
+                    format!("`{key}` is a Modbus key, and this tag map reads an OPC UA server"),
+                )
+                .with_hint("OPC UA tags are addressed with `node`"),
+            );
+        }
+    }
+
+    fn transform(&mut self, t: &TagSpec, d: &TagDefaults) -> Option<Transform> {
+        let mut ok = true;
+        if let Some(scale) = &t.scale {
+            if scale.value == 0.0 || !scale.is_finite() {
+                let why = if scale.value == 0.0 {
+                    "would erase every value"
+                } else {
+                    "is not a finite number"
+                };
+                self.problem(
+                    Problem::new(scale.pos, format!("scale {} {why}", scale.value))
+                        .with_hint("use a finite, non-zero factor"),
+                );
+                ok = false;
+            }
+        }
+        if let Some(offset) = &t.offset {
+            if !offset.is_finite() {
+                self.problem(
+                    Problem::new(
+                        offset.pos,
+                        format!("offset {} is not a finite number", offset.value),
+                    )
+                    .with_hint("use a finite number"),
+                );
+                ok = false;
+            }
+        }
+        // Checked here for the tag's own value; the file's defaults are checked once, by
+        // `defaults`.
+        ok &= self.deadband(t.deadband.as_ref());
+        ok &= self.decimals(t.decimals.as_ref());
+        let mut states = None;
+        if let Some(map) = &t.states {
+            if map.is_empty() || map.values().any(|s| s.trim().is_empty()) {
+                self.problem(
+                    Problem::new(
+                        t.sensor_id.pos,
+                        "`states` needs at least one entry and no empty names",
+                    )
+                    .with_hint("e.g. `states: {0: Stopped, 1: Running}`"),
+                );
+                ok = false;
+            }
+            states = Some(
+                map.iter()
+                    .map(|(k, v)| (*k, Arc::from(v.as_str())))
+                    .collect(),
+            );
+        }
+        ok.then(|| Transform {
+            scale: t.scale.as_ref().map(|s| s.value),
+            offset: t.offset.as_ref().map(|o| o.value),
+            states,
+            deadband: t
+                .deadband
+                .as_ref()
+                .or(d.deadband.as_ref())
+                .map_or(0.0, |s| s.value),
+            heartbeat: t.heartbeat.or(d.heartbeat).map(|s| s.as_duration()),
+            decimals: t.decimals.as_ref().or(d.decimals.as_ref()).map(|s| s.value),
+        })
+    }
+
+    /// A deadband must be a finite number, zero or more.
+    fn deadband(&mut self, deadband: Option<&Spanned<f64>>) -> bool {
+        match deadband {
+            Some(d) if !(d.value >= 0.0 && d.value.is_finite()) => {
+                self.problem(
+                    Problem::new(d.pos, format!("deadband {} must be zero or more", d.value))
+                        .with_hint("it is the smallest change that is sent"),
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Decimals: 0 to 12, what a float holds.
+    fn decimals(&mut self, decimals: Option<&Spanned<u8>>) -> bool {
+        match decimals {
+            Some(d) if d.value > 12 => {
+                self.problem(
+                    Problem::new(
+                        d.pos,
+                        format!("decimals {} is more than a float holds", d.value),
+                    )
+                    .with_hint("use 0 to 12"),
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn fields(
+        &mut self,
+        fields: &BTreeMap<Spanned<String>, serde_json::Value>,
+    ) -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
+        for (name, value) in fields {
+            if RESERVED_FIELDS.contains(&name.as_str()) {
+                self.problem(
+                    Problem::new(
+                        name.pos,
+                        format!(
+                            "field `{}` would replace a reading's own member",
+                            name.value
+                        ),
+                    )
+                    .with_hint(
+                        "sensor_id, timestamp and value are set by the gateway; pick another name",
+                    ),
+                );
+                continue;
+            }
+            if let Some(s) = did_you_mean(name, RESERVED_FIELDS) {
+                if s != name.as_str() && name.eq_ignore_ascii_case(s) {
+                    self.problem(
+                        Problem::new(
+                            name.pos,
+                            format!("field `{}` is too close to the reading's `{s}`", name.value),
+                        )
+                        .with_hint("consumers would confuse them; pick another name"),
+                    );
+                    continue;
+                }
+            }
+            out.insert(name.value.clone(), value.clone());
+        }
+        out
+    }
+}
