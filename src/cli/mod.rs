@@ -55,7 +55,8 @@ pub enum Command {
         /// A gateway configuration whose tag maps to check.
         #[arg(short, long)]
         config: Option<PathBuf>,
-        /// Tag map files or directories.
+        /// Tag map files or directories; a directory holding gateway.yaml (/etc/tagbridge) is
+        /// checked as `-c DIR/gateway.yaml`.
         paths: Vec<PathBuf>,
     },
     /// What the running gateway is doing: readiness, hub, each tag map's source, the spool.
