@@ -227,6 +227,8 @@ where
         .properties(peer_properties())
         .sasl_acceptor(HubSasl)
         .build();
+    // Frame headers are checked before fe2o3's decoder sees them (a size of 4 made it panic).
+    let io = crate::sink::eventhub::frame_guard::FrameGuard::new(io);
     let mut connection = tokio::select! {
         opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)) => match opened {
             Ok(Ok(c)) => c,

@@ -58,10 +58,12 @@ pub(crate) async fn serve(
         let tls = tls.clone();
         let shared2 = shared.clone();
         shared.tracker.spawn(async move {
+            let idle = shared2.idle_timeout;
             let stream = tokio::select! {
-                s = tls.accept(tcp) => match s {
-                    Ok(s) => s,
-                    Err(_) => return,
+                // A silent or slow handshake is given up: idle sockets must not pile up.
+                s = tokio::time::timeout(idle, tls.accept(tcp)) => match s {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(_)) | Err(_) => return,
                 },
                 // Shutdown during the handshake.
                 _ = shared2.root.cancelled() => return,
@@ -71,7 +73,11 @@ pub(crate) async fn serve(
                 let shared = shared3.clone();
                 async move { Ok::<_, Infallible>(route(req, &shared).await) }
             });
+            // Headers (of the first request and of each next one on a kept-alive socket) must
+            // arrive within the idle timeout.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(idle)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
