@@ -102,7 +102,7 @@ async fn fe2o3_single_and_batch_round_trip() {
     assert_eq!(first.partition_key.as_deref(), Some("line-3"));
     assert_eq!(first.content_type.as_deref(), Some("application/json"));
     assert_eq!(
-        first.properties.get("unit").map(String::as_str),
+        first.properties.get("unit").and_then(|v| v.as_str()),
         Some("degC")
     );
     for (i, e) in events[1..].iter().enumerate() {
@@ -169,17 +169,26 @@ async fn microsofts_sdk_sends_single_and_batched_events() {
         } else {
             "batched"
         };
-        assert_eq!(found.properties.get("kind").map(String::as_str), Some(kind));
+        assert_eq!(
+            found.properties.get("kind").and_then(|v| v.as_str()),
+            Some(kind)
+        );
     }
     let batched: Vec<_> = events
         .iter()
-        .filter(|e| e.properties.get("kind").map(String::as_str) == Some("batched"))
+        .filter(|e| e.properties.get("kind").and_then(|v| v.as_str()) == Some("batched"))
         .collect();
     assert_eq!(batched[3].message_id.as_deref(), Some("batch-3"));
+    // The SDK sends `n` as an AMQP integer: it stays a number, in memory and in the output.
+    assert_eq!(batched[3].properties.get("n"), Some(&serde_json::json!(3)));
     let hub_stats = hub.stats();
     hub.shutdown().await;
     let lines = std::fs::read_to_string(&output).unwrap();
     assert_eq!(lines.lines().count(), 13, "{lines}\n{hub_stats:?}");
+    assert!(
+        lines.contains(r#""n":3"#) && !lines.contains(r#""n":"3""#),
+        "application properties lost their types:\n{lines}"
+    );
     let line: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
     assert_eq!(line["body"], "single-0");
     assert_eq!(line["partition_key"], "pk-0");
@@ -274,7 +283,7 @@ async fn rest_single_batch_and_refusals() {
     for (i, e) in events[1..].iter().enumerate() {
         assert_eq!(e.body, format!("rest-batch-{i}").into_bytes());
         assert_eq!(e.partition_key.as_deref(), Some("rb"));
-        assert_eq!(e.properties.get("n"), Some(&i.to_string()));
+        assert_eq!(e.properties.get("n"), Some(&serde_json::json!(i)));
     }
     let stats = hub.stats();
     assert_eq!((stats.auth_failures, stats.oversize), (2, 1), "{stats:?}");

@@ -592,11 +592,11 @@ fn to_event(
         ),
         None => (None, None),
     };
-    let properties: BTreeMap<String, String> = message
+    let properties: BTreeMap<String, serde_json::Value> = message
         .application_properties
         .map(|ap| {
             ap.0.into_iter()
-                .map(|(k, v)| (k, value_text(&Value::from(v))))
+                .map(|(k, v)| (k, value_json(&Value::from(v))))
                 .collect()
         })
         .unwrap_or_default();
@@ -645,6 +645,33 @@ fn uuid_text(b: &[u8; 16]) -> String {
 
 /// A property or annotation value as text: strings as they are, numbers in decimal,
 /// timestamps in milliseconds, anything else in its debug form.
+/// An application property as JSON, keeping its AMQP type where JSON has one.
+pub(crate) fn value_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Ubyte(n) => J::from(*n),
+        Value::Ushort(n) => J::from(*n),
+        Value::Uint(n) => J::from(*n),
+        Value::Ulong(n) => J::from(*n),
+        Value::Byte(n) => J::from(*n),
+        Value::Short(n) => J::from(*n),
+        Value::Int(n) => J::from(*n),
+        Value::Long(n) => J::from(*n),
+        Value::Float(f) => serde_json::Number::from_f64(f64::from(f.into_inner()))
+            .map_or_else(|| J::String(value_text(v)), J::Number),
+        Value::Double(f) => serde_json::Number::from_f64(f.into_inner())
+            .map_or_else(|| J::String(value_text(v)), J::Number),
+        Value::Timestamp(t) => chrono::DateTime::from_timestamp_millis(t.milliseconds())
+            .map_or_else(
+                || J::String(value_text(v)),
+                |at| J::String(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            ),
+        other => J::String(value_text(other)),
+    }
+}
+
 pub(crate) fn value_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),

@@ -230,7 +230,7 @@ async fn send(
 fn event(
     body: Vec<u8>,
     broker: &serde_json::Value,
-    properties: BTreeMap<String, String>,
+    properties: BTreeMap<String, serde_json::Value>,
     content_type: Option<String>,
     partition: Option<u32>,
     shared: &Shared,
@@ -274,17 +274,7 @@ fn batch_events(
         let properties = obj
             .get("UserProperties")
             .and_then(|p| p.as_object())
-            .map(|p| {
-                p.iter()
-                    .map(|(k, v)| {
-                        let v = match v {
-                            serde_json::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        (k.clone(), v)
-                    })
-                    .collect()
-            })
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         let broker = obj
             .get("BrokerProperties")
