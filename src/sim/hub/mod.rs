@@ -21,8 +21,11 @@ pub mod amqp;
 pub mod auth;
 pub mod certs;
 pub mod client;
+pub mod context;
+pub mod events;
 pub mod faults;
 pub mod io;
+pub mod nodes;
 pub mod rest;
 pub mod store;
 pub mod ws;
@@ -465,14 +468,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Registers a new connection.
-    pub(crate) fn open_connection(self: &Arc<Self>, peer: String) -> (u64, Arc<amqp::ConnCtx>) {
+    pub(crate) fn open_connection(self: &Arc<Self>, peer: String) -> (u64, Arc<context::ConnCtx>) {
         let id = self
             .next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cut = self.root.child_token();
         let auth = Arc::new(ConnAuth::default());
         lock(&self.conns).insert(id, (cut.clone(), auth.clone()));
-        (id, amqp::ConnCtx::new(self.clone(), cut, auth, peer))
+        (id, context::ConnCtx::new(self.clone(), cut, auth, peer))
     }
 
     pub(crate) fn close_connection(&self, id: u64) {
