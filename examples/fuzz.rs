@@ -51,6 +51,12 @@ const TARGETS: &[Target] = &[
         seeds: &["examples/gateway.yaml", "tests/fixtures/gateway-broken"],
         yaml: true,
     },
+    Target {
+        name: "hub_amqp",
+        run: tagbridge::sim::hub::amqp::fuzz_opening,
+        seeds: &[],
+        yaml: false,
+    },
 ];
 
 struct Options {
