@@ -14,11 +14,14 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
-use opcua::client::Session;
+use futures::StreamExt;
+use opcua::client::{Session, SessionPollResult};
 use opcua::types::{
     AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, ByteString, DataTypeId,
-    NodeClass, NodeClassMask, NodeId, ReadValueId, ReferenceTypeId, TimestampsToReturn, Variant,
+    NodeClass, NodeClassMask, NodeId, ReadValueId, ReferenceTypeId, StatusCode, TimestampsToReturn,
+    Variant,
 };
 
 use super::OpcUaError;
@@ -314,31 +317,54 @@ pub fn render(plan: &OpcUaPlan, root: &NodeId, found: &[Found], command: &str) -
     out
 }
 
-/// Convenience for the CLI: connect with `plan`, browse, disconnect.
+/// How long `browse` waits for a session after the server answered GetEndpoints.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Convenience for the CLI: connect with `plan`, browse, disconnect. A server that refuses
+/// the session (the gateway's certificate, the login) is reported at once, with the next step.
 pub async fn browse_server(
     plan: &OpcUaPlan,
     root: &NodeId,
     depth: usize,
 ) -> Result<Vec<Found>, OpcUaError> {
     let client = super::connect::client(plan, 1000)?;
-    let (session, event_loop) =
-        super::connect::connect(&client, plan, std::path::Path::new("<this tag map>")).await?;
-    let session: Arc<Session> = session;
-    let driver = event_loop.spawn();
-    let connected = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        session.wait_for_connection(),
-    )
-    .await;
-    if !matches!(connected, Ok(true)) {
-        driver.abort();
-        return Err(OpcUaError::Unreachable {
-            endpoint: plan.endpoint.clone(),
-            reason: "no session within 30 s (wrong user or password?)".into(),
-        });
+    let connection =
+        super::connect::connect(&client, plan, std::path::Path::new(&plan.endpoint)).await?;
+    let session: Arc<Session> = connection.session;
+    let mut stream = Box::pin(connection.event_loop.enter());
+    let deadline = tokio::time::sleep(SESSION_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                let why = last.map(|s: StatusCode| format!(" (last answer: {s})")).unwrap_or_default();
+                return Err(OpcUaError::Unreachable {
+                    endpoint: plan.endpoint.clone(),
+                    reason: format!("no session within {} s{why}", SESSION_TIMEOUT.as_secs()),
+                });
+            }
+            next = stream.next() => match next {
+                None => return Err(OpcUaError::Request("the session closed".into())),
+                Some(Err(status)) => {
+                    return Err(super::connect::refused(plan, status)
+                        .unwrap_or_else(|| OpcUaError::Request(status.to_string())))
+                }
+                Some(Ok(SessionPollResult::Reconnected(_))) => break,
+                Some(Ok(SessionPollResult::ReconnectFailed(status))) => {
+                    if let Some(error) = super::connect::refused(plan, status) {
+                        return Err(error);
+                    }
+                    last = Some(status);
+                }
+                Some(Ok(_)) => {}
+            }
+        }
     }
+    // Keep polling the event loop while browsing; aborted below.
+    let driver = tokio::spawn(async move { while stream.next().await.is_some() {} });
     let result = browse(&session, root, depth).await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), session.disconnect()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), session.disconnect()).await;
     driver.abort();
     result
 }
