@@ -77,6 +77,14 @@ impl GatewayStatus {
             .sum()
     }
 
+    /// The hub's state and the spool's depth, for the live view (`none` without a hub).
+    pub fn hub_and_spool(&self) -> (String, Option<u64>) {
+        match &self.sink {
+            None => ("none (lines output)".into(), None),
+            Some(view) => (view.state.borrow().to_string(), Some(view.journal.depth())),
+        }
+    }
+
     /// Ready when at least one source runs and the sink (if any) is connected and authorised.
     /// The JSON says which part is not.
     pub fn readiness(&self) -> (bool, serde_json::Value) {
