@@ -1380,3 +1380,97 @@ async fn browse_and_run_report_a_refused_gateway_certificate_with_the_file_to_tr
     assert!(reason.contains(&thumbprint), "{reason}");
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_logs_no_error_and_no_warning() {
+    // Two OPC UA tag maps on a fresh PKI directory (they used to race to create the gateway's
+    // certificate), security on, a trusted server: nothing is wrong, so nothing may say so.
+    let dir = tempfile::tempdir().unwrap();
+    let plc = secure_sim(dir.path()).await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    let maps = dir.path().join("maps");
+    std::fs::create_dir(&maps).unwrap();
+    let yaml = secure_yaml(dir.path(), &endpoint);
+    std::fs::write(maps.join("a.yaml"), &yaml).unwrap();
+    std::fs::write(
+        maps.join("b.yaml"),
+        yaml.replace("sensor_id: secure", "sensor_id: secure_b"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        "tag_maps: maps\nsink:\n  stdout: {}\n",
+    )
+    .unwrap();
+    // Trusting the server is part of a correct set-up (it is not on the PKI yet otherwise).
+    let SourcePlan::OpcUa(source) = &tag_map(dir.path(), &yaml).source else {
+        panic!("not OPC UA")
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pki_dir = dir.path().join("pki");
+    let source = source.clone();
+    // The PKI directory stays fresh: trust into a copy, then move only trusted/ over.
+    let scratch = tempfile::tempdir().unwrap();
+    let mut scratch_source = source.clone();
+    scratch_source.pki_dir = Some(scratch.path().to_path_buf());
+    let trusted = opcua::connect::trust_server(&scratch_source, None)
+        .await
+        .expect("trust");
+    std::fs::create_dir_all(pki_dir.join("trusted")).unwrap();
+    std::fs::copy(
+        &trusted.path,
+        pki_dir
+            .join("trusted")
+            .join(trusted.path.file_name().unwrap()),
+    )
+    .unwrap();
+    assert!(!pki_dir.join("own").exists());
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagbridge"))
+        .args(["run", "-c"])
+        .arg(dir.path().join("gateway.yaml"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tagbridge run");
+    let stdout = gateway.stdout.take().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut seen = std::collections::HashSet::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            for id in ["\"secure\"", "\"secure_b\""] {
+                if line.contains(id) && seen.insert(id) && seen.len() == 2 {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    let both = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE).is_ok())
+        .await
+        .unwrap();
+    // Stop it as systemd would and read everything it logged.
+    if let Some(pid) = gateway.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let output = tokio::time::timeout(DEADLINE, gateway.wait_with_output())
+        .await
+        .expect("the gateway stops on SIGTERM")
+        .expect("gateway output");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(both, "no reading from both tag maps; log:\n{log}");
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "a clean start logged warnings or errors:\n{}\n--- whole log:\n{log}",
+        noisy.join("\n")
+    );
+    drop(source);
+    plc.shutdown().await;
+}
