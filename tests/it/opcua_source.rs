@@ -1474,3 +1474,40 @@ async fn a_clean_start_logs_no_error_and_no_warning() {
     drop(source);
     plc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_disables_asyncua_arrays_and_names_new_enumerations() {
+    // asyncua gives its arrays ValueRank 0 (OneOrMoreDimensions), not 1.
+    let server = asyncua_server(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(vec![
+        "browse".into(),
+        server.endpoint.clone(),
+        "--security".into(),
+        "none".into(),
+        "--pki-dir".into(),
+        pki(dir.path()),
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["Plant/Array", "Plant/Vector"] {
+        let entry = text
+            .split("  - sensor_id: ")
+            .find(|e| e.starts_with(&format!("\"{name}\"")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        assert!(entry.contains("enabled: false"), "{name}: {entry}");
+    }
+    let state = text
+        .split("  - sensor_id: ")
+        .find(|e| e.starts_with("\"Plant/State\""))
+        .unwrap_or_else(|| panic!("Plant/State missing:\n{text}"));
+    assert!(
+        state.contains("MachineState (enumeration: state names are sent)"),
+        "{state}"
+    );
+}

@@ -40,7 +40,7 @@ pub struct Found {
     pub node: NodeId,
     /// The data type's name, e.g. `Double` or `SimEnum1`.
     pub data_type: String,
-    /// ValueRank ≥ 1: an array.
+    /// An array (see [`is_array`]).
     pub array: bool,
     /// The data type is a structure (or another non-scalar the source cannot read).
     pub structure: bool,
@@ -123,11 +123,16 @@ async fn describe(
     let request = |e: opcua::types::Error| OpcUaError::Request(e.to_string());
     let mut out = Vec::with_capacity(found.len());
     let mut type_names: HashMap<NodeId, (String, bool)> = HashMap::new();
-    for chunk in found.chunks(CHUNK / 2) {
+    for chunk in found.chunks(CHUNK / 3) {
         let read: Vec<ReadValueId> = chunk
             .iter()
             .flat_map(|(_, id)| {
-                [AttributeId::DataType, AttributeId::ValueRank].map(|a| ReadValueId {
+                [
+                    AttributeId::DataType,
+                    AttributeId::ValueRank,
+                    AttributeId::Value,
+                ]
+                .map(|a| ReadValueId {
                     node_id: id.clone(),
                     attribute_id: a as u32,
                     ..Default::default()
@@ -139,11 +144,16 @@ async fn describe(
             .await
             .map_err(request)?;
         for (i, (path, node)) in chunk.iter().enumerate() {
-            let data_type = match values.get(2 * i).and_then(|v| v.value.clone()) {
+            let data_type = match values.get(3 * i).and_then(|v| v.value.clone()) {
                 Some(Variant::NodeId(id)) => *id,
                 _ => NodeId::null(),
             };
-            let array = matches!(values.get(2 * i + 1).and_then(|v| v.value.clone()), Some(Variant::Int32(r)) if r >= 1);
+            let rank = match values.get(3 * i + 1).and_then(|v| v.value.clone()) {
+                Some(Variant::Int32(r)) => r,
+                _ => -1,
+            };
+            let value = values.get(3 * i + 2).and_then(|v| v.value.as_ref());
+            let array = is_array(rank, value);
             if !type_names.contains_key(&data_type) {
                 let name = type_name(session, &data_type).await;
                 type_names.insert(data_type.clone(), name);
@@ -159,6 +169,13 @@ async fn describe(
         }
     }
     Ok(out)
+}
+
+/// Whether a variable holds arrays: ValueRank ≥ 0 (one or more dimensions; asyncua sets 0
+/// for its arrays), or a rank that allows both (-2 Any, -3 ScalarOrOneDimension; Part 3,
+/// 5.6.2) with an array as its current value.
+fn is_array(rank: i32, value: Option<&Variant>) -> bool {
+    rank >= 0 || (rank != -1 && matches!(value, Some(Variant::Array(_))))
 }
 
 /// A data type's name and whether it is a structure.
@@ -375,6 +392,19 @@ mod tests {
 
     fn plan() -> OpcUaPlan {
         crate::source::opcua::test_plan()
+    }
+
+    #[test]
+    fn value_ranks_that_allow_arrays() {
+        let array = Variant::from(vec![1i32, 2]);
+        let scalar = Variant::Int32(1);
+        assert!(is_array(0, None), "OneOrMoreDimensions");
+        assert!(is_array(1, Some(&scalar)));
+        assert!(!is_array(-1, Some(&array)), "Scalar");
+        assert!(is_array(-2, Some(&array)));
+        assert!(is_array(-3, Some(&array)));
+        assert!(!is_array(-3, Some(&scalar)));
+        assert!(!is_array(-2, None));
     }
 
     #[test]
