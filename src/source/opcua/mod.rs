@@ -234,6 +234,16 @@ impl OpcUaCounters {
         counter.load(Ordering::Relaxed)
     }
 
+    /// Tags monitored and delivering now: items created, less those whose node is gone.
+    pub fn monitored_items(&self) -> u64 {
+        Self::get(&self.items_monitored).saturating_sub(Self::get(&self.tags_gone))
+    }
+
+    /// Tags not read now: items that could not be created, and nodes that are gone.
+    pub fn failed_items(&self) -> u64 {
+        Self::get(&self.items_failed) + Self::get(&self.tags_gone)
+    }
+
     /// Why the source is not connected now, if it said.
     pub fn reason(&self) -> Option<String> {
         self.reason.lock().map(|r| r.clone()).unwrap_or(None)
