@@ -1082,16 +1082,22 @@ async fn trust_on_first_use_trusts_and_a_wrong_password_is_refused() {
         .count();
     assert_eq!(trusted, 1);
     run.stop().await;
-    // A wrong password: refused and counted, nothing sent, nothing crashes.
+    // A wrong password: refused, counted and explained (the simulator answers
+    // BadIdentityTokenRejected), nothing sent, nothing crashes.
     std::fs::write(dir.path().join("password"), "wrong\n").unwrap();
     let run = Running::start(tag_map(dir.path(), &yaml));
     assert!(
         support::wait_until(DEADLINE, || OpcUaCounters::get(
             &run.counters.connect_failures
-        ) >= 2)
+        ) >= 1
+            && run
+                .counters
+                .reason()
+                .is_some_and(|r| r.contains("refused the login of user `operator`")))
         .await,
-        "{}",
-        run.explain()
+        "{}\nreason: {:?}",
+        run.explain(),
+        run.counters.reason()
     );
     assert!(run.samples.lock().unwrap().is_empty());
     assert!(!run.counters.connected.load(Ordering::Relaxed));
