@@ -1108,16 +1108,20 @@ async fn trust_on_first_use_trusts_and_a_wrong_password_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enumeration_defined_only_by_its_definition_arrives_as_names() {
     // asyncua's new_enum: names only in the DataTypeDefinition (OPC UA 1.04), no EnumStrings.
+    // Also a node named by its namespace URI (`nsu=`) instead of an index.
     let server = asyncua_server(None).await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
-        "source:\n  opcua: {{endpoint: \"{}\", security_policy: none, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: state, node: \"ns={};s=Plant/State\"}}\n",
+        "source:\n  opcua: {{endpoint: \"{}\", security_policy: none, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: state, node: \"ns={};s=Plant/State\"}}\n  - {{sensor_id: by_uri, node: \"nsu=urn:tagbridge:test:asyncua;s=Plant/Double\"}}\n",
         server.endpoint,
         pki(dir.path()),
         server.ns
     );
     let run = Running::start(tag_map(dir.path(), &yaml));
-    let ok = support::wait_until(DEADLINE, || !run.of("state").is_empty()).await;
+    let ok = support::wait_until(DEADLINE, || {
+        !run.of("state").is_empty() && !run.of("by_uri").is_empty()
+    })
+    .await;
     assert!(ok, "no reading of the enumeration\n{}", run.explain());
     assert_eq!(
         run.of("state")[0].value,
@@ -1125,6 +1129,7 @@ async fn an_enumeration_defined_only_by_its_definition_arrives_as_names() {
         "{}",
         run.explain()
     );
+    assert_eq!(run.of("by_uri")[0].value, RawValue::Float(3.25));
     run.stop().await;
 }
 

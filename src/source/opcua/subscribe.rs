@@ -57,15 +57,7 @@ pub(super) async fn manage(
             r = connected.changed() => if r.is_err() { return futures::future::pending().await },
         }
     }
-    let nodes: Vec<Option<NodeId>> = ctx
-        .plan
-        .tags
-        .iter()
-        .map(|t| match &t.address {
-            TagAddress::OpcUa { node } => NodeId::from_str(node).ok(),
-            TagAddress::Modbus(_) => None,
-        })
-        .collect();
+    let nodes = resolve_nodes(&ctx, &session).await;
     let (chunk, read_chunk) = limits(&session).await;
     let names = Arc::new(enum_names(&ctx, &session, &nodes, read_chunk).await);
     let gaps = Arc::new(Gaps::default());
@@ -125,6 +117,43 @@ pub(super) async fn manage(
             _ = gaps.notify.notified() => m.republish().await,
         }
     }
+}
+
+/// The node id of every tag; `nsu=<URI>;…` ids get the server's index for that namespace (read
+/// once per session: indexes may change when a server restarts). A URI the server does not
+/// know is reported once per session and leaves that tag unmonitored.
+async fn resolve_nodes(ctx: &Ctx, session: &Session) -> Vec<Option<NodeId>> {
+    let mut missing: HashSet<String> = HashSet::new();
+    let mut out = Vec::with_capacity(ctx.plan.tags.len());
+    for t in &ctx.plan.tags {
+        let TagAddress::OpcUa { node } = &t.address else {
+            out.push(None);
+            continue;
+        };
+        let Some((uri, id)) = node.strip_prefix("nsu=").and_then(|r| r.split_once(';')) else {
+            out.push(NodeId::from_str(node).ok());
+            continue;
+        };
+        let index = if missing.contains(uri) {
+            None
+        } else {
+            match session.get_namespace_index(uri).await {
+                Ok(i) => Some(i),
+                Err(error) => {
+                    tracing::warn!(
+                        message = "The OPC UA server has no such namespace URI; its tags are not read.",
+                        tag_map = %ctx.plan.path.display(),
+                        namespace = uri,
+                        %error
+                    );
+                    missing.insert(uri.to_string());
+                    None
+                }
+            }
+        };
+        out.push(index.and_then(|i| NodeId::from_str(&format!("ns={i};{id}")).ok()));
+    }
+    out
 }
 
 struct Manager {
