@@ -1,9 +1,8 @@
 //! The mapping task of one tag map: receives its adapter's sample batches, maps them to
-//! readings, adds heartbeats on a tick, and hands the readings to the output. It ends when the
+//! readings (heartbeats come with the source's confirmations), and hands the readings to the output. It ends when the
 //! adapter drops its sender, after adding its counters to the run's totals.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -16,8 +15,6 @@ use super::status::MapStats;
 
 /// Sample batches queued per tag map before its adapter waits.
 pub(crate) const SAMPLE_QUEUE: usize = 64;
-/// How often tags with a heartbeat are checked.
-const HEARTBEAT_TICK: Duration = Duration::from_millis(500);
 
 pub(crate) async fn map_task(
     name: Arc<str>,
@@ -27,18 +24,10 @@ pub(crate) async fn map_task(
     totals: Arc<std::sync::Mutex<MappingCounters>>,
     stats: Arc<MapStats>,
 ) {
-    let mut tick = tokio::time::interval(HEARTBEAT_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // Ends when the adapter has stopped: nothing more will come.
+    while let Some(batch) = samples.recv().await {
         let mut out: Vec<Reading> = Vec::new();
-        tokio::select! {
-            batch = samples.recv() => match batch {
-                Some(batch) => out.extend(batch.iter().filter_map(|s| mapper.map(s))),
-                // The adapter has stopped: nothing more will come.
-                None => break,
-            },
-            _ = tick.tick() => mapper.heartbeats(chrono::Utc::now(), &mut out),
-        }
+        mapper.apply(&batch, &mut out);
         stats.store(&mapper.counters());
         if !out.is_empty() && readings.send((name.clone(), out)).await.is_err() {
             break;

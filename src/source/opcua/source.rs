@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::convert::{self, EnumNames, Quality, TimestampSource, UncertainPolicy};
 use super::{connect, subscribe, OpcUaCounters};
 use crate::mapping::{OpcUaPlan, TagMapPlan};
-use crate::sample::{Sample, SampleBatch};
+use crate::sample::{Cause, Sample, SampleBatch, Scope, SourceEvent};
 
 /// Per-tag flags, so each problem is logged once per episode.
 const FLAG_BAD: u8 = 1;
@@ -188,6 +188,7 @@ async fn drive(
                 }
                 Some(Ok(SessionPollResult::ConnectionLost(status))) => {
                     ctx.counters.connected.store(false, Ordering::Relaxed);
+                    ctx.queue.event(SourceEvent::Lost { scope: Scope::Source, at: Utc::now(), cause: Cause::ConnectionLost });
                     tracing::warn!(message = "OPC UA connection lost; reconnecting.", endpoint = %ctx.source.endpoint, %status);
                 }
                 Some(Ok(SessionPollResult::ReconnectFailed(status))) => {
@@ -217,9 +218,10 @@ async fn drive(
     StatusCode::Good
 }
 
-/// Samples waiting for the forwarding task. Bounded: when full, the oldest are dropped.
+/// Samples (and status events) waiting for the forwarding task. Bounded: when full, the oldest
+/// samples are dropped.
 pub(super) struct Queue {
-    samples: Mutex<Vec<Sample>>,
+    samples: Mutex<SampleBatch>,
     notify: Notify,
     capacity: usize,
 }
@@ -227,7 +229,7 @@ pub(super) struct Queue {
 impl Queue {
     fn new(capacity: usize) -> Queue {
         Queue {
-            samples: Mutex::new(Vec::new()),
+            samples: Mutex::new(SampleBatch::default()),
             notify: Notify::new(),
             capacity,
         }
@@ -248,6 +250,9 @@ impl Queue {
                 let excess = total - self.capacity;
                 let from_old = excess.min(samples.len());
                 samples.drain(..from_old);
+                for (before, _) in &mut samples.events {
+                    *before = before.saturating_sub(from_old);
+                }
                 let from_new = excess - from_old;
                 batch.drain(..from_new);
                 dropped = excess;
@@ -258,7 +263,25 @@ impl Queue {
         dropped
     }
 
-    fn take(&self) -> Vec<Sample> {
+    /// Appends a status event after the samples queued so far. A confirmation replaces one
+    /// queued right before it (only the newest matters), so events stay few.
+    pub(super) fn event(&self, event: SourceEvent) {
+        {
+            let mut queued = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            let n = queued.samples.len();
+            if let (SourceEvent::Confirmed { .. }, Some((before, SourceEvent::Confirmed { .. }))) =
+                (&event, queued.events.last())
+            {
+                if *before == n {
+                    queued.events.pop();
+                }
+            }
+            queued.event(event);
+        }
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> SampleBatch {
         std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -334,6 +357,7 @@ impl OnSubscriptionNotificationCore for Notifier {
         notification: NotificationMessage,
         _items: MonitoredItemMap<'_>,
     ) {
+        let confirmed_at = Utc::now();
         // Keep-alives carry the next number without consuming it: only data messages count.
         if notification
             .notification_data
@@ -343,6 +367,11 @@ impl OnSubscriptionNotificationCore for Notifier {
             self.track(notification.sequence_number);
         }
         self.deliver.deliver(notification);
+        // A publish or keep-alive response: the subscription is alive, its values still hold.
+        self.deliver
+            .ctx
+            .queue
+            .event(SourceEvent::Confirmed { at: confirmed_at });
     }
 }
 
@@ -361,6 +390,8 @@ impl Deliver {
         let now = Utc::now();
         let ctx = &self.ctx;
         let mut batch = Vec::new();
+        // Tags whose value is not usable (Bad, or Uncertain when skipped): no heartbeat for them.
+        let mut lost: Vec<(usize, StatusCode)> = Vec::new();
         let (mut bad, mut uncertain, mut unsupported) = (0u64, 0u64, 0u64);
         for object in data {
             let Some(change) = object.into_inner_as::<DataChangeNotification>() else {
@@ -379,6 +410,7 @@ impl Deliver {
                 match convert::quality(value.status) {
                     Quality::Bad => {
                         bad += 1;
+                        lost.push((tag, value.status.unwrap_or(StatusCode::Bad)));
                         if flags.fetch_or(FLAG_BAD, Ordering::Relaxed) & FLAG_BAD == 0 {
                             ctx.counters.tags_bad.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(
@@ -392,6 +424,7 @@ impl Deliver {
                     Quality::Uncertain => {
                         uncertain += 1;
                         if ctx.uncertain == UncertainPolicy::Skip {
+                            lost.push((tag, value.status.unwrap_or(StatusCode::Uncertain)));
                             continue;
                         }
                     }
@@ -445,6 +478,13 @@ impl Deliver {
         }
         c.readings.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let dropped = ctx.queue.push(batch);
+        for (tag, status) in lost {
+            ctx.queue.event(SourceEvent::Lost {
+                scope: Scope::Tag(tag),
+                at: now,
+                cause: Cause::OpcUaStatus(status.to_string().into()),
+            });
+        }
         if dropped > 0
             && c.overflow_dropped
                 .fetch_add(dropped as u64, Ordering::Relaxed)
