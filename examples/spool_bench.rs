@@ -153,6 +153,7 @@ async fn end_to_end_rate(hub: &HubHandle, journal: Arc<Journal>) -> Result<f64, 
     let run = tokio::spawn(delivery::run(
         rx,
         journal,
+        Arc::new(tagbridge::runtime::last_sent::LastSent::in_memory()),
         sink,
         PartitionKeySpec::None,
         cancel.clone(),

@@ -22,6 +22,7 @@ use crate::sink::eventhub::sink::{EventHubSink, Outgoing};
 use crate::spool::payload;
 
 use super::journal::Journal;
+use super::last_sent::LastSent;
 
 /// Records handed to the sink per read.
 const READ_BATCH: usize = 4096;
@@ -48,10 +49,12 @@ fn partition_key<'a>(
 
 /// Runs the writer, reader, sink and ack tasks until the readings channel closes and
 /// everything is settled (or the sink gives up at `sink_cancel`). Returns the last
-/// acknowledged sequence number.
+/// acknowledged sequence number. A reading that repeats the last one handed to the journal
+/// for its sensor (same timestamp and value, see [`LastSent`]) is not appended again.
 pub async fn run(
     mut readings: mpsc::Receiver<TaggedReadings>,
     journal: Arc<Journal>,
+    last_sent: Arc<LastSent>,
     sink: EventHubSink,
     partition: PartitionKeySpec,
     sink_cancel: CancellationToken,
@@ -68,7 +71,17 @@ pub async fn run(
                         out
                     })
                     .collect();
-                journal.append(records).await;
+                let (records, repeats) =
+                    last_sent.filter(records, batch.iter().map(|r| &r.sensor_id));
+                if repeats > 0 {
+                    tracing::debug!(
+                        message = "Readings already sent are not sent again.",
+                        repeats
+                    );
+                }
+                if !records.is_empty() {
+                    journal.append(records).await;
+                }
             }
             journal.close();
         })

@@ -13,6 +13,7 @@
 pub mod delivery;
 pub mod gateway;
 pub mod journal;
+pub mod last_sent;
 pub mod map_task;
 pub mod reload;
 pub mod status;
@@ -52,6 +53,8 @@ pub enum Output {
         partition: PartitionKeySpec,
         /// After shutdown starts, how long the sink may keep delivering.
         grace: Duration,
+        /// The last reading handed to the journal per sensor, so none is sent twice.
+        last_sent: Arc<last_sent::LastSent>,
     },
 }
 
@@ -198,7 +201,10 @@ pub async fn run(
             journal,
             partition,
             grace,
+            last_sent,
         } => {
+            let checkpoints_stop = CancellationToken::new();
+            let checkpoints = tokio::spawn(last_sent.clone().checkpoints(checkpoints_stop.clone()));
             let sink_cancel = CancellationToken::new();
             // The sink keeps delivering for `grace` after shutdown starts, then settles and stops.
             let timer = tokio::spawn({
@@ -210,8 +216,19 @@ pub async fn run(
                 }
             });
             let stats = sink.stats.clone();
-            let last = delivery::run(readings_rx, journal, *sink, partition, sink_cancel).await;
+            let last = delivery::run(
+                readings_rx,
+                journal,
+                last_sent,
+                *sink,
+                partition,
+                sink_cancel,
+            )
+            .await;
             timer.abort();
+            // The writer is done: the last save covers everything handed to the journal.
+            checkpoints_stop.cancel();
+            let _ = checkpoints.await;
             let accepted = stats
                 .events_accepted
                 .load(std::sync::atomic::Ordering::Relaxed);
