@@ -121,16 +121,24 @@ impl Mapper {
         for item in batch.items() {
             match item {
                 Item::Sample(sample) => out.extend(self.map(sample)),
-                Item::Event(SourceEvent::Confirmed { at }) => self.confirmed(*at, out),
-                Item::Event(SourceEvent::Lost { scope, .. }) => match scope {
-                    Scope::Source => self.state.iter_mut().for_each(|s| s.lost = true),
-                    Scope::Tag(i) => {
-                        if let Some(s) = self.state.get_mut(*i) {
-                            s.lost = true;
-                        }
-                    }
-                },
+                Item::Event(event) => self.event(event, out),
             }
+        }
+    }
+
+    /// Takes a status event of the source: a confirmation may make heartbeats due; a lost tag
+    /// gets none until its next sample.
+    pub fn event(&mut self, event: &SourceEvent, out: &mut Vec<Reading>) {
+        match event {
+            SourceEvent::Confirmed { at } => self.confirmed(*at, out),
+            SourceEvent::Lost { scope, .. } => match scope {
+                Scope::Source => self.state.iter_mut().for_each(|s| s.lost = true),
+                Scope::Tag(i) => {
+                    if let Some(s) = self.state.get_mut(*i) {
+                        s.lost = true;
+                    }
+                }
+            },
         }
     }
 
