@@ -23,6 +23,7 @@ use crate::spool::payload;
 
 use super::journal::Journal;
 use super::last_sent::LastSent;
+use super::supervise::Supervisor;
 
 /// Records handed to the sink per read.
 const READ_BATCH: usize = 4096;
@@ -58,11 +59,13 @@ pub async fn run(
     sink: EventHubSink,
     partition: PartitionKeySpec,
     sink_cancel: CancellationToken,
+    supervisor: Supervisor,
 ) -> Option<u64> {
     let writer = {
         let journal = journal.clone();
-        tokio::spawn(async move {
+        supervisor.spawn_untracked("journal writer", async move {
             while let Some((tag_map, batch)) = readings.recv().await {
+                super::supervise::fault_point("journal");
                 let records = batch
                     .iter()
                     .map(|r| {
@@ -89,7 +92,7 @@ pub async fn run(
     let (sink_tx, sink_rx) = mpsc::channel::<Vec<Outgoing>>(SINK_QUEUE);
     let reader = {
         let journal = journal.clone();
-        tokio::spawn(async move {
+        supervisor.spawn_untracked("journal reader", async move {
             loop {
                 let records = journal.read(READ_BATCH).await;
                 if records.is_empty() {
@@ -119,7 +122,7 @@ pub async fn run(
     let (ack_tx, mut ack_rx) = mpsc::channel::<u64>(1024);
     let acker = {
         let journal = journal.clone();
-        tokio::spawn(async move {
+        supervisor.spawn_untracked("journal acker", async move {
             while let Some(seq) = ack_rx.recv().await {
                 journal.ack(seq).await;
             }

@@ -28,6 +28,7 @@ pub(crate) async fn map_task(
 ) {
     // Ends when the adapter has stopped: nothing more will come.
     while let Some(batch) = samples.recv().await {
+        super::supervise::fault_point("mapping");
         let mut out: Vec<Reading> = Vec::new();
         match &live {
             None => mapper.apply(&batch, &mut out),

@@ -47,6 +47,8 @@ pub struct TagMaps {
     modbus: crate::source::modbus::ModbusStats,
     /// The live view, when served.
     live: Option<Arc<LiveView>>,
+    /// Watches the mapping tasks: a panic stops the gateway.
+    supervisor: Option<super::supervise::Supervisor>,
 }
 
 impl TagMaps {
@@ -67,10 +69,17 @@ impl TagMaps {
             status,
             modbus,
             live: None,
+            supervisor: None,
         }
     }
 
     /// Feeds the live view from every tag map started from now on.
+    /// Mapping tasks are spawned under `supervisor`.
+    pub fn with_supervisor(mut self, supervisor: super::supervise::Supervisor) -> Self {
+        self.supervisor = Some(supervisor);
+        self
+    }
+
     pub fn with_live(mut self, live: Option<Arc<LiveView>>) -> Self {
         self.live = live;
         self
@@ -154,7 +163,7 @@ impl TagMaps {
                 source: counters,
             });
         }
-        self.tracker.spawn(map_task(
+        let task = map_task(
             name,
             Mapper::new(plan),
             rx,
@@ -162,7 +171,13 @@ impl TagMaps {
             self.totals.clone(),
             stats,
             live,
-        ));
+        );
+        match &self.supervisor {
+            Some(supervisor) => supervisor.spawn(&self.tracker, "mapping", task),
+            None => {
+                self.tracker.spawn(task);
+            }
+        }
         self.running
             .insert(plan.path.clone(), Running { cancel, content });
     }
