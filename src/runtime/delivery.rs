@@ -63,6 +63,7 @@ pub async fn run(
 ) -> Option<u64> {
     let writer = {
         let journal = journal.clone();
+        let supervisor2 = supervisor.clone();
         supervisor.spawn_untracked("journal writer", async move {
             while let Some((tag_map, batch)) = readings.recv().await {
                 super::supervise::fault_point("journal");
@@ -82,8 +83,11 @@ pub async fn run(
                         repeats
                     );
                 }
-                if !records.is_empty() {
-                    journal.append(records).await;
+                if !records.is_empty() && journal.append_checked(records).await.is_none() {
+                    // The spool's task is gone: stop the gateway for a restart (what the spool
+                    // holds on disk is sent then) rather than run on without spooling.
+                    supervisor2.fail("spool", "the spool task stopped");
+                    break;
                 }
             }
             journal.close();

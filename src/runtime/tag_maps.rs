@@ -163,6 +163,10 @@ impl TagMaps {
                 source: counters,
             });
         }
+        let supervisor = self.supervisor.clone();
+        let source_cancel = cancel.clone();
+        let has_tags = !plan.tags.is_empty();
+        let path = plan.path.display().to_string();
         let task = map_task(
             name,
             Mapper::new(plan),
@@ -172,6 +176,16 @@ impl TagMaps {
             stats,
             live,
         );
+        // An adapter that drops its sender without being told to has died (a panic in one
+        // of its tasks): the gateway must not run on without it.
+        let task = async move {
+            task.await;
+            if has_tags && !source_cancel.is_cancelled() {
+                if let Some(supervisor) = supervisor {
+                    supervisor.fail("source", &format!("the source of {path} stopped by itself"));
+                }
+            }
+        };
         match &self.supervisor {
             Some(supervisor) => supervisor.spawn(&self.tracker, "mapping", task),
             None => {
