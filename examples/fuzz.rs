@@ -51,6 +51,12 @@ const TARGETS: &[Target] = &[
         seeds: &["examples/gateway.yaml", "tests/fixtures/gateway-broken"],
         yaml: true,
     },
+    Target {
+        name: "modbus_response",
+        run: tagbridge::source::modbus::fuzz::response,
+        seeds: &["tests/fixtures/modbus-answers"],
+        yaml: false,
+    },
 ];
 
 struct Options {
