@@ -39,3 +39,10 @@ mod spool;
 
 /// Operations: /metrics and /readyz during a run; live reload of tag maps.
 mod operations;
+
+/// No reading twice: OPC UA server restart, tag-map reload, graceful restart and kill -9 of
+/// the gateway binary, counted at the hub.
+mod duplicates;
+
+/// A panicking component stops the whole gateway (exit non-zero) and loses nothing spooled.
+mod supervision;
