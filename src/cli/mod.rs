@@ -11,6 +11,7 @@ mod sim_hub;
 mod sim_plc;
 mod spool;
 mod status;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -67,6 +68,8 @@ pub enum Command {
         #[arg(short, long, default_value = "gateway.yaml")]
         config: PathBuf,
     },
+    /// The live table of every tag of the running gateway, in the terminal (`/api/live`).
+    Watch(watch::WatchArgs),
     /// Send one marked test event with the configured credentials and say whether the hub
     /// accepted it (sensor_id `tagbridge:send-test`).
     SendTest {
@@ -126,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::Check { config, paths } => check::check(config.as_deref(), &paths),
         Command::SendTest { config } => send_test::send_test(&config),
         Command::Status { config } => status::status(&config),
+        Command::Watch(args) => watch::run(args),
         Command::Schema { dir, check } => schema(&dir, check),
         Command::Spool { command } => spool::run(command),
         Command::Browse(args) => browse::run(args),

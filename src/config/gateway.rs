@@ -222,6 +222,8 @@ pub struct TelemetrySpec {
     pub metrics: Option<MetricsAddr>,
     /// How often to log a one-line summary. Default 1m.
     pub summary_every: Option<HumanDuration>,
+    /// The live view of every tag (`/` and `/api/live`) on the metrics listener. Default true.
+    pub live_view: Option<bool>,
 }
 
 /// Where `/metrics` is served when `telemetry.metrics` is not written.

@@ -95,6 +95,8 @@ pub struct TelemetryPlan {
     /// `None`: no metrics listener.
     pub metrics: Option<SocketAddr>,
     pub summary_every: Duration,
+    /// Serve the live view (`/`, `/api/live`) on the metrics listener.
+    pub live_view: bool,
 }
 
 /// Reads, parses and compiles gateway.yaml and finds its tag map files: every problem at once.
@@ -318,6 +320,7 @@ fn telemetry_plan(config: &GatewayConfig, problems: &mut Vec<Problem>) -> Teleme
         summary_every: spec
             .summary_every
             .map_or(DEFAULT_SUMMARY_EVERY, |s| s.as_duration()),
+        live_view: spec.live_view.unwrap_or(true),
     }
 }
 

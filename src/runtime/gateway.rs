@@ -252,6 +252,7 @@ impl Gateway {
             metrics_bound: tweaks.metrics_bound,
             summary_every: plan.telemetry.summary_every,
             reload: tweaks.reload,
+            live_view: plan.telemetry.live_view,
         };
         Ok(Gateway {
             tag_maps,

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::mapping::{Mapper, MappingCounters};
 use crate::reading::Reading;
 use crate::sample::SampleBatch;
+use crate::telemetry::live::LiveMap;
 
 use super::delivery::TaggedReadings;
 use super::status::MapStats;
@@ -26,6 +27,7 @@ pub(crate) async fn map_task(
     readings: mpsc::Sender<TaggedReadings>,
     totals: Arc<std::sync::Mutex<MappingCounters>>,
     stats: Arc<MapStats>,
+    live: Option<Arc<LiveMap>>,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -33,7 +35,20 @@ pub(crate) async fn map_task(
         let mut out: Vec<Reading> = Vec::new();
         tokio::select! {
             batch = samples.recv() => match batch {
-                Some(batch) => out.extend(batch.iter().filter_map(|s| mapper.map(s))),
+                Some(batch) => match &live {
+                    None => out.extend(batch.iter().filter_map(|s| mapper.map(s))),
+                    // The live view: a few relaxed atomic stores per sample, no lock.
+                    Some(live) => {
+                        let now_ms = chrono::Utc::now().timestamp_millis();
+                        for s in &batch {
+                            let non_finite = mapper.counters().non_finite;
+                            let reading = mapper.map(s);
+                            let skipped = mapper.counters().non_finite != non_finite;
+                            live.observe(s.tag, reading.as_ref(), skipped, now_ms);
+                            out.extend(reading);
+                        }
+                    }
+                },
                 // The adapter has stopped: nothing more will come.
                 None => break,
             },

@@ -66,6 +66,8 @@ pub struct RunOptions {
     pub summary_every: Duration,
     /// Live reload of tag maps; `None`: the tag maps given are run as they are.
     pub reload: Option<reload::Reload>,
+    /// Serve the live view (`/` and `/api/live`) beside `/metrics`.
+    pub live_view: bool,
 }
 
 impl std::fmt::Debug for reload::Reload {
@@ -84,6 +86,7 @@ impl Default for RunOptions {
             metrics_bound: None,
             summary_every: Duration::from_secs(60),
             reload: None,
+            live_view: true,
         }
     }
 }
@@ -132,6 +135,9 @@ pub async fn run(
     let mut status = GatewayStatus::default();
     let (readings_tx, readings_rx) = mpsc::channel::<TaggedReadings>(READING_QUEUE);
     let totals = Arc::new(std::sync::Mutex::new(MappingCounters::default()));
+    // The live view exists only where it is served: without it the mapping tasks skip it.
+    let live = (listener.is_some() && options.live_view)
+        .then(|| Arc::new(crate::telemetry::live::LiveView::new()));
     let mut maps = TagMaps::new(
         tracker.clone(),
         readings_tx,
@@ -139,7 +145,8 @@ pub async fn run(
         shutdown.clone(),
         status.maps.clone(),
         status.modbus.clone(),
-    );
+    )
+    .with_live(live.clone());
     maps.apply(plans);
     let started = maps.len();
     if maps.is_empty() && options.reload.is_none() {
@@ -173,10 +180,17 @@ pub async fn run(
             Arc::new(move || status.readiness())
         };
         tracing::info!(message = "Serving /metrics, /healthz and /readyz.", addr = ?listener.local_addr().ok());
+        if let Some(live) = &live {
+            let status = status.clone();
+            live.set_gateway(Box::new(move || status.hub_and_spool()));
+            ops.spawn(live.clone().record_history(ops_cancel.clone()));
+            tracing::info!(message = "Serving the live view at / and /api/live.", addr = ?listener.local_addr().ok());
+        }
         ops.spawn(crate::telemetry::http::serve(
             listener,
             metrics,
             readiness,
+            live,
             ops_cancel.clone(),
         ));
     }

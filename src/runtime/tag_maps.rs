@@ -20,6 +20,7 @@ use super::status::{MapEntry, MapStats, RunningMaps};
 use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
 use crate::sample::SampleBatch;
 use crate::source;
+use crate::telemetry::live::{LiveMap, LiveView};
 
 struct Running {
     cancel: CancellationToken,
@@ -44,6 +45,8 @@ pub struct TagMaps {
     running: HashMap<PathBuf, Running>,
     status: RunningMaps,
     modbus: crate::source::modbus::ModbusStats,
+    /// The live view, when served.
+    live: Option<Arc<LiveView>>,
 }
 
 impl TagMaps {
@@ -63,7 +66,14 @@ impl TagMaps {
             running: HashMap::new(),
             status,
             modbus,
+            live: None,
         }
+    }
+
+    /// Feeds the live view from every tag map started from now on.
+    pub fn with_live(mut self, live: Option<Arc<LiveView>>) -> Self {
+        self.live = live;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -126,6 +136,16 @@ impl TagMaps {
         if let source::SourceCounters::Modbus(c) = &counters {
             self.modbus.add(&name, c);
         }
+        let live = self.live.as_ref().map(|view| {
+            let source = counters.clone();
+            let map = Arc::new(LiveMap::for_plan(
+                plan,
+                name.clone(),
+                Box::new(move || source.connected()),
+            ));
+            view.add(map.clone());
+            map
+        });
         if let Ok(mut maps) = self.status.write() {
             maps.retain(|m| m.name != name);
             maps.push(MapEntry {
@@ -141,6 +161,7 @@ impl TagMaps {
             self.readings.clone(),
             self.totals.clone(),
             stats,
+            live,
         ));
         self.running
             .insert(plan.path.clone(), Running { cancel, content });
@@ -152,6 +173,9 @@ impl TagMaps {
             r.cancel.cancel();
         }
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        if let (Some(live), Some(stem)) = (&self.live, &stem) {
+            live.remove(stem);
+        }
         if let (Ok(mut maps), Some(stem)) = (self.status.write(), stem) {
             maps.retain(|m| *m.name != *stem);
         }

@@ -1,6 +1,7 @@
 //! The operations endpoint on loopback: `GET /metrics` (Prometheus text), `GET /healthz` (the
 //! process is up) and `GET /readyz` (200 when ready, 503 otherwise, with a JSON body saying
-//! what is not).
+//! what is not). With the live view on: `GET /` (the page) and `GET /api/live` (JSON, see
+//! [`super::live`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::live::{LiveView, Query};
 use super::metrics::Metrics;
 
 /// Answers `/readyz`: ready or not, and a JSON object describing each part.
@@ -23,6 +25,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     readiness: ReadinessFn,
+    live: Option<Arc<LiveView>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -38,12 +41,14 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         let readiness = readiness.clone();
+        let live = live.clone();
         let conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
                 let readiness = readiness.clone();
-                async move { Ok::<_, Infallible>(route(&req, &metrics, &readiness)) }
+                let live = live.clone();
+                async move { Ok::<_, Infallible>(route(&req, &metrics, &readiness, live.as_deref())) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -59,8 +64,20 @@ fn route(
     req: &Request<Incoming>,
     metrics: &Metrics,
     readiness: &ReadinessFn,
+    live: Option<&LiveView>,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/api/live") if live.is_some() => (
+            StatusCode::OK,
+            "application/json",
+            live.map(|l| l.snapshot_json(&Query::parse(req.uri().query())))
+                .unwrap_or_default(),
+        ),
+        ("GET", "/") if live.is_some() => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            super::live::PAGE.to_string(),
+        ),
         ("GET", "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -86,7 +103,7 @@ fn route(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /metrics, /healthz or /readyz\n".to_string(),
+            "try /, /api/live, /metrics, /healthz or /readyz\n".to_string(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -2,6 +2,7 @@
 //! readings; metrics and health are served on loopback.
 
 pub mod http;
+pub mod live;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

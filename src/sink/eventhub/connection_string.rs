@@ -333,7 +333,7 @@ mod tests {
             let text = match shape {
                 0 => format!("Endpoint=sb://a/;SharedAccessKeyName=s;{key};EntityPath=h"),
                 1 => format!("Endpoint=sb://a/;SharedAccessKeyName=s;{key}"),
-                2 => format!("{key}"),
+                2 => key.to_string(),
                 3 => format!("Endpoint=sb://a/;{key}=x;EntityPath=h"),
                 4 => format!("Endpoint=sb://a/;SharedAccessKeyName=s;SharedAccessKey={key};SharedAccessKey={key}"),
                 5 => format!("Endpoint=sb://a/;SharedAccessKey={key};EntityPath=h"),
