@@ -2,7 +2,8 @@
 //! it into a throwaway root (`dpkg --root` with `--force-script-chrootless`, so the maintainer
 //! scripts run with `DPKG_ROOT` set and never touch this machine's /etc or start a service),
 //! then the whole life cycle: install, postinst again, upgrade to a rebuilt package, remove,
-//! purge.
+//! install again (the installed gateway then delivers the spool it finds to a local Event Hub
+//! emulator), purge.
 //!
 //! The throwaway root is seeded like a Debian base system where the test needs it: /etc/passwd
 //! and friends (useradd writes there), the dpkg database, merged /usr, /usr/bin/kill and this
@@ -311,14 +312,82 @@ fn installed_check(root: &Path) {
     );
 }
 
+/// The sensor id of the readings the test leaves in the spool.
+const SPOOLED: &str = "deb:spooled";
+
+/// Runs the installed gateway on the root's spool against a local Event Hub emulator until the
+/// hub has every spooled reading: what an upgraded service does when it starts.
+async fn replay_with_installed_binary(root: &Path, work: &Path, n: usize) {
+    use tagbridge::sim::hub::{Hub, HubConfig, DEFAULT_KEY_NAME};
+    let hub = Hub::start(HubConfig::default()).await.expect("hub");
+    let config = work.join("replay.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "tag_maps: {maps}\nsink:\n  eventhub:\n    connection_string_env: TB_DEB_TEST_CS\n    ca_file: {ca}\n    linger: 10ms\n\
+             spool:\n  dir: {spool}\ntelemetry:\n  metrics: off\n",
+            maps = root.join("etc/tagbridge/tag-maps").display(),
+            ca = hub.ca_cert_path().display(),
+            spool = root.join("var/lib/tagbridge/spool").display(),
+        ),
+    )
+    .unwrap();
+    let mut gateway = tokio::process::Command::new(root.join("usr/bin/tagbridge"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("TB_DEB_TEST_CS", hub.connection_string(DEFAULT_KEY_NAME))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the installed tagbridge");
+    let spooled = || {
+        hub.events()
+            .iter()
+            .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
+            .filter(|v| v["sensor_id"] == SPOOLED)
+            .count()
+    };
+    let all =
+        super::support::wait_until(std::time::Duration::from_secs(60), || spooled() >= n).await;
+    if !all {
+        gateway.start_kill().expect("stop the gateway");
+        let output = gateway.wait_with_output().await.expect("gateway output");
+        panic!(
+            "the installed gateway replayed {} of {n} spooled readings; its log:\n{}",
+            spooled(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    gateway.start_kill().expect("stop the gateway");
+    let _ = gateway.wait().await;
+    // The values are exactly the spooled ones, 0..n.
+    let mut values: Vec<u64> = hub
+        .events()
+        .iter()
+        .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
+        .filter(|v| v["sensor_id"] == SPOOLED)
+        .filter_map(|v| v["value"].as_u64())
+        .collect();
+    values.sort_unstable();
+    values.dedup();
+    assert_eq!(values, (0..n as u64).collect::<Vec<_>>());
+}
+
 /// Appends `n` records to the spool in the root's state directory, as a gateway that could not
 /// reach its hub would have left them.
 fn fill_spool(root: &Path, n: usize) -> PathBuf {
     let dir = root.join("var/lib/tagbridge/spool");
     let (mut spool, _) =
         tagbridge::spool::Spool::open(&dir, tagbridge::spool::SpoolConfig::default()).unwrap();
+    // spool::payload: [key length 0][reading JSON].
     let records: Vec<Vec<u8>> = (0..n)
-        .map(|i| format!("{{\"sensor_id\":\"press-3.pressure\",\"value\":{i}}}").into_bytes())
+        .map(|i| {
+            let json = format!(
+                "{{\"sensor_id\":\"{SPOOLED}\",\"timestamp\":\"2026-12-04T20:00:00.000Z\",\"value\":{i}}}"
+            );
+            [&[0u8][..], json.as_bytes()].concat()
+        })
         .collect();
     let outcome = spool.append(&records);
     assert_eq!(outcome.appended, n as u64);
@@ -327,8 +396,8 @@ fn fill_spool(root: &Path, n: usize) -> PathBuf {
     dir
 }
 
-#[test]
-fn package_installs_upgrades_removes_and_purges_in_a_throwaway_root() {
+#[tokio::test(flavor = "multi_thread")]
+async fn package_installs_upgrades_removes_and_purges_in_a_throwaway_root() {
     if !should_run() {
         return;
     }
@@ -413,6 +482,17 @@ fn package_installs_upgrades_removes_and_purges_in_a_throwaway_root() {
     assert!(root.join("etc/tagbridge/gateway.yaml").is_file());
     assert!(credential.is_file());
     assert!(snapshot(&spool) == spooled, "remove changed the spool");
+
+    // Installing again carries on: the same configuration, and the installed gateway delivers
+    // the spool it finds.
+    dpkg(&root, &["-i", second.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&map).unwrap(), edited);
+    assert!(
+        snapshot(&spool) == spooled,
+        "reinstalling changed the spool"
+    );
+    assert_files_where_the_unit_expects_them(&root);
+    replay_with_installed_binary(&root, work.path(), 250).await;
 
     // Purge: the configuration, the credential and the spool are deleted; the user is kept.
     dpkg(&root, &["--purge", "tagbridge"]);
