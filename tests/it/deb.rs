@@ -518,3 +518,92 @@ async fn package_installs_upgrades_removes_and_purges_in_a_throwaway_root() {
     assert_files_where_the_unit_expects_them(&root);
     assert_ne!(std::fs::read_to_string(&map).unwrap(), edited);
 }
+
+/// Runs `script` with /bin/sh inside the chroot `dir`.
+fn in_chroot(dir: &Path, script: &str) -> Output {
+    run_ok(
+        Command::new("chroot")
+            .arg(dir)
+            .args(["/bin/sh", "-ec", script]),
+    )
+}
+
+/// `apt install ./tagbridge_*.deb` in a clean Debian (a `debootstrap --variant=minbase` tree
+/// named by `TAGBRIDGE_DEB_CHROOT`, copied first so the cache stays clean): apt resolves the
+/// dependencies from what a minimal Debian has, and the maintainer scripts take their real path
+/// (no DPKG_ROOT: getent, useradd, the system's /etc). Then reconfigure, upgrade keeping an
+/// edited tag map, purge. Without the variable the test says it is skipped, unless
+/// `TAGBRIDGE_DEB_TEST=required`.
+#[test]
+fn apt_installs_the_package_into_a_clean_debian() {
+    if !should_run() {
+        return;
+    }
+    let Some(base) = std::env::var_os("TAGBRIDGE_DEB_CHROOT") else {
+        if std::env::var("TAGBRIDGE_DEB_TEST").as_deref() == Ok("required") {
+            panic!("TAGBRIDGE_DEB_CHROOT (a debootstrap --variant=minbase tree) is not set");
+        }
+        eprintln!("SKIPPED: set TAGBRIDGE_DEB_CHROOT to a debootstrap --variant=minbase tree");
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let debian = work.path().join("debian");
+    run_ok(Command::new("cp").arg("-a").arg(&base).arg(&debian));
+    let mut debs = Vec::new();
+    for revision in [1, 2] {
+        let deb = build(revision, &work.path().join(format!("r{revision}")));
+        let name = deb.file_name().unwrap().to_str().unwrap().to_owned();
+        std::fs::copy(&deb, debian.join("tmp").join(&name)).unwrap();
+        debs.push(format!("/tmp/{name}"));
+    }
+
+    in_chroot(
+        &debian,
+        &format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q {}",
+            debs[0]
+        ),
+    );
+    let out = in_chroot(
+        &debian,
+        "getent passwd tagbridge; stat -c '%U %a %n' /var/lib/tagbridge \
+         /etc/tagbridge/credentials /etc/tagbridge/credentials/eventhub; \
+         tagbridge check /etc/tagbridge; tagbridge --version; \
+         dpkg-reconfigure tagbridge; dpkg-reconfigure tagbridge; getent passwd tagbridge | wc -l",
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    for expected in [
+        "tagbridge:x:",
+        ":/var/lib/tagbridge:/usr/sbin/nologin",
+        "tagbridge 700 /var/lib/tagbridge",
+        "root 700 /etc/tagbridge/credentials",
+        "root 600 /etc/tagbridge/credentials/eventhub",
+        "total: 2 sources",
+        "(commit ",
+    ] {
+        assert!(said.contains(expected), "no {expected:?} in:\n{said}");
+    }
+    assert!(
+        said.trim_end().ends_with('1'),
+        "one tagbridge user:\n{said}"
+    );
+
+    // Upgrade with apt: the edited tag map stays.
+    in_chroot(
+        &debian,
+        &format!(
+            "echo '# edited' >> /etc/tagbridge/tag-maps/press-3.yaml; \
+             DEBIAN_FRONTEND=noninteractive apt-get install -y -q {}; \
+             dpkg-query -W -f '${{Version}}' tagbridge | grep -qx 0.1.0-2; \
+             tail -n 1 /etc/tagbridge/tag-maps/press-3.yaml | grep -qx '# edited'; \
+             tagbridge check /etc/tagbridge >/dev/null",
+            debs[1]
+        ),
+    );
+    // Purge deletes the configuration and the state.
+    in_chroot(
+        &debian,
+        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q tagbridge; \
+         test ! -e /etc/tagbridge; test ! -e /var/lib/tagbridge; test ! -e /usr/bin/tagbridge",
+    );
+}
