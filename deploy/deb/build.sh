@@ -127,17 +127,29 @@ for script in postinst prerm postrm; do
 done
 (cd "$root" && find etc -type f ! -path 'etc/tagbridge/credentials/*' | sort | sed 's|^|/|') >"$root/DEBIAN/conffiles"
 
+# glibc's version from the binary's symbol versions: the fallback when dpkg-shlibdeps is missing
+# or cannot read the binary (another architecture).
+glibc_depends() {
+  local v
+  v="$( (grep -ao 'GLIBC_2\.[0-9.]*' "$root/usr/bin/tagbridge" || true) | sed 's/GLIBC_//' | sort -uV | tail -n 1)"
+  echo "libc6${v:+ (>= $v)}"
+  if grep -q 'libgcc_s\.so\.1' "$root/usr/bin/tagbridge"; then echo ", libgcc-s1"; fi
+}
+depends=""
 if command -v dpkg-shlibdeps >/dev/null; then
   # dpkg-shlibdeps wants a debian/control beside the binary it reads.
   mkdir -p "$stage/src/debian"
   printf 'Source: tagbridge\n\nPackage: tagbridge\nArchitecture: any\n' >"$stage/src/debian/control"
-  depends="$(cd "$stage/src" && dpkg-shlibdeps -O "$root/usr/bin/tagbridge" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')"
-else
-  glibc="$(grep -ao 'GLIBC_2\.[0-9.]*' "$root/usr/bin/tagbridge" | sed 's/GLIBC_//' | sort -uV | tail -n 1)"
-  depends="libc6${glibc:+ (>= $glibc)}"
+  if shlibs="$(cd "$stage/src" && dpkg-shlibdeps -O "$root/usr/bin/tagbridge" 2>"$stage/shlibdeps.err")"; then
+    depends="$(printf '%s\n' "$shlibs" | sed -n 's/^shlibs:Depends=//p')"
+  else
+    echo "warning: dpkg-shlibdeps failed; depending on glibc only:" >&2
+    cat "$stage/shlibdeps.err" >&2
+  fi
 fi
+depends="${depends:-$(glibc_depends | tr -d '\n')}"
 # useradd and groupadd (passwd) are Priority: required, on every Debian and Ubuntu.
-depends="${depends:-libc6}, passwd"
+depends="$depends, passwd"
 size="$(du -sk --exclude=DEBIAN "$root" | cut -f1)"
 
 cat >"$root/DEBIAN/control" <<CONTROL
