@@ -17,7 +17,7 @@
 #   /usr/lib/systemd/system/tagbridge.service
 #   /etc/tagbridge/gateway.yaml             conffile: upgrades never overwrite an edited copy
 #   /etc/tagbridge/tag-maps/*.yaml          conffiles (examples to edit)
-#   /etc/tagbridge/credentials/             root-only; postinst creates an empty eventhub file
+#   /etc/tagbridge/credentials/eventhub     root-only (0700/0600), created empty by postinst
 #   /var/lib/tagbridge/                     the state directory (spool, OPC UA PKI), created by
 #                                           postinst for the tagbridge system user
 #   /usr/share/tagbridge/schema/*.json      JSON Schemas (the YAML files point at them)
@@ -89,7 +89,6 @@ install -D -m 0644 "$repo/deploy/systemd/tagbridge.service" \
 # Configuration. The editor hint in each YAML file points at the installed schema.
 schema_hint='s|\$schema=\.\./schema/|$schema=/usr/share/tagbridge/schema/|'
 install -d -m 0755 "$root/etc/tagbridge/tag-maps"
-install -d -m 0700 "$root/etc/tagbridge/credentials"
 sed "$schema_hint" "$repo/deploy/gateway.yaml" >"$root/etc/tagbridge/gateway.yaml"
 for map in "$repo"/tag-maps/*.yaml; do
   sed "$schema_hint" "$map" >"$root/etc/tagbridge/tag-maps/$(basename "$map")"
@@ -104,6 +103,14 @@ install -d -m 0755 "$doc/docs" "$doc/examples/tag-maps"
 install -m 0644 "$repo/README.md" "$doc/"
 install -m 0644 "$repo"/docs/*.md "$doc/docs/"
 gzip -9n <"$repo/CHANGELOG.md" >"$doc/changelog.gz"
+commit="$(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+gzip -9n >"$doc/changelog.Debian.gz" <<CHANGES
+tagbridge ($full) unstable; urgency=medium
+
+  * Built from commit $commit; see changelog.gz for what changed.
+
+ -- tagbridge maintainers <tagbridge@users.noreply.github.com>  $(date -u -R -d "@$SOURCE_DATE_EPOCH")
+CHANGES
 install -m 0644 "$here/copyright" "$doc/copyright"
 # Pristine copies of the shipped configuration, to compare with an edited /etc/tagbridge.
 cp "$root/etc/tagbridge/gateway.yaml" "$doc/examples/"
@@ -125,7 +132,7 @@ install -d -m 0755 "$root/DEBIAN"
 for script in postinst prerm postrm; do
   install -m 0755 "$here/$script" "$root/DEBIAN/$script"
 done
-(cd "$root" && find etc -type f ! -path 'etc/tagbridge/credentials/*' | sort | sed 's|^|/|') >"$root/DEBIAN/conffiles"
+(cd "$root" && find etc -type f | sort | sed 's|^|/|') >"$root/DEBIAN/conffiles"
 
 # glibc's version from the binary's symbol versions: the fallback when dpkg-shlibdeps is missing
 # or cannot read the binary (another architecture).
