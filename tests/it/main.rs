@@ -16,6 +16,9 @@ mod eventhub_sink;
 /// deploy/: the systemd unit and the install script.
 mod deploy;
 
+/// The Debian package, installed, upgraded, removed and purged in a throwaway root.
+mod deb;
+
 /// README, ARCHITECTURE.md and docs/: links resolve, named paths exist.
 mod docs;
 
