@@ -36,3 +36,6 @@ mod spool;
 
 /// Operations: /metrics and /readyz during a run; live reload of tag maps.
 mod operations;
+
+/// The live view: /api/live, the page in headless Chromium, `tagbridge watch` in tmux.
+mod live_view;
