@@ -15,6 +15,13 @@ const TU_BYTES_PER_S: f64 = 1_048_576.0;
 /// With `-c`, exactly what `run` checks before it starts ([`crate::runtime::prepare`]); tag
 /// map paths given besides are checked as well.
 pub fn check(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
+    // `tagbridge check /etc/tagbridge`: a directory holding gateway.yaml is that configuration.
+    if let (None, [dir]) = (config, paths) {
+        let gateway = dir.join("gateway.yaml");
+        if dir.is_dir() && gateway.is_file() {
+            return check(Some(&gateway), &[]);
+        }
+    }
     let loaded = match config {
         Some(config) => {
             let prepared = crate::runtime::prepare_with(config, crate::runtime::Secrets::ServiceMayHold)

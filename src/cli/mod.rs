@@ -4,6 +4,7 @@
 mod browse;
 mod check;
 mod demo;
+mod generate;
 mod opcua;
 mod send_test;
 mod sim_hub;
@@ -28,7 +29,7 @@ pub const EXIT_FAILURE: u8 = 1;
 
 /// Reads PLC tags over OPC UA and Modbus and streams them to Azure Event Hubs.
 #[derive(Debug, Parser)]
-#[command(name = "tagbridge", version, about, long_about = None, propagate_version = true)]
+#[command(name = "tagbridge", version = generate::VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Log format on standard error.
     #[arg(long, global = true, value_enum)]
@@ -55,7 +56,8 @@ pub enum Command {
         /// A gateway configuration whose tag maps to check.
         #[arg(short, long)]
         config: Option<PathBuf>,
-        /// Tag map files or directories.
+        /// Tag map files or directories; a directory holding gateway.yaml (/etc/tagbridge) is
+        /// checked as `-c DIR/gateway.yaml`.
         paths: Vec<PathBuf>,
     },
     /// What the running gateway is doing: readiness, hub, each tag map's source, the spool.
@@ -101,6 +103,12 @@ pub enum Command {
         #[command(subcommand)]
         command: SimCommand,
     },
+    /// Man pages and shell completions from these definitions (for packagers).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: generate::GenerateCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +134,7 @@ pub fn main() -> ExitCode {
         Command::Spool { command } => spool::run(command),
         Command::Browse(args) => browse::run(args),
         Command::Opcua { command } => opcua::run(command),
+        Command::Generate { command } => generate::run(command),
         Command::Sim {
             command: SimCommand::Plc(args),
         } => sim_plc::run(args, format),

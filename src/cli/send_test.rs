@@ -83,7 +83,7 @@ pub fn send_test(config_path: &Path) -> ExitCode {
             eprintln!("The hub refused {}: {why}", credential.describe());
             ExitCode::from(super::EXIT_FAILURE)
         }
-        Ok((Settled::Busy(why) | Settled::Failed(why), _)) => {
+        Ok((Settled::Busy(why) | Settled::TooLarge(why) | Settled::Failed(why), _)) => {
             eprintln!("The hub did not accept the event: {why}");
             ExitCode::from(super::EXIT_FAILURE)
         }

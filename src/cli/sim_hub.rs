@@ -60,6 +60,10 @@ pub struct SimHubArgs {
     /// Reject this fraction (0..1) of transfers with com.microsoft:server-busy.
     #[arg(long, value_name = "P")]
     pub throttle_fraction: Option<f64>,
+    /// Reject every Nth transfer with com.microsoft:server-busy (one batch refused while those
+    /// sent behind it are accepted).
+    #[arg(long, value_name = "N")]
+    pub refuse_every: Option<u64>,
     /// Exit after this long (for scripts).
     #[arg(long)]
     pub exit_after: Option<HumanDuration>,
@@ -121,7 +125,11 @@ pub fn run(args: SimHubArgs, format: LogFormat) -> ExitCode {
             return ExitCode::from(super::EXIT_FAILURE);
         }
     };
-    let throttles = (args.throttle_bytes_above, args.throttle_fraction);
+    let throttles = (
+        args.throttle_bytes_above,
+        args.throttle_fraction,
+        args.refuse_every,
+    );
     runtime.block_on(serve(
         config,
         throttles,
@@ -133,7 +141,7 @@ pub fn run(args: SimHubArgs, format: LogFormat) -> ExitCode {
 
 async fn serve(
     config: HubConfig,
-    (bytes_above, fraction): (Option<u64>, Option<f64>),
+    (bytes_above, fraction, every): (Option<u64>, Option<f64>, Option<u64>),
     exit_after: Option<Duration>,
     quiet: bool,
     stdout_output: bool,
@@ -151,6 +159,9 @@ async fn serve(
     }
     if let Some(p) = fraction {
         hub.faults().throttle_fraction(p);
+    }
+    if let Some(n) = every {
+        hub.faults().refuse_every(n);
     }
     // Endpoints go to stderr when stdout carries the events.
     let banner = format!(

@@ -42,7 +42,9 @@ pub struct Parsed<T> {
 pub fn from_node<T: DeserializeOwned>(node: &Node) -> Parsed<T> {
     /// More passes than any config file has broken values; a guard, not a limit in practice.
     const MAX_PASSES: usize = 64;
-    let mut tree = node.clone();
+    // The tree is copied only when a pass fails an entry (a file with mistakes): a valid file,
+    // however large, is deserialized straight from `node`.
+    let mut tree: Option<Node> = None;
     let mut pruned = HashSet::new();
     let mut problems = Vec::new();
     let mut dropped = Vec::new();
@@ -52,13 +54,14 @@ pub fn from_node<T: DeserializeOwned>(node: &Node) -> Parsed<T> {
             pruned: pruned.clone(),
             ..Ctx::default()
         };
+        let current = tree.as_ref().unwrap_or(node);
         value = match T::deserialize(NodeDe {
-            node: &tree,
+            node: current,
             ctx: &ctx,
         }) {
             Ok(v) => Some(v),
             Err(e) => {
-                ctx.record(e, tree.pos);
+                ctx.record(e, current.pos);
                 None
             }
         };
@@ -67,8 +70,9 @@ pub fn from_node<T: DeserializeOwned>(node: &Node) -> Parsed<T> {
         if failed.is_empty() {
             break;
         }
+        let tree = tree.get_or_insert_with(|| node.clone());
         for (map_pos, key_pos, key) in failed {
-            remove_entry(&mut tree, map_pos, key_pos);
+            remove_entry(tree, map_pos, key_pos);
             dropped.push(key_pos);
             pruned.insert((map_pos, key));
         }

@@ -119,9 +119,11 @@ impl Report {
             out.push_str(&d.to_string());
             out.push('\n');
             let text = cached.as_ref().and_then(|(_, t)| t.as_deref());
-            if let Some(line) =
-                text.and_then(|t| t.lines().nth(d.pos.line.saturating_sub(1) as usize))
-            {
+            if let Some(line) = text.and_then(|t| {
+                yaml_lines(t)
+                    .get(d.pos.line.saturating_sub(1) as usize)
+                    .copied()
+            }) {
                 let gutter = d.pos.line.to_string();
                 let caret_pad: String = line
                     .chars()
@@ -160,6 +162,19 @@ impl fmt::Display for Report {
         }
         write!(f, "{} error(s)", self.diagnostics.len())
     }
+}
+
+/// The lines of a text as YAML counts them: a line break is `\r\n`, `\n` or a lone `\r`.
+pub fn yaml_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(['\n', '\r']) {
+        lines.push(&rest[..at]);
+        let skip = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[at + skip..];
+    }
+    lines.push(rest);
+    lines
 }
 
 /// A value as messages show it: in backticks, cut after 60 characters, and not at all when it
@@ -248,6 +263,12 @@ mod tests {
         assert_eq!(did_you_mean("Scale", keys), Some("scale"));
         assert_eq!(did_you_mean("deadbnd", keys), Some("deadband"));
         assert_eq!(did_you_mean("colour", keys), None);
+    }
+
+    #[test]
+    fn lines_break_where_yaml_breaks_them() {
+        assert_eq!(yaml_lines("a\r\nb\rc\nd"), ["a", "b", "c", "d"]);
+        assert_eq!(yaml_lines("a\n"), ["a", ""]);
     }
 
     #[test]

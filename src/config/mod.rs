@@ -8,6 +8,7 @@
 pub mod de;
 pub mod diagnostic;
 pub mod duration;
+pub mod fuzz;
 pub mod gateway;
 pub mod plan;
 pub mod schema;
@@ -135,6 +136,64 @@ pub fn parse_str<T: DeserializeOwned>(text: &str) -> de::Parsed<T> {
             dropped: Vec::new(),
         },
     }
+}
+
+/// Parses a tag map's text, at most about 1 KB of memory per tag for large files.
+///
+/// Equivalent to [`parse_str`], but each item of the `tags` list is deserialized as soon as
+/// the YAML reader has built it, and its tree freed: the tree of a million tags and their
+/// parsed form never coexist. The text is dropped once it is read.
+pub fn parse_tag_map(text: String) -> de::Parsed<TagMapFile> {
+    let mut tags = Vec::new();
+    let mut failed = 0;
+    let mut tag_problems = Vec::new();
+    let mut dropped = Vec::new();
+    let mut each_tag = |item: yaml::Node| {
+        let one = de::from_node::<Box<de::Spanned<tagmap::TagSpec>>>(&item);
+        drop(item);
+        tag_problems.extend(one.problems);
+        dropped.extend(one.dropped);
+        match one.value {
+            Some(tag) => tags.push(tag),
+            None => failed += 1,
+        }
+    };
+    let built = yaml::parse_streaming_tags(&text, &mut each_tag);
+    drop(text);
+    let (node, mut problems) = match built {
+        Ok(parsed) => parsed,
+        Err(problem) => {
+            return de::Parsed {
+                value: None,
+                problems: vec![problem],
+                dropped: Vec::new(),
+            }
+        }
+    };
+    if node.is_null() {
+        problems.push(Problem::new(node.pos, "the file is empty"));
+        return de::Parsed {
+            value: None,
+            problems,
+            dropped: Vec::new(),
+        };
+    }
+    let mut parsed = de::from_node::<TagMapFile>(&node);
+    drop(node);
+    if let Some(file) = parsed.value.as_mut() {
+        tags.shrink_to_fit();
+        file.tags = de::Items {
+            items: tags,
+            failed,
+        };
+    }
+    parsed.dropped.extend(dropped);
+    problems.append(&mut parsed.problems);
+    problems.append(&mut tag_problems);
+    problems.sort_by_key(|p| p.pos);
+    problems.dedup();
+    parsed.problems = problems;
+    parsed
 }
 
 /// Loads `gateway.yaml`.

@@ -28,7 +28,7 @@ pub struct TagMapFile {
     #[serde(default)]
     pub fields: BTreeMap<Spanned<String>, serde_json::Value>,
     /// The tags to read.
-    pub tags: Items<Spanned<TagSpec>>,
+    pub tags: Items<Box<Spanned<TagSpec>>>,
 }
 
 /// Where the tags of this file come from.

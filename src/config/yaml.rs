@@ -81,14 +81,55 @@ fn pos_of(span: &Span) -> Pos {
 /// Parses one YAML document. Syntax errors are fatal for the file (the tree after them cannot be
 /// trusted); duplicate keys are collected and the parse goes on.
 pub fn parse(text: &str) -> Result<(Node, Vec<Problem>), Problem> {
+    build(text, None)
+}
+
+/// Like [`parse`], but each item of the top-level `tags:` list is handed to `each_tag` as soon
+/// as it is read, and left out of the tree (which shows `tags` as an empty list). A large tag
+/// map's tree is then never whole in memory.
+pub fn parse_streaming_tags(
+    text: &str,
+    each_tag: &mut dyn FnMut(Node),
+) -> Result<(Node, Vec<Problem>), Problem> {
+    build(text, Some(each_tag))
+}
+
+fn build(
+    text: &str,
+    stream: Option<&mut dyn FnMut(Node)>,
+) -> Result<(Node, Vec<Problem>), Problem> {
     if let Some(problem) = control_character(text) {
         return Err(problem);
     }
+    build_tree(text, stream).map_err(|problem| within(text, problem))
+}
+
+/// The reader reports the end of a file that lacks a final line break on the line after it:
+/// point at the end of the last line instead, where an editor can show it.
+fn within(text: &str, mut problem: Problem) -> Problem {
+    let all = super::diagnostic::yaml_lines(text);
+    let lines = all.len() as u32;
+    if problem.pos.line > lines {
+        let last = all.last().copied().unwrap_or("");
+        problem.pos = Pos {
+            line: lines.max(1),
+            col: last.chars().count() as u32 + 1,
+        };
+    }
+    problem
+}
+
+fn build_tree(
+    text: &str,
+    stream: Option<&mut dyn FnMut(Node)>,
+) -> Result<(Node, Vec<Problem>), Problem> {
     let mut builder = Builder {
         anchors: HashMap::new(),
         problems: Vec::new(),
         depth: 0,
         alias_nodes: 0,
+        stream,
+        streaming_next: false,
     };
     let mut parser = Parser::new_from_str(text);
     let mut root = None;
@@ -146,9 +187,9 @@ fn control_character(text: &str) -> Option<Problem> {
     let (offset, c) = text
         .char_indices()
         .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{85}'))?;
-    let before = &text[..offset];
-    let line = before.matches('\n').count() as u32 + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+    let before = super::diagnostic::yaml_lines(&text[..offset]);
+    let line = before.len() as u32;
+    let col = before.last().map_or(0, |l| l.chars().count()) as u32 + 1;
     let name = if c == '\0' { " (a NUL byte)" } else { "" };
     Some(
         Problem::new(
@@ -176,7 +217,9 @@ fn syntax_hint(info: &str) -> &'static str {
     }
 }
 
-struct Builder {
+struct Builder<'s> {
+    /// Where the top-level `tags:` items go, when they are streamed.
+    stream: Option<&'s mut dyn FnMut(Node)>,
     /// Anchored nodes and how many nodes each holds.
     anchors: HashMap<usize, (Node, usize)>,
     problems: Vec<Problem>,
@@ -184,6 +227,8 @@ struct Builder {
     depth: usize,
     /// Nodes copied by aliases so far.
     alias_nodes: usize,
+    /// The sequence about to start is the top-level `tags:` list, to be streamed.
+    streaming_next: bool,
 }
 
 /// How many nodes `node` holds, itself included.
@@ -200,7 +245,7 @@ fn count_nodes(node: &Node) -> usize {
     }
 }
 
-impl Builder {
+impl Builder<'_> {
     fn node<'a>(
         &mut self,
         parser: &mut Parser<'a, saphyr_parser::StrInput<'a>>,
@@ -229,6 +274,8 @@ impl Builder {
                 )
             }
             Event::SequenceStart(anchor, _) => {
+                // The top-level `tags:` list, streamed: its items leave as they are read.
+                let streamed = std::mem::take(&mut self.streaming_next);
                 self.enter(pos)?;
                 let mut items = Vec::new();
                 loop {
@@ -236,10 +283,16 @@ impl Builder {
                     if matches!(event, Event::SequenceEnd) {
                         break;
                     }
-                    items.push(self.node(parser, event, span)?);
+                    let item = self.node(parser, event, span)?;
+                    match (&mut self.stream, streamed) {
+                        (Some(stream), true) => stream(item),
+                        _ => items.push(item),
+                    }
                 }
                 // An error above ends the whole parse, so only success needs to leave.
                 self.depth -= 1;
+                // Large files hold many small lists: no spare capacity kept.
+                items.shrink_to_fit();
                 let end = items.last().map_or(pos, |n| n.end);
                 (
                     Node {
@@ -253,6 +306,9 @@ impl Builder {
             Event::MappingStart(anchor, _) => {
                 self.enter(pos)?;
                 let mut entries: Vec<(Node, Node)> = Vec::new();
+                // Scalar keys seen so far, so that a wide mapping is checked in linear time.
+                let mut seen: HashMap<String, usize> = HashMap::new();
+                let root = self.depth == 1;
                 loop {
                     let (event, span) = next(parser)?;
                     if matches!(event, Event::MappingEnd) {
@@ -260,8 +316,16 @@ impl Builder {
                     }
                     let key = self.node(parser, event, span)?;
                     let (event, span) = next(parser)?;
+                    self.streaming_next = root
+                        && self.stream.is_some()
+                        && key.as_scalar() == Some("tags")
+                        && matches!(event, Event::SequenceStart(..));
                     let value = self.node(parser, event, span)?;
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.kind == key.kind) {
+                    let first = match key.as_scalar() {
+                        Some(text) => seen.get(text).map(|&i| &entries[i]),
+                        None => entries.iter().find(|(k, _)| k.kind == key.kind),
+                    };
+                    if let Some((first, _)) = first {
                         self.problems.push(
                             Problem::new(
                                 key.pos,
@@ -271,9 +335,13 @@ impl Builder {
                         );
                         continue;
                     }
+                    if let Some(text) = key.as_scalar() {
+                        seen.insert(text.to_string(), entries.len());
+                    }
                     entries.push((key, value));
                 }
                 self.depth -= 1;
+                entries.shrink_to_fit();
                 let end = entries.last().map_or(pos, |(_, v)| v.end);
                 (
                     Node {

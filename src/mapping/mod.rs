@@ -6,6 +6,6 @@ pub mod plan;
 pub mod stage;
 pub mod transform;
 
-pub use compile::{compile, load_all};
+pub use compile::{compile, compile_owned, load_all};
 pub use plan::{ModbusPlan, OpcUaPlan, SourcePlan, TagMapPlan, TagPlan};
 pub use stage::{Mapper, MappingCounters};

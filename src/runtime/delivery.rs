@@ -123,5 +123,11 @@ pub async fn run(
         );
     }
     let _ = acker.await;
+    // What the hub has not acknowledged stays for the next run (with the durable spool).
+    tracing::info!(
+        message = "Event hub output stopped.",
+        left_in_spool = journal.depth(),
+        last_acked_seq = last
+    );
     last
 }

@@ -226,8 +226,13 @@ impl Gateway {
                     None => open_spool(&plan, &spool_tasks, &spool_cancel)?,
                 };
                 let journal = Arc::new(journal);
-                let event_hub =
-                    EventHubSink::new(target, tweaks.credential.unwrap_or(credential), options);
+                let event_hub = match tweaks.credential {
+                    Some(fixed) => EventHubSink::new(target, fixed, options),
+                    // The secret is read again on refusals and SIGHUP (key rotation).
+                    None => EventHubSink::new(target, credential, options).with_credential_source(
+                        crate::sink::eventhub::setup::CredentialSource::new(&hub.spec, &plan.base),
+                    ),
+                };
                 sink = Some(SinkHandles {
                     stats: event_hub.stats.clone(),
                     state: event_hub.state.subscribe(),

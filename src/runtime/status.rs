@@ -193,7 +193,6 @@ impl GatewayStatus {
 
     /// Per-source families: connection state and what each protocol counts.
     fn register_sources(&self, metrics: &Metrics) {
-        use crate::source::opcua::OpcUaCounters;
         let status = self.clone();
         metrics.gauge(
             "tagbridge_source_connected",
@@ -210,51 +209,16 @@ impl GatewayStatus {
         );
         // Modbus families (requests, exceptions, timeouts, overruns, quarantine, cycle time).
         self.modbus.register(metrics);
-        let opcua = |read: fn(&OpcUaCounters) -> u64| {
-            let status = self.clone();
-            move |points: &mut Points| {
-                for m in &status.maps() {
-                    if let SourceCounters::OpcUa(c) = &m.source {
-                        points.push((vec![("tag_map".into(), m.name.to_string())], read(c) as f64));
-                    }
-                }
-            }
-        };
-        metrics.gauge(
-            "tagbridge_opcua_monitored_items",
-            "Tags with a monitored item now.",
-            opcua(|c| load(&c.items_monitored)),
-        );
-        metrics.gauge(
-            "tagbridge_opcua_failed_items",
-            "Tags whose monitored item could not be created (retried).",
-            opcua(|c| load(&c.items_failed)),
-        );
-        metrics.counter(
-            "tagbridge_opcua_subscriptions_created",
-            "Subscriptions created.",
-            opcua(|c| load(&c.subscriptions_created)),
-        );
-        metrics.counter(
-            "tagbridge_opcua_reconnects",
-            "Sessions re-established after a lost connection.",
-            opcua(|c| load(&c.reconnects)),
-        );
-        metrics.counter(
-            "tagbridge_opcua_bad_values",
-            "Notifications with a Bad status (not sent).",
-            opcua(|c| load(&c.bad)),
-        );
-        metrics.counter(
-            "tagbridge_opcua_uncertain_values",
-            "Notifications with an Uncertain status.",
-            opcua(|c| load(&c.uncertain)),
-        );
-        metrics.counter(
-            "tagbridge_opcua_overflow_dropped",
-            "Values dropped because the forwarding queue was full.",
-            opcua(|c| load(&c.overflow_dropped)),
-        );
+        // OPC UA families, beside the source's code.
+        let status = self.clone();
+        crate::source::opcua::stats::register(metrics, move || {
+            let maps = status.maps();
+            let opcua = maps.iter().filter_map(|m| match &m.source {
+                SourceCounters::OpcUa(c) => Some((m.name.to_string(), Arc::clone(c))),
+                SourceCounters::Modbus(_) => None,
+            });
+            opcua.collect()
+        });
     }
 
     /// Logs one info line every `every` (readings/s, queue depth, hub state) until cancelled.
@@ -284,10 +248,6 @@ impl GatewayStatus {
             }
         }
     }
-}
-
-fn load(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]

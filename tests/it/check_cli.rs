@@ -20,7 +20,7 @@ const BROKEN_FIXTURE_ERRORS: &[&str] = &[
     r#"tests/fixtures/broken/durations-and-ranges.yaml:17:15: error: decimals 20 is more than a float holds (use 0 to 12)"#,
     r#"tests/fixtures/broken/limits.yaml:4:13: error: deadband -1 must be zero or more (it is the smallest change that is sent)"#,
     r#"tests/fixtures/broken/limits.yaml:5:13: error: decimals 20 is more than a float holds (use 0 to 12)"#,
-    r#"tests/fixtures/broken/limits.yaml:7:60: error: offset -inf would make every value infinite (use a finite number)"#,
+    r#"tests/fixtures/broken/limits.yaml:7:60: error: offset -inf is not a finite number (use a finite number)"#,
     r#"tests/fixtures/broken/limits.yaml:8:58: error: scale inf is not a finite number (use a finite, non-zero factor)"#,
     r#"tests/fixtures/broken/limits.yaml:9:17: error: sensor_id is 300 bytes long; at most 256 are allowed (a sensor_id names a tag; keep it short, e.g. `compressor-7:vibe_x`)"#,
     r#"tests/fixtures/broken/many-in-one-tag.yaml:4:22: error: unknown value `basic256` (expected one of: none, basic256sha256, aes128_sha256_rsaoaep, aes256_sha256_rsapss)"#,
@@ -397,4 +397,89 @@ fn the_tag_map_reference_examples_pass_check() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A hostile file saved beside a running gateway's tag maps (10 000 levels of nesting, an
+/// alias bomb) is refused on reload with its position; the gateway keeps running and the
+/// healthy tag map keeps delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_tag_map_is_refused_on_reload_and_the_gateway_keeps_running() {
+    use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
+    let plc = Plc::start(PlcConfig {
+        modbus: Some(ModbusConfig {
+            listen: Some("127.0.0.1:0".into()),
+            points: super::support::chain::points(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("PLC");
+    let modbus = plc.modbus_addr().expect("modbus");
+    let dir = tempfile::tempdir().unwrap();
+    let maps = dir.path().join("maps");
+    std::fs::create_dir(&maps).unwrap();
+    std::fs::write(
+        maps.join("line.yaml"),
+        format!(
+            "source:\n  modbus: {{tcp: \"{modbus}\", unit: 1}}\ndefaults: {{interval: 50ms}}\n\
+             tags:\n  - {{sensor_id: line:counter, table: holding_register, address: 0, type: uint32}}\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("readings.jsonl");
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        format!(
+            "tag_maps: maps\nsink:\n  file: {{path: {}}}\ntelemetry:\n  metrics: \"off\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("gateway.log");
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagbridge"))
+        .args(["run", "-c"])
+        .arg(dir.path().join("gateway.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tagbridge run");
+    let lines = || {
+        std::fs::read_to_string(&out)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Duration::from_secs(30);
+    assert!(
+        super::support::wait_until(deadline, || lines() >= 3).await,
+        "no readings before the hostile files"
+    );
+    std::fs::write(maps.join("deep.yaml"), "- ".repeat(10_000) + "x\n").unwrap();
+    let refused = |what: &'static str| {
+        let log = log.clone();
+        move || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(what)
+        }
+    };
+    assert!(
+        super::support::wait_until(deadline, refused("nested more than 64 levels deep")).await,
+        "the deep file was not refused:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        gateway.try_wait().unwrap().is_none(),
+        "the gateway died on reload:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let before = lines();
+    assert!(
+        super::support::wait_until(deadline, || lines() >= before + 3).await,
+        "the healthy tag map stopped delivering after the refused reload"
+    );
+    assert!(gateway.try_wait().unwrap().is_none());
+    let _ = gateway.kill().await;
+    plc.shutdown().await;
 }

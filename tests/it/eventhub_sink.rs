@@ -421,3 +421,388 @@ mod delivery {
         plc.shutdown().await;
     }
 }
+
+mod pressure {
+    //! The sink alone against the emulator, on every transport, fed a backlog of numbered
+    //! events: throttling, refused and rotated keys. Judged by message ids: every sequence number
+    //! arrives exactly once.
+
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tagbridge::config::gateway::{EventHubSpec, Transport};
+    use tagbridge::sim::hub::{Hub, HubConfig, HubHandle};
+    use tagbridge::sink::eventhub::setup::{self, CredentialSource};
+    use tagbridge::sink::eventhub::sink::{
+        EventHubSink, Outgoing, SinkOptions, SinkState, SinkStats,
+    };
+    use tokio::sync::{mpsc, watch, Notify};
+    use tokio_util::sync::CancellationToken;
+
+    const DEADLINE: Duration = Duration::from_secs(60);
+    const KEY: &str = "c2VuZC1rZXktb25lLWZvci10aGUtZW11bGF0b3I=";
+    const OTHER_KEY: &str = "c2Vjb25kYXJ5LWtleS1mb3ItdGhlLWVtdWxhdG9y";
+    const WRONG_KEY: &str = "d3Jvbmcta2V5LXJldm9rZWQtbG9uZy1hZ28tLS0=";
+    const TRANSPORTS: [Transport; 3] = [Transport::Amqp, Transport::AmqpWs, Transport::Https];
+
+    struct Rig {
+        hub: HubHandle,
+        /// The connection-string file the sink reads (and re-reads).
+        cs_file: PathBuf,
+        _dir: TempDir,
+        transport: Transport,
+        input: Option<mpsc::Sender<Vec<Outgoing>>>,
+        acked: watch::Receiver<u64>,
+        stats: Arc<SinkStats>,
+        state: watch::Receiver<SinkState>,
+        reread: Arc<Notify>,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<Option<u64>>,
+    }
+
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn connection_string(hub: &HubHandle, transport: Transport, name: &str, key: &str) -> String {
+        let port = match transport {
+            Transport::Amqp => hub.amqps_addr().port(),
+            Transport::AmqpWs => hub.wss_addr().port(),
+            Transport::Https => hub.https_addr().port(),
+        };
+        format!(
+            "Endpoint=sb://localhost:{port}/;SharedAccessKeyName={name};SharedAccessKey={key};EntityPath={}",
+            hub.hub()
+        )
+    }
+
+    /// A hub with keys `send` (KEY) and `send2` (OTHER_KEY) and small messages (many batches),
+    /// and a sink reading `send`/`key` from a file.
+    async fn rig(transport: Transport, key: &str, options: SinkOptions) -> Rig {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let hub = Hub::start(HubConfig {
+            keys: vec![
+                ("send".into(), KEY.into()),
+                ("send2".into(), OTHER_KEY.into()),
+            ],
+            max_message_size: 8 * 1024,
+            ..Default::default()
+        })
+        .await
+        .expect("emulator starts");
+        let dir = std::env::temp_dir().join(format!(
+            "tagbridge-pressure-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cs_file = dir.join("hub.secret");
+        std::fs::write(&cs_file, connection_string(&hub, transport, "send", key)).unwrap();
+        let spec: EventHubSpec = serde_json::from_value(serde_json::json!({
+            "connection_string_file": "hub.secret",
+            "ca_file": hub.ca_cert_path(),
+            "transport": match transport {
+                Transport::Amqp => "amqp",
+                Transport::AmqpWs => "amqp_ws",
+                Transport::Https => "https",
+            },
+        }))
+        .unwrap();
+        let (target, credential) = setup::build(&spec, &dir).expect("sink setup");
+        let sink = EventHubSink::new(target, credential, options)
+            .with_credential_source(CredentialSource::new(&spec, &dir));
+        let (stats, state, reread) = (
+            sink.stats.clone(),
+            sink.state.subscribe(),
+            sink.reread.clone(),
+        );
+        let (input, rx) = mpsc::channel(16);
+        let (ack_tx, mut ack_rx) = mpsc::channel::<u64>(1024);
+        let (acked_tx, acked) = watch::channel(0u64);
+        tokio::spawn(async move {
+            while let Some(seq) = ack_rx.recv().await {
+                acked_tx.send_modify(|a| {
+                    assert!(seq > *a, "acks must increase: {seq} after {a}");
+                    *a = seq;
+                });
+            }
+        });
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(sink.run(rx, ack_tx, cancel.clone()));
+        Rig {
+            hub,
+            cs_file,
+            _dir: TempDir(dir),
+            transport,
+            input: Some(input),
+            acked,
+            stats,
+            state,
+            reread,
+            cancel,
+            task,
+        }
+    }
+
+    impl Rig {
+        /// Queues events `from..=to` (a backlog: as fast as the sink takes them).
+        async fn feed(&self, from: u64, to: u64) {
+            let input = self.input.as_ref().expect("input open");
+            let mut seq = from;
+            while seq <= to {
+                let chunk: Vec<Outgoing> = (seq..=to.min(seq + 99))
+                    .map(|s| Outgoing {
+                        seq: s,
+                        body: format!(r#"{{"sensor_id":"line-1/counter","value":{s}}}"#)
+                            .into_bytes(),
+                        partition_key: None,
+                    })
+                    .collect();
+                seq += chunk.len() as u64;
+                input.send(chunk).await.expect("sink takes input");
+            }
+        }
+
+        async fn wait_acked(&self, n: u64, deadline: Duration) -> bool {
+            let mut acked = self.acked.clone();
+            tokio::time::timeout(deadline, acked.wait_for(|a| *a >= n))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+
+        /// Every sequence number 1..=n arrived exactly once.
+        fn assert_exactly_once(&self, n: u64) {
+            let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+            for e in self.hub.events() {
+                let id = e.message_id.clone().unwrap_or_default();
+                let seq: u64 = id
+                    .rsplit('-')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("odd message id {id:?}"));
+                *seen.entry(seq).or_default() += 1;
+            }
+            let duplicates: Vec<(u64, usize)> = seen
+                .iter()
+                .filter(|(_, c)| **c > 1)
+                .map(|(s, c)| (*s, *c))
+                .collect();
+            let missing: Vec<u64> = (1..=n).filter(|s| !seen.contains_key(s)).collect();
+            assert!(
+                duplicates.is_empty() && missing.is_empty(),
+                "{:?}: {} duplicated (first: {:?}), {} missing (first: {:?}); hub stats {:?}",
+                self.transport,
+                duplicates.len(),
+                duplicates.iter().take(5).collect::<Vec<_>>(),
+                missing.len(),
+                missing.iter().take(5).collect::<Vec<_>>(),
+                self.hub.stats()
+            );
+        }
+
+        async fn stop(mut self) -> HubHandle {
+            self.input.take();
+            self.cancel.cancel();
+            let _ = tokio::time::timeout(DEADLINE, self.task).await;
+            self.hub
+        }
+    }
+
+    fn options() -> SinkOptions {
+        SinkOptions {
+            max_in_flight: 8,
+            linger: Duration::from_millis(5),
+            ..Default::default()
+        }
+    }
+
+    /// The hub refuses the batch at the front of a full window and accepts the ones behind it:
+    /// only that batch is sent again, after the pause, on every transport.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_front_batch_is_the_only_one_resent() {
+        let runs = TRANSPORTS.map(|transport| async move {
+            let rig = rig(transport, KEY, options()).await;
+            rig.hub.faults().refuse_next(1);
+            let started = Instant::now();
+            rig.feed(1, 1500).await;
+            assert!(
+                rig.wait_acked(1500, DEADLINE).await,
+                "{transport:?}: not all acknowledged"
+            );
+            assert!(
+                started.elapsed() >= Duration::from_secs(4),
+                "{transport:?}: the refused batch was resent without the pause"
+            );
+            assert!(
+                rig.hub.stats().throttled >= 1,
+                "{transport:?}: nothing was refused"
+            );
+            rig.assert_exactly_once(1500);
+            assert_eq!(rig.stats.throttled.load(Ordering::Relaxed), 1);
+            rig.stop().await.shutdown().await;
+        });
+        futures::future::join_all(runs).await;
+    }
+
+    /// Every 5th transfer refused while a backlog drains: nothing lost, nothing twice, and the
+    /// window shrinks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn throttling_during_a_backlog_drain_gives_no_duplicates() {
+        let runs = TRANSPORTS.map(|transport| async move {
+            let rig = rig(transport, KEY, options()).await;
+            rig.hub.faults().refuse_every(5);
+            rig.feed(1, 1200).await;
+            assert!(
+                rig.wait_acked(1200, Duration::from_secs(120)).await,
+                "{transport:?}: not all acknowledged; hub {:?}",
+                rig.hub.stats()
+            );
+            assert!(
+                rig.hub.stats().throttled >= 2,
+                "{transport:?}: too little throttling to judge"
+            );
+            rig.assert_exactly_once(1200);
+            rig.stop().await.shutdown().await;
+        });
+        futures::future::join_all(runs).await;
+    }
+
+    /// A wrong key: attempts back off (doubling towards a minute), the state never reads
+    /// connected, and nothing is lost; fixing the key in the file resumes delivery without a
+    /// restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wrong_key_backs_off_and_a_fixed_file_resumes_delivery() {
+        let runs = TRANSPORTS.map(|transport| async move {
+            let rig = rig(transport, WRONG_KEY, options()).await;
+            rig.feed(1, 200).await;
+            let watch_from = Instant::now();
+            let mut state = rig.state.clone();
+            let mut refusals_seen = 0;
+            while watch_from.elapsed() < Duration::from_secs(9) {
+                let s = state.borrow_and_update().clone();
+                assert!(
+                    !matches!(s, SinkState::Connected),
+                    "{transport:?}: reported connected while the key is refused"
+                );
+                if matches!(s, SinkState::Unauthorized(_)) {
+                    refusals_seen += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                refusals_seen > 0,
+                "{transport:?}: never reported unauthorized"
+            );
+            let attempts = rig.stats.auth_failures.load(Ordering::Relaxed);
+            // 0.4-0.5, 0.8-1, 1.6-2, 3.2-4 s…: at most 5 attempts in 9 s (it was 300+).
+            assert!(
+                (2..=6).contains(&attempts),
+                "{transport:?}: {attempts} refused attempts in 9 s; expected a doubling backoff"
+            );
+            assert_eq!(rig.hub.stats().events, 0);
+            // The key is fixed in the file: picked up at the next attempt, no restart.
+            std::fs::write(
+                &rig.cs_file,
+                connection_string(&rig.hub, transport, "send2", OTHER_KEY),
+            )
+            .unwrap();
+            assert!(
+                rig.wait_acked(200, DEADLINE).await,
+                "{transport:?}: delivery did not resume"
+            );
+            rig.assert_exactly_once(200);
+            assert_eq!(*rig.state.borrow(), SinkState::Connected);
+            rig.stop().await.shutdown().await;
+        });
+        futures::future::join_all(runs).await;
+    }
+
+    /// A key rotated while the sink waits out a long backoff: SIGHUP (here its in-process twin)
+    /// makes it read the file and try at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reread_request_uses_a_rotated_key_at_once() {
+        let rig = rig(Transport::Amqp, WRONG_KEY, options()).await;
+        rig.feed(1, 100).await;
+        // Five refusals: the next wait is 6.4-8 s.
+        assert!(
+            crate::support::wait_until(DEADLINE, || rig
+                .stats
+                .auth_failures
+                .load(Ordering::Relaxed)
+                >= 5)
+            .await,
+            "the wrong key was not refused five times"
+        );
+        std::fs::write(
+            &rig.cs_file,
+            connection_string(&rig.hub, Transport::Amqp, "send2", OTHER_KEY),
+        )
+        .unwrap();
+        let asked = Instant::now();
+        rig.reread.notify_one();
+        assert!(
+            rig.wait_acked(100, DEADLINE).await,
+            "delivery did not resume"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "the rotated key waited for the backoff: {:?}",
+            asked.elapsed()
+        );
+        rig.assert_exactly_once(100);
+        rig.stop().await.shutdown().await;
+    }
+
+    /// Every reconnect is counted, and shutdown with the hub down ends at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reconnects_are_counted_and_shutdown_with_the_hub_down_is_prompt() {
+        let rig = rig(Transport::Amqp, KEY, options()).await;
+        rig.feed(1, 100).await;
+        assert!(rig.wait_acked(100, DEADLINE).await);
+        rig.hub.faults().drop_connections();
+        rig.feed(101, 200).await;
+        assert!(rig.wait_acked(200, DEADLINE).await);
+        assert_eq!(rig.stats.reconnects.load(Ordering::Relaxed), 1);
+        rig.hub.faults().down_for(Duration::from_secs(600));
+        rig.feed(201, 300).await;
+        assert!(
+            crate::support::wait_until(DEADLINE, || !matches!(
+                *rig.state.borrow(),
+                SinkState::Connected
+            ))
+            .await
+        );
+        let stopping = Instant::now();
+        let Rig {
+            cancel,
+            task,
+            hub,
+            input,
+            ..
+        } = rig;
+        cancel.cancel();
+        let last = tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("sink stops")
+            .unwrap();
+        assert!(
+            stopping.elapsed() < Duration::from_secs(3),
+            "stopping took {:?}",
+            stopping.elapsed()
+        );
+        assert_eq!(
+            last,
+            Some(200),
+            "only what the hub accepted is acknowledged"
+        );
+        drop(input);
+        hub.shutdown().await;
+    }
+}

@@ -7,6 +7,11 @@
 //!   (1 TU: 1 000 events/s or 1 MB/s). A transfer arriving in an empty window is always
 //!   admitted, so a batch larger than the limit still gets through once per second.
 //! - **throttle a fraction**: each transfer is rejected the same way with probability p.
+//! - **refuse every Nth transfer**: transfers N, 2N, 3N, … (counted over every connection and
+//!   REST request) are rejected the same way; with a client that keeps several in flight this
+//!   refuses one batch while accepting those sent behind it.
+//! - **refuse the next K transfers**: the next K are rejected, then everything passes again (a
+//!   refusal of the front batch of a window, reproducibly).
 //! - **drop connections**: every open AMQP connection is cut (TCP closed, no AMQP close).
 //! - **down for D**: connections are cut and new ones closed on accept until D has passed
 //!   (REST answers 503).
@@ -32,6 +37,12 @@ pub(crate) struct FaultState {
     pub throttle_bytes_above: AtomicU64,
     /// Probability (in millionths) that a transfer is refused regardless of rate.
     pub throttle_ppm: AtomicU64,
+    /// Every Nth transfer is refused; 0 = off.
+    pub refuse_every: AtomicU64,
+    /// Transfers seen since `refuse_every` was set.
+    transfers: AtomicU64,
+    /// Transfers still to refuse before admitting again.
+    pub refuse_next: AtomicU64,
     /// (start of the current window, events admitted in it, bytes admitted in it).
     window: Mutex<Option<(Instant, u64, u64)>>,
     pub down_until: Mutex<Option<Instant>>,
@@ -45,6 +56,17 @@ pub(crate) struct FaultState {
 impl FaultState {
     /// Whether a transfer of `events` events with `bytes` body bytes may pass the throttle now.
     pub fn admit(&self, events: u64, bytes: u64) -> bool {
+        let refuse_now = self
+            .refuse_next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse_now {
+            return false;
+        }
+        let every = self.refuse_every.load(Ordering::Relaxed);
+        if every > 0 && (self.transfers.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(every) {
+            return false;
+        }
         let ppm = self.throttle_ppm.load(Ordering::Relaxed);
         if ppm > 0 && rand::random::<u32>() % 1_000_000 < ppm as u32 {
             return false;
@@ -123,6 +145,19 @@ impl Faults {
             .store(ppm, Ordering::Relaxed);
     }
 
+    /// Rejects every `n`th transfer from now on with `com.microsoft:server-busy` (0 turns it
+    /// off).
+    pub fn refuse_every(&self, n: u64) {
+        let f = &self.shared.faults;
+        f.transfers.store(0, Ordering::Relaxed);
+        f.refuse_every.store(n, Ordering::Relaxed);
+    }
+
+    /// Rejects the next `k` transfers with `com.microsoft:server-busy`, then admits again.
+    pub fn refuse_next(&self, k: u64) {
+        self.shared.faults.refuse_next.store(k, Ordering::Relaxed);
+    }
+
     /// Cuts every open AMQP connection now.
     pub fn drop_connections(&self) {
         self.shared.cut_all_connections();
@@ -152,6 +187,8 @@ impl Faults {
         f.throttle_above.store(0, Ordering::Relaxed);
         f.throttle_bytes_above.store(0, Ordering::Relaxed);
         f.throttle_ppm.store(0, Ordering::Relaxed);
+        f.refuse_every.store(0, Ordering::Relaxed);
+        f.refuse_next.store(0, Ordering::Relaxed);
         *lock(&f.down_until) = None;
         *lock(&f.delay_dispositions) = Duration::ZERO;
         let released = std::mem::take(&mut *lock(&f.release_delayed));
@@ -190,6 +227,18 @@ mod tests {
         assert!(!f.admit(1, 1), "p = 1 refuses everything");
         f.throttle_ppm.store(0, Ordering::Relaxed);
         assert!(f.admit(1, 1));
+    }
+
+    #[test]
+    fn refuse_every_nth_and_the_next_k() {
+        let f = FaultState::default();
+        f.refuse_every.store(3, Ordering::Relaxed);
+        let admitted: Vec<bool> = (0..7).map(|_| f.admit(1, 1)).collect();
+        assert_eq!(admitted, [true, true, false, true, true, false, true]);
+        let f = FaultState::default();
+        f.refuse_next.store(2, Ordering::Relaxed);
+        let admitted: Vec<bool> = (0..4).map(|_| f.admit(1, 1)).collect();
+        assert_eq!(admitted, [false, false, true, true]);
     }
 
     #[test]

@@ -211,6 +211,44 @@ impl Batch {
         &self.seqs
     }
 
+    /// Splits into batches that fit `max_size` (a link that takes less than the batch was
+    /// packed for), in order. An event that cannot fit alone comes back as
+    /// `Err((seq, size))` in its place.
+    pub fn split(self, max_size: usize) -> Vec<Result<Batch, (u64, usize)>> {
+        let mut out = Vec::new();
+        let mut current = Batch::new(self.partition_key.clone(), max_size);
+        for (seq, encoded) in self.seqs.into_iter().zip(self.events) {
+            match current.try_add(seq, encoded) {
+                Ok(()) => {}
+                Err((AddError::Full, encoded)) => {
+                    let full = std::mem::replace(
+                        &mut current,
+                        Batch::new(self.partition_key.clone(), max_size),
+                    );
+                    out.push(Ok(full));
+                    if let Err((AddError::TooLarge { size, .. }, _)) = current.try_add(seq, encoded)
+                    {
+                        out.push(Err((seq, size)));
+                    }
+                }
+                Err((AddError::TooLarge { size, .. }, _)) => {
+                    if !current.is_empty() {
+                        let before = std::mem::replace(
+                            &mut current,
+                            Batch::new(self.partition_key.clone(), max_size),
+                        );
+                        out.push(Ok(before));
+                    }
+                    out.push(Err((seq, size)));
+                }
+            }
+        }
+        if !current.is_empty() {
+            out.push(Ok(current));
+        }
+        out
+    }
+
     /// The events' encoded messages, in order, and their sequence numbers.
     pub fn into_parts(self) -> (Option<String>, Vec<Vec<u8>>, Vec<u64>) {
         (self.partition_key, self.events, self.seqs)
@@ -277,6 +315,10 @@ impl Batcher {
     /// The link's maximum message size, for batches started from now on.
     pub fn set_max_size(&mut self, max_size: usize) {
         self.max_size = max_size;
+    }
+
+    pub fn max_size(&self) -> usize {
+        self.max_size
     }
 
     pub fn is_empty(&self) -> bool {
@@ -560,5 +602,33 @@ mod tests {
         assert_eq!(b.events(), 1);
         assert_eq!(b.flush().map(|b| b.seqs().to_vec()), Some(vec![5]));
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_batch_splits_to_fit_a_smaller_link() {
+        let mut b = Batch::new(Some("k".into()), 1 << 20);
+        for seq in 1..=30 {
+            b.try_add(seq, vec![7; 100]).unwrap();
+        }
+        b.try_add(31, vec![7; 3000]).unwrap();
+        b.try_add(32, vec![7; 100]).unwrap();
+        let parts = b.split(1024);
+        let mut seqs = Vec::new();
+        for p in &parts {
+            match p {
+                Ok(b) => {
+                    assert!(b.encoded_size() <= 1024);
+                    assert_eq!(b.partition_key(), Some("k"));
+                    seqs.extend_from_slice(b.seqs());
+                }
+                Err((seq, size)) => {
+                    assert_eq!(*seq, 31);
+                    assert!(*size > 1024);
+                    seqs.push(*seq);
+                }
+            }
+        }
+        assert_eq!(seqs, (1..=32).collect::<Vec<_>>());
+        assert!(parts.len() > 3);
     }
 }

@@ -42,6 +42,20 @@ impl Link {
         }
     }
 
+    /// The hub refused a batch as too large: take at most `max` from now on.
+    pub fn limit_message_size(&mut self, max: usize) {
+        match self {
+            Link::Amqp(l) => l.max_message_size = l.max_message_size.min(max),
+            Link::Rest(l) => l.max_message_size = l.max_message_size.min(max),
+        }
+    }
+
+    /// Whether opening the link already proved the credential (AMQP: the token was put on
+    /// `$cbs`); an HTTPS link learns it only from its first request.
+    pub fn verified(&self) -> bool {
+        matches!(self, Link::Amqp(_))
+    }
+
     /// When the current token expires (Unix seconds).
     pub fn token_expires_at(&self) -> i64 {
         match self {

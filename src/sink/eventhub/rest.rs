@@ -109,6 +109,7 @@ impl RestLink {
                     match status.as_u16() {
                         429 | 503 => Settled::Busy(format!("HTTP {status}: {text}")),
                         401 | 403 => Settled::Unauthorized(format!("HTTP {status}: {text}")),
+                        413 => Settled::TooLarge(format!("HTTP {status}: {text}")),
                         _ => Settled::Failed(format!("HTTP {status}: {text}")),
                     }
                 }

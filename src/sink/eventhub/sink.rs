@@ -93,6 +93,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// A batch the hub has not settled this long after it was sent is treated as lost with its link:
 /// after a dropped connection fe2o3 may never resolve the delivery.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Batches are never packed smaller than this after a refusal for size.
+const MIN_MESSAGE_SIZE: usize = 4 * 1024;
 /// When a link is given up, answers already on their way are awaited this long (at most).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -360,7 +362,7 @@ impl Driver {
 
     fn on_connected(&mut self, link: Link) {
         let max_size = link.max_message_size();
-        self.batcher.set_max_size(max_size);
+        self.fit(max_size);
         self.renew_due = Some(renewal_instant(link.token_expires_at()));
         self.stats
             .token_expires_at
@@ -371,8 +373,30 @@ impl Driver {
         self.ever_connected = true;
         self.retry_at = None;
         tracing::info!(message = "Connected to the event hub.", hub = %self.target.hub, host = %self.target.host, max_message_size = max_size);
-        let _ = self.state.send(self.health.on_opened());
+        // An HTTPS "link" has not asked the hub anything yet: connected once a batch is accepted.
+        if link.verified() || self.health.refused() {
+            let _ = self.state.send(self.health.on_opened());
+        }
         self.link = Some(link);
+    }
+
+    /// Packs for a link taking at most `max_size`: batches packed for more are split.
+    fn fit(&mut self, max_size: usize) {
+        if self.batcher.max_size() != max_size {
+            if let Some(batch) = self.batcher.flush() {
+                self.window.push(batch);
+            }
+            self.batcher.set_max_size(max_size);
+        }
+        for (seq, size) in self.window.fit_queued(max_size) {
+            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                message = "Event too large for the hub; dropped (acknowledged in order).",
+                seq,
+                size,
+                max = max_size
+            );
+        }
     }
 
     fn on_connect_failed(&mut self, error: LinkError) {
@@ -449,14 +473,20 @@ impl Driver {
         let now = Instant::now();
         let why = match &settled {
             Settled::Accepted => String::new(),
-            Settled::Busy(w) | Settled::Unauthorized(w) | Settled::Failed(w) => w.clone(),
+            Settled::Busy(w)
+            | Settled::Unauthorized(w)
+            | Settled::TooLarge(w)
+            | Settled::Failed(w) => w.clone(),
         };
         match self.window.settle(index, settled, now) {
             Verdict::Accepted { latency } => {
                 self.stats.send_latency.observe(latency.as_secs_f64());
-                if let Some(state) = self.health.on_accepted() {
-                    let _ = self.state.send(state);
-                }
+                self.health.on_accepted();
+                self.state.send_if_modified(|state| {
+                    let changed = *state != SinkState::Connected;
+                    *state = SinkState::Connected;
+                    changed
+                });
                 self.release().await;
             }
             Verdict::Busy { shrunk } => {
@@ -466,6 +496,15 @@ impl Driver {
                 if shrunk {
                     tracing::warn!(message = "The event hub is throttling; resending the refused batches after a pause.", error = %why, pause_ms = SERVER_BUSY_BACKOFF.as_millis() as u64, in_flight_limit = self.window.limit());
                 }
+            }
+            Verdict::TooLarge { size } => {
+                // The hub takes less than the link said (HTTPS: the tier's limit): pack smaller.
+                let max = (size / 2).max(MIN_MESSAGE_SIZE);
+                tracing::warn!(message = "The event hub refused a batch as too large; sending smaller batches.", error = %why, size, max_message_size = max);
+                if let Some(link) = self.link.as_mut() {
+                    link.limit_message_size(max);
+                }
+                self.fit(max);
             }
             // Several answers of a link being given up count once.
             Verdict::Unauthorized | Verdict::Failed if self.retiring.is_some() => {}

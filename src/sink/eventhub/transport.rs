@@ -100,6 +100,8 @@ pub enum Settled {
     Busy(String),
     /// The credentials were refused (HTTPS answers per request): back off as for auth failures.
     Unauthorized(String),
+    /// Too large for the hub (HTTP 413): the batch is split and resent on the same link.
+    TooLarge(String),
     /// Anything else: the link is treated as failed and the batch resent on a new one.
     Failed(String),
 }

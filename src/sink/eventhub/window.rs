@@ -61,6 +61,8 @@ pub enum Verdict {
     Busy { shrunk: bool },
     /// The credential was refused for this batch: queued again.
     Unauthorized,
+    /// Refused as too large (`size` bytes): queued again, to be split.
+    TooLarge { size: usize },
     /// Any other failure: queued again, and the link should be replaced.
     Failed,
 }
@@ -236,6 +238,12 @@ impl Window {
                 slot.state = SlotState::Queued;
                 Verdict::Unauthorized
             }
+            Settled::TooLarge(_) => {
+                slot.state = SlotState::Queued;
+                Verdict::TooLarge {
+                    size: slot.batch.as_ref().map_or(0, Batch::encoded_size),
+                }
+            }
             Settled::Failed(_) => {
                 slot.state = SlotState::Queued;
                 Verdict::Failed
@@ -272,6 +280,49 @@ impl Window {
             verdicts.push(self.settle(i, settled, now));
         }
         verdicts
+    }
+
+    /// Splits every queued batch larger than `max_size` (packed before the link said how much
+    /// it takes). Events too large alone become settled markers, returned as (seq, size) for
+    /// the dead-letter file.
+    pub fn fit_queued(&mut self, max_size: usize) -> Vec<(u64, usize)> {
+        let too_big = |s: &Slot| {
+            matches!(s.state, SlotState::Queued)
+                && s.batch
+                    .as_ref()
+                    .is_some_and(|b| b.encoded_size() > max_size)
+        };
+        if !self.slots.iter().any(too_big) {
+            return Vec::new();
+        }
+        let mut refused = Vec::new();
+        let mut slots = VecDeque::with_capacity(self.slots.len());
+        for slot in std::mem::take(&mut self.slots) {
+            if !too_big(&slot) {
+                slots.push_back(slot);
+                continue;
+            }
+            let Some(batch) = slot.batch else { continue };
+            for part in batch.split(max_size) {
+                match part {
+                    Ok(b) => slots.push_back(Slot {
+                        last_seq: b.seqs().last().copied(),
+                        batch: Some(b),
+                        state: SlotState::Queued,
+                    }),
+                    Err((seq, size)) => {
+                        refused.push((seq, size));
+                        slots.push_back(Slot {
+                            batch: None,
+                            last_seq: Some(seq),
+                            state: SlotState::Accepted,
+                        });
+                    }
+                }
+            }
+        }
+        self.slots = slots;
+        refused
     }
 
     /// The link is gone: every batch still awaiting an answer is queued again, in order.
@@ -483,5 +534,28 @@ mod tests {
         );
         assert_eq!(w.in_flight(), 0);
         assert_eq!(w.events(), 1);
+    }
+
+    #[test]
+    fn queued_batches_are_split_for_a_smaller_link() {
+        let now = Instant::now();
+        let mut w = Window::new(4);
+        let mut big = Batch::new(None, 1 << 20);
+        for seq in 1..=50 {
+            big.try_add(seq, vec![1; 100]).unwrap();
+        }
+        w.push(big);
+        assert!(w.fit_queued(1 << 20).is_empty());
+        assert!(w.fit_queued(2048).is_empty());
+        assert!(w.len() > 2);
+        let mut seqs = Vec::new();
+        while let Some((i, b)) = w.next_to_send() {
+            assert!(b.encoded_size() <= 2048);
+            seqs.extend_from_slice(b.seqs());
+            w.mark_sent(i, answer(Settled::Accepted), now, now);
+        }
+        w.honour_ready(now);
+        assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+        assert_eq!(w.release(), Some((50, 50)));
     }
 }

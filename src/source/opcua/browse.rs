@@ -343,31 +343,12 @@ pub async fn browse_server(
     result
 }
 
-/// A minimal plan for unit tests of this module's siblings.
-#[cfg(test)]
-pub(crate) fn tests_plan() -> OpcUaPlan {
-    tests::plan()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    pub(super) fn plan() -> OpcUaPlan {
-        OpcUaPlan {
-            endpoint: "opc.tcp://127.0.0.1:4840/".into(),
-            security_policy: SecurityPolicy::None,
-            security_mode: SecurityMode::None,
-            user: UserPlan::Anonymous,
-            publishing_interval: Duration::from_secs(1),
-            pki_dir: None,
-            trust_on_first_use: false,
-            timestamps: Default::default(),
-            uncertain: Default::default(),
-            max_items_per_subscription: 0,
-            monitoring: Vec::new(),
-        }
+    fn plan() -> OpcUaPlan {
+        crate::source::opcua::test_plan()
     }
 
     #[test]

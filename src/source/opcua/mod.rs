@@ -36,7 +36,9 @@
 pub mod browse;
 pub mod connect;
 pub mod convert;
+mod notify;
 mod source;
+pub mod stats;
 mod subscribe;
 
 use std::path::PathBuf;
@@ -161,4 +163,22 @@ pub fn start(
         Arc::clone(&counters),
     );
     counters
+}
+
+/// A minimal plan (security none, anonymous) for the unit tests of this module's files.
+#[cfg(test)]
+pub(crate) fn test_plan() -> OpcUaPlan {
+    OpcUaPlan {
+        endpoint: "opc.tcp://127.0.0.1:4840/".into(),
+        security_policy: crate::config::tagmap::SecurityPolicy::None,
+        security_mode: crate::config::tagmap::SecurityMode::None,
+        user: crate::mapping::plan::UserPlan::Anonymous,
+        publishing_interval: Duration::from_secs(1),
+        pki_dir: None,
+        trust_on_first_use: false,
+        timestamps: Default::default(),
+        uncertain: Default::default(),
+        max_items_per_subscription: 0,
+        monitoring: Vec::new(),
+    }
 }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::convert::EnumNames;
-use super::source::{Ctx, Deliver, Gaps, Notifier};
+use super::notify::{Ctx, Deliver, Gaps, Notifier};
 use super::RETRY_INTERVAL;
 use crate::config::tagmap::{DataChangeTrigger, ServerDeadband};
 use crate::mapping::plan::{MonitoringPlan, TagAddress};

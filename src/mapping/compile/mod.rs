@@ -8,11 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::de::Spanned;
-use crate::config::diagnostic::{did_you_mean, Pos, Problem, Report};
+use crate::config::diagnostic::{did_you_mean, shown, Pos, Problem, Report};
 use crate::config::tagmap::*;
 use crate::reading::write_json_str;
 
 use super::plan::*;
+
+mod modbus;
+mod opcua;
+#[cfg(test)]
+mod tests;
 
 /// Default Modbus poll interval and OPC UA sampling interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -22,7 +27,6 @@ pub const DEFAULT_UNIT: u8 = 1;
 pub const DEFAULT_MAX_GAP: u16 = 8;
 /// Members every reading has; extra fields may not reuse their names.
 const RESERVED_FIELDS: [&str; 3] = ["sensor_id", "timestamp", "value"];
-use crate::config::diagnostic::shown;
 
 /// The longest sensor_id, in bytes of UTF-8: a name, not a payload (every reading carries it).
 pub const MAX_SENSOR_ID_BYTES: usize = 256;
@@ -37,10 +41,11 @@ const MODBUS_TAG_KEYS: [&str; 8] = [
 pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
     let mut report = Report::default();
     let mut plans = Vec::new();
-    let mut first_seen: HashMap<Arc<str>, (PathBuf, u32)> = HashMap::new();
-    for path in paths {
+    // Where each sensor_id was first seen: (index into `paths`, line).
+    let mut first_seen: HashMap<Arc<str>, (usize, u32)> = HashMap::new();
+    for (index, path) in paths.iter().enumerate() {
         let parsed = match crate::config::read_file(path) {
-            Ok(text) => crate::config::parse_str::<TagMapFile>(&text),
+            Ok(text) => crate::config::parse_tag_map(text),
             Err(problem) => crate::config::de::Parsed {
                 value: None,
                 problems: vec![problem],
@@ -49,11 +54,11 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
         };
         report.extend(path, parsed.problems);
         let Some(file) = parsed.value else { continue };
-        let (plan, problems) = compile(&file, path, &parsed.dropped);
+        let (plan, problems) = compile_owned(file, path, &parsed.dropped);
         report.extend(path, problems);
         for tag in &plan.tags {
-            if let Some((other, line)) = first_seen.get(&tag.sensor_id) {
-                if other != path {
+            if let Some(&(other, line)) = first_seen.get(&tag.sensor_id) {
+                if other != index {
                     report.push(
                         Problem::new(
                             tag.pos,
@@ -61,13 +66,13 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
                         )
                         .with_hint(format!(
                             "also at {}:{line}; sensor_ids must be unique across all tag maps",
-                            other.display()
+                            paths[other].display()
                         ))
                         .in_file(path),
                     );
                 }
             } else {
-                first_seen.insert(tag.sensor_id.clone(), (path.clone(), tag.pos.line));
+                first_seen.insert(tag.sensor_id.clone(), (index, tag.pos.line));
             }
         }
         plans.push(plan);
@@ -85,6 +90,31 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
 /// contain a position in `broken` (problems found while parsing) are left out unchecked: their
 /// bad values were dropped while parsing, and checking what remains would only report echoes.
 pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, Vec<Problem>) {
+    compile_tags(file, file.tags.iter(), path, broken)
+}
+
+/// [`compile`], consuming the file: each tag's parsed form is freed once its plan is made, so a
+/// large tag map's parsed form and plan never coexist whole.
+pub fn compile_owned(
+    mut file: TagMapFile,
+    path: &Path,
+    broken: &[Pos],
+) -> (TagMapPlan, Vec<Problem>) {
+    let tags = std::mem::take(&mut file.tags.items);
+    compile_tags(&file, tags.into_iter(), path, broken)
+}
+
+/// Compiles `file`'s settings and `tags` (the file's own, borrowed or taken out of it).
+///
+/// Longer than most functions here: one pass over the tags that carries the file-wide state
+/// (sensor ids and addresses seen, monitoring items); each check it makes is a method of
+/// [`Compiler`], in this file or in `opcua.rs` / `modbus.rs`.
+fn compile_tags<T: AsRef<Spanned<TagSpec>>>(
+    file: &TagMapFile,
+    tag_specs: impl Iterator<Item = T>,
+    path: &Path,
+    broken: &[Pos],
+) -> (TagMapPlan, Vec<Problem>) {
     let mut c = Compiler {
         problems: Vec::new(),
         base: path.parent().unwrap_or(Path::new(".")),
@@ -96,19 +126,34 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
     let defaults_ok =
         c.deadband(file.defaults.deadband.as_ref()) & c.decimals(file.defaults.decimals.as_ref());
 
-    let mut tags = Vec::new();
+    let mut tags = Vec::with_capacity(tag_specs.size_hint().0);
     let mut disabled = 0;
-    let mut ids: HashMap<&str, u32> = HashMap::new();
-    let mut addresses: HashMap<String, (u32, &str)> = HashMap::new();
-    let mut monitoring = Vec::new();
-    for spanned in file.tags.iter() {
+    // Sized once: a table that grows holds its old and new arrays at the same time.
+    let mut ids: HashMap<Arc<str>, u32> = HashMap::with_capacity(tag_specs.size_hint().0);
+    let mut addresses: HashMap<String, (u32, Arc<str>)> =
+        HashMap::with_capacity(tag_specs.size_hint().0);
+    let mut monitoring = Vec::with_capacity(if is_modbus {
+        0
+    } else {
+        tag_specs.size_hint().0
+    });
+    let (mut seen, mut failed) = (0usize, file.tags.failed);
+    for spanned in tag_specs {
+        let spanned = spanned.as_ref();
+        seen += 1;
         if broken.iter().any(|p| spanned.contains(*p)) {
+            failed += 1;
             continue;
         }
         let tag = &spanned.value;
         let line = spanned.pos.line;
         let id_fits = tag.sensor_id.len() <= MAX_SENSOR_ID_BYTES;
-        if let Some(first) = ids.insert(&tag.sensor_id.value, line).filter(|_| id_fits) {
+        let id: Arc<str> = if id_fits {
+            tag.sensor_id.value.as_str().into()
+        } else {
+            Arc::from("")
+        };
+        if let Some(first) = ids.insert(id.clone(), line).filter(|_| id_fits) {
             c.problem(
                 Problem::new(
                     tag.sensor_id.pos,
@@ -132,7 +177,7 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
                 .opcua_address(spanned)
                 .map(|node| TagAddress::OpcUa { node }),
         };
-        let sensor_id = c.sensor_id(&tag.sensor_id);
+        let sensor_id = c.sensor_id(&tag.sensor_id).map(|()| id.clone());
         let transform = c.transform(tag, &file.defaults).filter(|_| defaults_ok);
         let mut extra = map_extra.clone();
         for (k, v) in c.fields(&tag.fields) {
@@ -165,7 +210,7 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
             );
             continue;
         }
-        addresses.insert(key, (line, &tag.sensor_id.value));
+        addresses.insert(key, (line, id));
         let interval = tag
             .interval
             .or(file.defaults.interval)
@@ -207,7 +252,7 @@ pub fn compile(file: &TagMapFile, path: &Path, broken: &[Pos]) -> (TagMapPlan, V
     if let Some(SourcePlan::OpcUa(o)) = &mut source {
         o.monitoring = monitoring;
     }
-    if file.tags.is_empty() && file.tags.failed == 0 {
+    if seen == 0 && failed == 0 {
         c.problem(
             Problem::new(file.source.pos, "this tag map has no tags")
                 .with_hint("add at least one entry under `tags:`"),
@@ -279,194 +324,7 @@ impl Compiler<'_> {
         }
     }
 
-    fn opcua_source(&mut self, o: &OpcUaSourceSpec) -> Option<OpcUaPlan> {
-        if !o.endpoint.starts_with("opc.tcp://") {
-            return self.err(
-                o.endpoint.pos,
-                format!("{} is not an OPC UA endpoint", shown(&o.endpoint.value)),
-                "write it as opc.tcp://host:port, e.g. opc.tcp://10.0.0.5:4840",
-            );
-        }
-        // Secure by default: no security must be asked for by name.
-        let policy = o.security_policy.unwrap_or(SecurityPolicy::Basic256Sha256);
-        let mode = o
-            .security_mode
-            .unwrap_or(if policy == SecurityPolicy::None {
-                SecurityMode::None
-            } else {
-                SecurityMode::SignAndEncrypt
-            });
-        if (policy == SecurityPolicy::None) != (mode == SecurityMode::None) {
-            return self.err(
-                o.endpoint.pos,
-                format!("security_policy {policy:?} does not go with security_mode {mode:?}"),
-                "use policy none with mode none, or a real policy with sign or sign_and_encrypt",
-            );
-        }
-        let user = match &o.user {
-            None | Some(OpcUaUser::Anonymous) => UserPlan::Anonymous,
-            Some(OpcUaUser::Username {
-                username,
-                password_env,
-                password_file,
-            }) => {
-                let password = match (password_env, password_file) {
-                    (Some(env), None) => SecretSource::Env(env.clone()),
-                    (None, Some(file)) => SecretSource::File(self.path(file)),
-                    _ => return self.err(
-                        o.endpoint.pos,
-                        "user `username` needs exactly one of `password_env` or `password_file`",
-                        "passwords are never written in tag maps",
-                    ),
-                };
-                UserPlan::Username {
-                    username: username.clone(),
-                    password,
-                }
-            }
-            Some(OpcUaUser::Certificate { cert, key }) => UserPlan::Certificate {
-                cert: self.path(cert),
-                key: self.path(key),
-            },
-        };
-        Some(OpcUaPlan {
-            endpoint: o.endpoint.value.clone(),
-            security_policy: policy,
-            security_mode: mode,
-            user,
-            publishing_interval: o
-                .publishing_interval
-                .map(|s| s.as_duration())
-                .unwrap_or(DEFAULT_INTERVAL),
-            pki_dir: o.pki_dir.as_deref().map(|p| self.path(p)),
-            trust_on_first_use: o.trust_on_first_use,
-            timestamps: o.timestamps.unwrap_or_default(),
-            uncertain: o.uncertain.unwrap_or_default(),
-            max_items_per_subscription: o.max_items_per_subscription.unwrap_or(0),
-            monitoring: Vec::new(),
-        })
-    }
-
-    /// OPC UA monitoring settings of one tag.
-    fn monitoring(&mut self, tag: &TagSpec) -> Option<MonitoringPlan> {
-        if let Some(q) = &tag.queue_size {
-            if q.value == 0 {
-                return self.err(
-                    q.pos,
-                    "queue_size must be at least 1",
-                    "leave it out for a queue sized to the publishing interval",
-                );
-            }
-        }
-        if let Some(d) = &tag.server_deadband {
-            let bad = match d.value {
-                ServerDeadband::Absolute(v) => !(v.is_finite() && v >= 0.0),
-                ServerDeadband::Percent(v) => !(0.0..=100.0).contains(&v),
-            };
-            if bad {
-                return self.err(
-                    d.pos,
-                    "server_deadband is out of range",
-                    "absolute must be 0 or more, percent between 0 and 100",
-                );
-            }
-        }
-        if let Some(e) = &tag.elements {
-            if !(1..=100_000).contains(&e.value) {
-                return self.err(
-                    e.pos,
-                    "elements must be between 1 and 100000",
-                    "the number of array elements to read, each as `sensor_id[i]`",
-                );
-            }
-        }
-        Some(MonitoringPlan {
-            index: None,
-            queue_size: tag.queue_size.as_ref().map(|q| q.value),
-            trigger: tag.trigger,
-            deadband: tag.server_deadband.as_ref().map(|d| d.value),
-        })
-    }
-
-    fn modbus_source(&mut self, pos: Pos, m: &ModbusSourceSpec) -> Option<ModbusPlan> {
-        let transport = match (&m.tcp, &m.rtu_over_tcp, &m.serial) {
-            (Some(addr), None, None) => ModbusTransport::Tcp(self.host_port(addr)?),
-            (None, Some(addr), None) => ModbusTransport::RtuOverTcp(self.host_port(addr)?),
-            (None, None, Some(s)) => {
-                let data_bits = s.data_bits.unwrap_or(8);
-                let stop_bits = s.stop_bits.unwrap_or(1);
-                if !(5..=8).contains(&data_bits) || !(1..=2).contains(&stop_bits) {
-                    return self.err(
-                        s.pos,
-                        format!(
-                            "{data_bits} data bits / {stop_bits} stop bits is not a serial setting"
-                        ),
-                        "data_bits is 5 to 8, stop_bits 1 or 2",
-                    );
-                }
-                ModbusTransport::Serial {
-                    port: s.port.clone(),
-                    baud: s.baud.unwrap_or(9600),
-                    parity: s.parity.unwrap_or(Parity::Even),
-                    data_bits,
-                    stop_bits,
-                }
-            }
-            _ => {
-                return self.err(
-                    pos,
-                    "a Modbus source needs exactly one of `tcp`, `rtu_over_tcp` or `serial`",
-                    "e.g. `tcp: 10.0.0.7:502`",
-                )
-            }
-        };
-        Some(ModbusPlan {
-            transport,
-            timeout: m
-                .timeout
-                .map(|s| s.as_duration())
-                .unwrap_or(DEFAULT_INTERVAL),
-            max_gap: m.max_gap.unwrap_or(DEFAULT_MAX_GAP),
-            connections: self.modbus_connections(m)?,
-        })
-    }
-
-    /// Modbus `connections`: 1 to 16, and 1 on a serial line.
-    fn modbus_connections(&mut self, m: &ModbusSourceSpec) -> Option<std::num::NonZeroU8> {
-        let Some(n) = &m.connections else {
-            return Some(std::num::NonZeroU8::MIN);
-        };
-        if m.serial.is_some() && n.value != 1 {
-            return self.err(
-                n.pos,
-                format!("`connections: {}` on a serial line", n.value),
-                "a serial bus carries one request at a time; remove it",
-            );
-        }
-        match std::num::NonZeroU8::new(n.value) {
-            Some(c) if n.value <= 16 => Some(c),
-            _ => self.err(
-                n.pos,
-                format!("`connections: {}` is out of range", n.value),
-                "1 to 16; most devices accept only a few clients",
-            ),
-        }
-    }
-
-    fn host_port(&mut self, addr: &Spanned<String>) -> Option<String> {
-        match addr.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-                Some(addr.value.clone())
-            }
-            _ => self.err(
-                addr.pos,
-                format!("{} is not host:port", shown(&addr.value)),
-                "e.g. 10.0.0.7:502; Modbus TCP's usual port is 502",
-            ),
-        }
-    }
-
-    fn sensor_id(&mut self, id: &Spanned<String>) -> Option<Arc<str>> {
+    fn sensor_id(&mut self, id: &Spanned<String>) -> Option<()> {
         if id.len() > MAX_SENSOR_ID_BYTES {
             return self.err(
                 id.pos,
@@ -494,26 +352,7 @@ impl Compiler<'_> {
                 "downstream queries match sensor_ids exactly; remove them",
             );
         }
-        Some(id.value.as_str().into())
-    }
-
-    fn opcua_address(&mut self, tag: &Spanned<TagSpec>) -> Option<String> {
-        self.foreign_keys(tag, false);
-        let Some(node) = &tag.node else {
-            return self.err(
-                tag.pos,
-                "missing required key `node`",
-                "OPC UA tags name their node, e.g. `node: ns=2;s=Line1/Compressor7/VibeX`",
-            );
-        };
-        match opcua::types::NodeId::from_str(node.trim()) {
-            Ok(id) => Some(id.to_string()),
-            Err(_) => self.err(
-                node.pos,
-                format!("{} is not an OPC UA node id", shown(&node.value)),
-                "write ns=<index>;s=<name>, ns=<index>;i=<number>, ns=<index>;g=<guid> or ns=<index>;b=<base64>",
-            ),
-        }
+        Some(())
     }
 
     /// Reports keys of the other protocol on a tag.
@@ -557,152 +396,6 @@ impl Compiler<'_> {
         }
     }
 
-    fn modbus_address(
-        &mut self,
-        tag: &Spanned<TagSpec>,
-        defaults: &TagDefaults,
-        source: &ModbusSourceSpec,
-    ) -> Option<ModbusAddress> {
-        self.foreign_keys(tag, true);
-        let t = &tag.value;
-        let (table, address, at) = match (&t.modicon, &t.table, &t.address) {
-            (Some(m), None, None) => {
-                let (table, address) = self.modicon(m)?;
-                (table, address, m.pos)
-            }
-            (None, Some(table), Some(address)) => (table.value, address.value, address.pos),
-            (Some(m), _, _) => return self.err(m.pos, "use either `modicon` or `table` + `address`, not both", "`modicon: 40001` is the same register as `table: holding_register, address: 0`"),
-            (None, None, Some(a)) => return self.err(a.pos, format!("`address: {}` needs a `table`", a.value), "`address` is the 0-based offset sent on the wire; to use the 1-based 40001 notation of PLC manuals, write `modicon: 40001` instead"),
-            (None, Some(t), None) => return self.err(t.pos, "`table` needs an `address`", "the 0-based offset within the table, e.g. `address: 0`"),
-            (None, None, None) => return self.err(tag.pos, "missing the Modbus address", "write `table: holding_register` and `address: 0`, or `modicon: 40001`"),
-        };
-        let default_type = if table.is_bits() || t.bit.is_some() {
-            DataType::Bool
-        } else {
-            DataType::Uint16
-        };
-        let data_type = t
-            .data_type
-            .as_ref()
-            .map(|d| d.value)
-            .or(defaults.data_type)
-            .unwrap_or(default_type);
-        let type_pos = t.data_type.as_ref().map_or(at, |d| d.pos);
-        if table.is_bits() && data_type != DataType::Bool {
-            return self.err(
-                type_pos,
-                format!(
-                    "a {} holds one bit; it cannot be read as {}",
-                    table.name(),
-                    data_type.name()
-                ),
-                "use `type: bool`, or a register table",
-            );
-        }
-        if let Some(bit) = &t.bit {
-            if table.is_bits() || data_type != DataType::Bool || bit.value > 15 {
-                return self.err(
-                    bit.pos,
-                    format!(
-                        "`bit: {}` needs a register table, type bool and a bit from 0 to 15",
-                        bit.value
-                    ),
-                    "bit 0 is the least significant bit of the register",
-                );
-            }
-        } else if !table.is_bits() && data_type == DataType::Bool {
-            return self.err(
-                type_pos,
-                "a bool from a register needs `bit`",
-                "e.g. `bit: 0` for the least significant bit",
-            );
-        }
-        let length = match (data_type, &t.length) {
-            (DataType::String, Some(l)) if l.value > 0 && l.value <= 125 => l.value,
-            (DataType::String, Some(l)) => {
-                return self.err(
-                    l.pos,
-                    format!("`length: {}` is out of range", l.value),
-                    "a string spans 1 to 125 registers (two characters each)",
-                )
-            }
-            (DataType::String, None) => {
-                return self.err(
-                    type_pos,
-                    "a `string` needs `length`, its number of registers",
-                    "two characters per register, e.g. `length: 10` for up to 20 characters",
-                )
-            }
-            (_, Some(l)) => {
-                return self.err(
-                    l.pos,
-                    "`length` only applies to `type: string`",
-                    "remove it",
-                )
-            }
-            (_, None) => 1,
-        };
-        let plan = ModbusAddress {
-            unit: t
-                .unit
-                .or(defaults.unit)
-                .or(source.unit)
-                .unwrap_or(DEFAULT_UNIT),
-            table,
-            address,
-            data_type,
-            order: t.order.or(defaults.order).unwrap_or_default(),
-            bit: t.bit.as_ref().map(|b| b.value),
-            length,
-        };
-        if u32::from(address) + u32::from(plan.count()) - 1 > u32::from(u16::MAX) {
-            return self.err(
-                at,
-                format!(
-                    "{} at address {address} runs past the last address 65535",
-                    data_type.name()
-                ),
-                "check the address and type",
-            );
-        }
-        Some(plan)
-    }
-
-    /// `40001` → holding register 0. Five digits address 1..=9999, six digits 1..=65536.
-    fn modicon(&mut self, m: &Spanned<String>) -> Option<(Table, u16)> {
-        let text = m.trim();
-        let hint = "write 5 or 6 digits whose first names the table: 0 coil, 1 discrete input, 3 input register, 4 holding register, e.g. 40001; for a 0-based offset use `table` + `address`";
-        if !(5..=6).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return self.err(m.pos, format!("`{text}` is not a Modicon reference"), hint);
-        }
-        let table = match text.as_bytes()[0] {
-            b'0' => Table::Coil,
-            b'1' => Table::DiscreteInput,
-            b'3' => Table::InputRegister,
-            b'4' => Table::HoldingRegister,
-            _ => {
-                return self.err(
-                    m.pos,
-                    format!("`{text}` does not start with a table digit"),
-                    hint,
-                )
-            }
-        };
-        let number: u32 = text[1..].parse().unwrap_or(0);
-        let max = if text.len() == 5 { 9999 } else { 65536 };
-        if number == 0 || number > max {
-            return self.err(
-                m.pos,
-                format!("`{text}` is out of range"),
-                format!(
-                    "references count from 1 (e.g. 40001 is the first holding register) to {max}"
-                ),
-            );
-        }
-        // 1..=65536 minus one fits in u16.
-        Some((table, (number - 1) as u16))
-    }
-
     fn transform(&mut self, t: &TagSpec, d: &TagDefaults) -> Option<Transform> {
         let mut ok = true;
         if let Some(scale) = &t.scale {
@@ -724,7 +417,7 @@ impl Compiler<'_> {
                 self.problem(
                     Problem::new(
                         offset.pos,
-                        format!("offset {} would make every value infinite", offset.value),
+                        format!("offset {} is not a finite number", offset.value),
                     )
                     .with_hint("use a finite number"),
                 );

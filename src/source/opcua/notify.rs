@@ -1,0 +1,328 @@
+//! Notifications → samples: the state the source's tasks share ([`Ctx`]), the bounded queue
+//! between the notification callback and the forwarding task, the subscription callback with
+//! its sequence-gap detection, and the conversion of notification messages into samples.
+//! See the module docs of [`super`] for the invariants.
+
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use opcua::client::{MonitoredItemMap, OnSubscriptionNotificationCore};
+use opcua::types::{DataChangeNotification, NotificationMessage, StatusCode};
+use tokio::sync::Notify;
+
+use super::convert::{self, EnumNames, Quality, TimestampSource, UncertainPolicy};
+use super::OpcUaCounters;
+use crate::mapping::{OpcUaPlan, TagMapPlan};
+use crate::sample::Sample;
+
+/// Per-tag flags, so each problem is logged once per episode.
+const FLAG_BAD: u8 = 1;
+const FLAG_UNSUPPORTED: u8 = 2;
+
+/// Everything the tasks of one source share.
+pub(super) struct Ctx {
+    pub plan: Arc<TagMapPlan>,
+    pub source: Arc<OpcUaPlan>,
+    pub counters: Arc<OpcUaCounters>,
+    pub queue: Arc<Queue>,
+    /// One per tag: [`FLAG_BAD`], [`FLAG_UNSUPPORTED`].
+    pub flags: Arc<Vec<AtomicU8>>,
+    /// Per tag: the array element it monitors (`elements:`).
+    pub elements: Vec<Option<u32>>,
+    pub timestamps: TimestampSource,
+    pub uncertain: UncertainPolicy,
+}
+
+/// Samples waiting for the forwarding task. Bounded: when full, the oldest are dropped.
+pub(super) struct Queue {
+    samples: Mutex<Vec<Sample>>,
+    pub(super) notify: Notify,
+    capacity: usize,
+}
+
+impl Queue {
+    pub(super) fn new(capacity: usize) -> Queue {
+        Queue {
+            samples: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+            capacity,
+        }
+    }
+
+    /// Appends `batch`; returns how many old samples were dropped to make room.
+    pub(super) fn push(&self, mut batch: Vec<Sample>) -> usize {
+        if batch.is_empty() {
+            return 0;
+        }
+        let mut dropped = 0;
+        {
+            // A poisoned lock only means another callback panicked mid-push; the Vec is
+            // still valid.
+            let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            let total = samples.len() + batch.len();
+            if total > self.capacity {
+                let excess = total - self.capacity;
+                let from_old = excess.min(samples.len());
+                samples.drain(..from_old);
+                let from_new = excess - from_old;
+                batch.drain(..from_new);
+                dropped = excess;
+            }
+            samples.append(&mut batch);
+        }
+        self.notify.notify_one();
+        dropped
+    }
+
+    pub(super) fn take(&self) -> Vec<Sample> {
+        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Largest sequence-number gap that is republished; a larger jump means the subscription was
+/// re-created (numbers start again) or the loss is beyond what the server keeps.
+const MAX_GAP: u32 = 1000;
+
+/// Notification messages lost in transit, found by gaps in sequence numbers, waiting for
+/// Republish (OPC UA Part 4, 5.13.6).
+#[derive(Default)]
+pub(super) struct Gaps {
+    /// (subscription id, sequence number) pairs.
+    pub missing: Mutex<Vec<(u32, u32)>>,
+    pub notify: Notify,
+}
+
+/// The subscription callback: one batch per publish response, and gap detection.
+pub(super) struct Notifier {
+    pub deliver: Arc<Deliver>,
+    /// The server's id of this notifier's subscription, set once it is known.
+    pub subscription: Arc<AtomicU32>,
+    /// The last data message's sequence number; 0: none yet.
+    pub last: u32,
+    pub gaps: Arc<Gaps>,
+}
+
+impl Notifier {
+    /// Records the sequence numbers skipped before `seq`; returns whether any were.
+    fn track(&mut self, seq: u32) -> bool {
+        let last = self.last;
+        // Numbers restart when a subscription is re-created: no gap, just a new start.
+        if last == 0 || seq <= last || seq - last > MAX_GAP {
+            self.last = seq;
+            return false;
+        }
+        self.last = seq;
+        if seq == last + 1 {
+            return false;
+        }
+        let id = self.subscription.load(Ordering::Relaxed);
+        let mut missing = self.gaps.missing.lock().unwrap_or_else(|p| p.into_inner());
+        missing.extend((last + 1..seq).map(|n| (id, n)));
+        drop(missing);
+        self.gaps.notify.notify_one();
+        true
+    }
+}
+
+impl OnSubscriptionNotificationCore for Notifier {
+    fn on_subscription_notification(
+        &mut self,
+        notification: NotificationMessage,
+        _items: MonitoredItemMap<'_>,
+    ) {
+        // Keep-alives carry the next number without consuming it: only data messages count.
+        if notification
+            .notification_data
+            .as_ref()
+            .is_some_and(|d| !d.is_empty())
+        {
+            self.track(notification.sequence_number);
+        }
+        self.deliver.deliver(notification);
+    }
+}
+
+/// Turns notification messages (published or republished) into queued samples.
+pub(super) struct Deliver {
+    pub ctx: Arc<Ctx>,
+    /// State names per tag (enumerations), read at start.
+    pub names: Arc<Vec<Option<EnumNames>>>,
+}
+
+impl Deliver {
+    pub fn deliver(&self, notification: NotificationMessage) {
+        let Some(data) = notification.notification_data else {
+            return;
+        };
+        let now = Utc::now();
+        let ctx = &self.ctx;
+        let mut batch = Vec::new();
+        let (mut bad, mut uncertain, mut unsupported) = (0u64, 0u64, 0u64);
+        for object in data {
+            let Some(change) = object.into_inner_as::<DataChangeNotification>() else {
+                continue;
+            };
+            let items = change.monitored_items.unwrap_or_default();
+            batch.reserve(items.len());
+            for item in items {
+                let Some(tag) = (item.client_handle as usize).checked_sub(1) else {
+                    continue;
+                };
+                let (Some(plan), Some(flags)) = (ctx.plan.tags.get(tag), ctx.flags.get(tag)) else {
+                    continue;
+                };
+                let value = item.value;
+                match convert::quality(value.status) {
+                    Quality::Bad => {
+                        bad += 1;
+                        if flags.fetch_or(FLAG_BAD, Ordering::Relaxed) & FLAG_BAD == 0 {
+                            ctx.counters.tags_bad.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                message = "OPC UA tag has a Bad status; its values are skipped until it recovers.",
+                                sensor_id = %plan.sensor_id,
+                                status = %value.status.unwrap_or(StatusCode::Bad)
+                            );
+                        }
+                        continue;
+                    }
+                    Quality::Uncertain => {
+                        uncertain += 1;
+                        if ctx.uncertain == UncertainPolicy::Skip {
+                            continue;
+                        }
+                    }
+                    Quality::Good => {}
+                }
+                if flags.load(Ordering::Relaxed) & FLAG_BAD != 0
+                    && flags.fetch_and(!FLAG_BAD, Ordering::Relaxed) & FLAG_BAD != 0
+                {
+                    ctx.counters.tags_bad.fetch_sub(1, Ordering::Relaxed);
+                    tracing::info!(message = "OPC UA tag recovered from a Bad status.", sensor_id = %plan.sensor_id);
+                }
+                let Some(variant) = &value.value else {
+                    unsupported += 1;
+                    continue;
+                };
+                let names = self.names.get(tag).and_then(Option::as_ref);
+                let converted = match ctx.elements.get(tag).copied().flatten() {
+                    Some(index) => convert::convert_element(variant, index, names),
+                    None => convert::convert(variant, names),
+                };
+                match converted {
+                    Ok(raw) => batch.push(Sample {
+                        tag,
+                        timestamp: convert::timestamp(&value, ctx.timestamps, now),
+                        value: raw,
+                    }),
+                    Err(error) => {
+                        unsupported += 1;
+                        if flags.fetch_or(FLAG_UNSUPPORTED, Ordering::Relaxed) & FLAG_UNSUPPORTED
+                            == 0
+                        {
+                            tracing::warn!(
+                                message = "OPC UA tag value cannot be read; skipping it.",
+                                sensor_id = %plan.sensor_id,
+                                %error
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let c = &ctx.counters;
+        if bad > 0 {
+            c.bad.fetch_add(bad, Ordering::Relaxed);
+        }
+        if uncertain > 0 {
+            c.uncertain.fetch_add(uncertain, Ordering::Relaxed);
+        }
+        if unsupported > 0 {
+            c.unsupported.fetch_add(unsupported, Ordering::Relaxed);
+        }
+        c.readings.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let dropped = ctx.queue.push(batch);
+        if dropped > 0
+            && c.overflow_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed)
+                == 0
+        {
+            tracing::warn!(
+                message = "The mapping stage is behind; dropping the oldest OPC UA samples.",
+                tag_map = %ctx.plan.path.display(),
+                dropped
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::RawValue;
+
+    fn sample(tag: usize) -> Sample {
+        Sample {
+            tag,
+            timestamp: Utc::now(),
+            value: RawValue::Int(tag as i64),
+        }
+    }
+
+    #[test]
+    fn sequence_gaps_are_recorded_for_republish() {
+        let gaps = Arc::new(Gaps::default());
+        let subscription = Arc::new(AtomicU32::new(7));
+        let plan = Arc::new(TagMapPlan {
+            path: "t.yaml".into(),
+            source: crate::mapping::SourcePlan::Modbus(crate::mapping::ModbusPlan {
+                transport: crate::mapping::plan::ModbusTransport::Tcp(String::new()),
+                timeout: std::time::Duration::from_secs(1),
+                max_gap: 0,
+                connections: std::num::NonZeroU8::MIN,
+            }),
+            tags: Vec::new(),
+            disabled: 0,
+        });
+        let ctx = Arc::new(Ctx {
+            plan,
+            source: Arc::new(super::super::test_plan()),
+            counters: Arc::default(),
+            queue: Arc::new(Queue::new(10)),
+            flags: Arc::new(Vec::new()),
+            elements: Vec::new(),
+            timestamps: Default::default(),
+            uncertain: Default::default(),
+        });
+        let mut n = Notifier {
+            deliver: Arc::new(Deliver {
+                ctx,
+                names: Arc::new(Vec::new()),
+            }),
+            subscription,
+            last: 0,
+            gaps: Arc::clone(&gaps),
+        };
+        assert!(!n.track(5)); // the first message
+        assert!(!n.track(6));
+        assert!(n.track(9)); // 7 and 8 lost
+        assert!(!n.track(1)); // re-created subscription: numbers start again
+        assert!(!n.track(5000)); // too far to be a gap
+        let missing = gaps.missing.lock().unwrap().clone();
+        assert_eq!(missing, vec![(7, 7), (7, 8)]);
+    }
+
+    #[test]
+    fn queue_drops_the_oldest_when_full() {
+        let q = Queue::new(3);
+        assert_eq!(q.push(vec![sample(0), sample(1)]), 0);
+        assert_eq!(q.push(vec![sample(2), sample(3)]), 1);
+        let tags: Vec<usize> = q.take().iter().map(|s| s.tag).collect();
+        assert_eq!(tags, vec![1, 2, 3]);
+        // A batch larger than the queue keeps its newest samples.
+        assert_eq!(q.push((0..5).map(sample).collect()), 2);
+        let tags: Vec<usize> = q.take().iter().map(|s| s.tag).collect();
+        assert_eq!(tags, vec![2, 3, 4]);
+        assert!(q.take().is_empty());
+    }
+}
