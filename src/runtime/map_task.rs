@@ -3,10 +3,11 @@
 //! adapter drops its sender, after adding its counters to the run's totals.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::mapping::quality::QualityState;
 use crate::mapping::{Mapper, MappingCounters};
 use crate::reading::Reading;
 use crate::sample::SampleBatch;
@@ -20,6 +21,16 @@ pub(crate) const SAMPLE_QUEUE: usize = 64;
 /// How often tags with a heartbeat are checked.
 const HEARTBEAT_TICK: Duration = Duration::from_millis(500);
 
+/// What a mapping task feeds and watches besides its readings.
+pub(crate) struct Watch {
+    /// The live view's slots of this tag map, when the live view is served.
+    pub live: Option<Arc<LiveMap>>,
+    /// Quality readings, when on.
+    pub quality: Option<QualityState>,
+    /// Whether the source is connected now.
+    pub connected: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
 pub(crate) async fn map_task(
     name: Arc<str>,
     mut mapper: Mapper,
@@ -27,32 +38,54 @@ pub(crate) async fn map_task(
     readings: mpsc::Sender<TaggedReadings>,
     totals: Arc<std::sync::Mutex<MappingCounters>>,
     stats: Arc<MapStats>,
-    live: Option<Arc<LiveMap>>,
+    mut watch: Watch,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let plain = watch.live.is_none() && watch.quality.is_none();
     loop {
         let mut out: Vec<Reading> = Vec::new();
         tokio::select! {
             batch = samples.recv() => match batch {
-                Some(batch) => match &live {
-                    None => out.extend(batch.iter().filter_map(|s| mapper.map(s))),
-                    // The live view: a few relaxed atomic stores per sample, no lock.
-                    Some(live) => {
-                        let now_ms = chrono::Utc::now().timestamp_millis();
-                        for s in &batch {
-                            let non_finite = mapper.counters().non_finite;
-                            let reading = mapper.map(s);
-                            let skipped = mapper.counters().non_finite != non_finite;
-                            live.observe(s.tag, reading.as_ref(), skipped, now_ms);
-                            out.extend(reading);
+                Some(batch) if plain => out.extend(batch.iter().filter_map(|s| mapper.map(s))),
+                // The live view: a few relaxed atomic stores per sample, no lock.
+                Some(batch) => {
+                    let now = Instant::now();
+                    let now_ms = chrono::Utc::now().timestamp_millis();
+                    for s in &batch {
+                        let non_finite = mapper.counters().non_finite;
+                        let reading = mapper.map(s);
+                        let skipped = mapper.counters().non_finite != non_finite;
+                        if let Some(q) = &mut watch.quality {
+                            if !skipped {
+                                q.saw(s.tag, s.timestamp, now);
+                            }
+                            if reading.is_some() {
+                                q.good(s.tag);
+                            }
                         }
+                        if let Some(live) = &watch.live {
+                            live.observe(s.tag, reading.as_ref(), skipped, now_ms);
+                        }
+                        out.extend(reading);
                     }
-                },
+                }
                 // The adapter has stopped: nothing more will come.
                 None => break,
             },
-            _ = tick.tick() => mapper.heartbeats(chrono::Utc::now(), &mut out),
+            _ = tick.tick() => {
+                let now = chrono::Utc::now();
+                if let Some(q) = &mut watch.quality {
+                    for (tag, cause) in q.check(Instant::now(), now, (watch.connected)(), &mut out) {
+                        // Nothing old is repeated: no heartbeat, and the next value is sent.
+                        mapper.forget(tag);
+                        if let Some(live) = &watch.live {
+                            live.bad(tag, cause);
+                        }
+                    }
+                }
+                mapper.heartbeats(now, &mut out);
+            }
         }
         stats.store(&mapper.counters());
         if !out.is_empty() && readings.send((name.clone(), out)).await.is_err() {

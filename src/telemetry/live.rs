@@ -98,6 +98,7 @@ impl TagSlot {
                 self.text.store(Some(Arc::new(t.clone())));
                 self.kind.store(KIND_TEXT, Relaxed);
             }
+            Value::Null => self.kind.store(KIND_NONE, Relaxed),
         }
         self.source_ms.store(source.timestamp_millis(), Relaxed);
         self.seen_ms.store(now_ms, Relaxed);
@@ -200,6 +201,13 @@ impl LiveMap {
             endpoint,
             connected,
             tags,
+        }
+    }
+
+    /// Tag `tag` cannot be read now, because of `cause`.
+    pub fn bad(&self, tag: usize, cause: &str) {
+        if let Some(slot) = self.tags.get(tag) {
+            slot.set_quality(TagQuality::Bad, Some(cause));
         }
     }
 
