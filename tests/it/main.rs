@@ -39,3 +39,6 @@ mod operations;
 
 /// The live view: /api/live, the page in headless Chromium, `tagbridge watch` in tmux.
 mod live_view;
+
+/// Quality readings: off is the seed format byte for byte; on, one bad reading per gap.
+mod quality;
