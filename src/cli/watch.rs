@@ -113,6 +113,9 @@ fn watch(addr: SocketAddr, args: &WatchArgs) -> anyhow::Result<()> {
         }
         stdout.write_all(b"\x1b[J")?;
         stdout.flush()?;
+        // A plain loop on the command's own thread, outside any async runtime: sleeping here
+        // blocks nothing else.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(every);
     }
 }
