@@ -295,6 +295,35 @@ mod tests {
     }
 
     #[test]
+    fn after_a_gap_the_unchanged_value_is_sent_and_no_heartbeat_repeats_the_old_one() {
+        let mut plan = plan();
+        plan.tags[0].transform.heartbeat = Some(Duration::from_secs(1));
+        enable(&mut plan);
+        let mut q = QualityState::new(&plan).unwrap();
+        let mut m = Mapper::new(&plan);
+        let sample = |secs| Sample {
+            tag: 0,
+            timestamp: at(secs),
+            value: RawValue::Int(5),
+        };
+        assert!(m.map(&sample(0)).is_some());
+        assert!(m.map(&sample(0)).is_none(), "unchanged is held back");
+        let mut out = Vec::new();
+        assert!(q.lost(0, at(1), "no answer", &mut out));
+        m.forget(0);
+        let mut beats = Vec::new();
+        m.heartbeats(at(30), &mut beats);
+        assert!(
+            beats.is_empty(),
+            "a heartbeat repeated a value of before the gap: {beats:?}"
+        );
+        let closing = m
+            .map(&sample(31))
+            .expect("the first value after the gap is sent");
+        assert_eq!(closing.value, Value::from(5));
+    }
+
+    #[test]
     fn causes_are_escaped() {
         let mut plan = plan();
         enable(&mut plan);
