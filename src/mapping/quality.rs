@@ -40,6 +40,9 @@ pub fn enable(plan: &mut TagMapPlan) {
 #[derive(Debug)]
 pub struct QualityState {
     tags: Vec<TagQuality>,
+    /// The source has been connected at least once: before that, nothing was ever readable, so
+    /// nothing "stopped" (the first connection attempt is not a lost connection).
+    ever_connected: bool,
 }
 
 #[derive(Debug)]
@@ -78,6 +81,7 @@ impl QualityState {
                     last_seen: None,
                 })
                 .collect(),
+            ever_connected: false,
         })
     }
 
@@ -156,11 +160,13 @@ impl QualityState {
         } else {
             "connection lost"
         };
+        self.ever_connected |= connected;
+        let session_lost = !connected && self.ever_connected;
         let mut lost = Vec::new();
         for i in 0..self.tags.len() {
             let t = &self.tags[i];
             let at = match (t.silent_after, t.last_seen) {
-                (None, _) if !connected => Some(now_utc),
+                (None, _) if session_lost => Some(now_utc),
                 (Some(after), Some((seen, ts))) if now.duration_since(seen) > after => {
                     let interval = chrono::Duration::from_std(t.interval).unwrap_or_default();
                     Some(ts + interval)
@@ -321,6 +327,28 @@ mod tests {
             .map(&sample(31))
             .expect("the first value after the gap is sent");
         assert_eq!(closing.value, Value::from(5));
+    }
+
+    #[test]
+    fn a_subscribed_source_is_lost_only_after_it_was_connected() {
+        let mut plan = plan();
+        enable(&mut plan);
+        let mut q = QualityState::new(&plan).unwrap();
+        // As for an OPC UA plan: subscribed tags, no silence by age.
+        for t in &mut q.tags {
+            t.silent_after = None;
+        }
+        let now = Instant::now();
+        let mut out = Vec::new();
+        // Still connecting at start: nothing was lost.
+        assert!(q.check(now, at(0), false, &mut out).is_empty());
+        assert!(q.check(now, at(1), true, &mut out).is_empty());
+        let lost = q.check(now, at(2), false, &mut out);
+        assert_eq!(lost, vec![(0, "connection lost"), (1, "connection lost")]);
+        assert!(
+            q.check(now, at(3), false, &mut out).is_empty(),
+            "one per gap"
+        );
     }
 
     #[test]

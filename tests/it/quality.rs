@@ -160,3 +160,87 @@ async fn quality_on_an_address_that_starts_refusing_goes_bad_alone() {
     assert_gaps_well_formed(&events, LEVEL, 1);
     assert_gaps_well_formed(&events, COUNTER, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quality_on_an_opcua_server_restart_is_one_connection_lost_gap() {
+    use tagbridge::runtime::{run, Output, RunOptions};
+    use tagbridge::sim::plc::{OpcUaConfig, OpcUaType, OpcUaVariable, Plc, PlcConfig};
+    use tagbridge::sim::signal::Signal;
+
+    let counter = Signal::Counter {
+        start: 0,
+        step: 1,
+        wrap: None,
+        update: Some(tagbridge::config::duration::HumanDuration(
+            Duration::from_millis(200),
+        )),
+    };
+    let plc = Plc::start(PlcConfig {
+        opcua: Some(OpcUaConfig {
+            variables: vec![OpcUaVariable {
+                path: "R/Counter".into(),
+                node_id: None,
+                data_type: OpcUaType::Int64,
+                enum_strings: None,
+                signal: counter,
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("the simulator starts");
+    let endpoint = plc.opcua_endpoint().expect("OPC UA");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("opcua.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "source:\n  opcua: {{endpoint: {endpoint}, security_policy: none, publishing_interval: 100ms, pki_dir: {}}}\n\
+             defaults: {{interval: 50ms}}\ntags:\n  - {{sensor_id: counter, node: \"ns=2;s=R/Counter\"}}\n",
+            dir.path().join("pki").display()
+        ),
+    )
+    .expect("write tag map");
+    let plans = tagbridge::mapping::load_all(&[path]).expect("the tag map compiles");
+    let out = dir.path().join("readings.jsonl");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let gateway = tokio::spawn(run(
+        plans,
+        Output::File(out.clone()),
+        RunOptions {
+            quality: true,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    ));
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    assert!(wait_until(DEADLINE, || lines().len() >= 3).await);
+    plc.faults().restart_opcua().await.expect("restart");
+    let bad_then_good = || {
+        let ls = lines();
+        let bad = ls.iter().position(|r| r["quality"] == "bad");
+        bad.is_some_and(|b| {
+            ls[b + 1..]
+                .iter()
+                .filter(|r| r["quality"] == "good")
+                .count()
+                >= 3
+        })
+    };
+    assert!(wait_until(DEADLINE, bad_then_good).await, "{:?}", lines());
+    shutdown.cancel();
+    let _ = gateway.await;
+    let ls = lines();
+    let bad: Vec<&Value> = ls.iter().filter(|r| r["quality"] == "bad").collect();
+    assert_eq!(bad.len(), 1, "{ls:?}");
+    assert_eq!(bad[0]["status"], "connection lost");
+    assert!(bad[0]["value"].is_null());
+    plc.shutdown().await;
+}
