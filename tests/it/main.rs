@@ -28,6 +28,9 @@ mod sim_hub;
 /// The Modbus source against the simulated PLC and pymodbus.
 mod modbus_source;
 
+/// The Modbus source against a hostile device next to a healthy one, through `tagbridge run`.
+mod modbus_hostile;
+
 /// The OPC UA source against the simulated PLC and asyncua.
 mod opcua_source;
 
