@@ -52,6 +52,12 @@ const TARGETS: &[Target] = &[
         yaml: true,
     },
     Target {
+        name: "modbus_response",
+        run: tagbridge::source::modbus::fuzz::response,
+        seeds: &["tests/fixtures/modbus-answers"],
+        yaml: false,
+    },
+    Target {
         name: "hub_amqp",
         run: tagbridge::sim::hub::amqp::fuzz_opening,
         seeds: &[],
