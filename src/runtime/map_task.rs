@@ -1,15 +1,14 @@
 //! The mapping task of one tag map: receives its adapter's sample batches, maps them to
-//! readings, adds heartbeats on a tick, and hands the readings to the output. It ends when the
-//! adapter drops its sender, after adding its counters to the run's totals.
+//! readings (heartbeats come with the source's confirmations), and hands the readings to the
+//! output. It ends when the adapter drops its sender, after adding its counters to the run's totals.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::mapping::{Mapper, MappingCounters};
 use crate::reading::Reading;
-use crate::sample::SampleBatch;
+use crate::sample::{Item, SampleBatch};
 use crate::telemetry::live::LiveMap;
 
 use super::delivery::TaggedReadings;
@@ -17,8 +16,6 @@ use super::status::MapStats;
 
 /// Sample batches queued per tag map before its adapter waits.
 pub(crate) const SAMPLE_QUEUE: usize = 64;
-/// How often tags with a heartbeat are checked.
-const HEARTBEAT_TICK: Duration = Duration::from_millis(500);
 
 pub(crate) async fn map_task(
     name: Arc<str>,
@@ -29,30 +26,28 @@ pub(crate) async fn map_task(
     stats: Arc<MapStats>,
     live: Option<Arc<LiveMap>>,
 ) {
-    let mut tick = tokio::time::interval(HEARTBEAT_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // Ends when the adapter has stopped: nothing more will come.
+    while let Some(batch) = samples.recv().await {
+        super::supervise::fault_point("mapping");
         let mut out: Vec<Reading> = Vec::new();
-        tokio::select! {
-            batch = samples.recv() => match batch {
-                Some(batch) => match &live {
-                    None => out.extend(batch.iter().filter_map(|s| mapper.map(s))),
-                    // The live view: a few relaxed atomic stores per sample, no lock.
-                    Some(live) => {
-                        let now_ms = chrono::Utc::now().timestamp_millis();
-                        for s in &batch {
+        match &live {
+            None => mapper.apply(&batch, &mut out),
+            // The live view: a few relaxed atomic stores per sample, no lock.
+            Some(live) => {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                for item in batch.items() {
+                    match item {
+                        Item::Sample(s) => {
                             let non_finite = mapper.counters().non_finite;
                             let reading = mapper.map(s);
                             let skipped = mapper.counters().non_finite != non_finite;
                             live.observe(s.tag, reading.as_ref(), skipped, now_ms);
                             out.extend(reading);
                         }
+                        Item::Event(e) => mapper.event(e, &mut out),
                     }
-                },
-                // The adapter has stopped: nothing more will come.
-                None => break,
-            },
-            _ = tick.tick() => mapper.heartbeats(chrono::Utc::now(), &mut out),
+                }
+            }
         }
         stats.store(&mapper.counters());
         if !out.is_empty() && readings.send((name.clone(), out)).await.is_err() {
