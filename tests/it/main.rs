@@ -49,3 +49,9 @@ mod duplicates;
 
 /// A panicking component stops the whole gateway (exit non-zero) and loses nothing spooled.
 mod supervision;
+
+/// The live view: /api/live, the page in headless Chromium, `tagbridge watch` in tmux.
+mod live_view;
+
+/// Quality readings: off is the seed format byte for byte; on, one bad reading per gap.
+mod quality;
