@@ -46,3 +46,6 @@ mod duplicates;
 
 /// A panicking component stops the whole gateway (exit non-zero) and loses nothing spooled.
 mod supervision;
+
+/// Heartbeats only repeat a value the device still confirms.
+mod heartbeats;
