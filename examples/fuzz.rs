@@ -57,6 +57,12 @@ const TARGETS: &[Target] = &[
         seeds: &["tests/fixtures/modbus-answers"],
         yaml: false,
     },
+    Target {
+        name: "hub_amqp",
+        run: tagbridge::sim::hub::amqp::fuzz_opening,
+        seeds: &[],
+        yaml: false,
+    },
 ];
 
 struct Options {

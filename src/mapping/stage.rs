@@ -66,6 +66,15 @@ impl Mapper {
         self.counters
     }
 
+    /// Forgets what was last sent for `tag` (it stopped being readable): its next value is sent
+    /// whatever it is, and no heartbeat repeats the old one.
+    pub fn forget(&mut self, tag: usize) {
+        if let Some(state) = self.state.get_mut(tag) {
+            state.last = None;
+            state.last_sent = None;
+        }
+    }
+
     /// Maps one sample; `None` when it is held back or cannot be sent.
     pub fn map(&mut self, sample: &Sample) -> Option<Reading> {
         self.counters.samples += 1;

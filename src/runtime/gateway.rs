@@ -257,6 +257,7 @@ impl Gateway {
             summary_every: plan.telemetry.summary_every,
             reload: tweaks.reload,
             live_view: plan.telemetry.live_view,
+            quality: plan.quality,
         };
         Ok(Gateway {
             tag_maps,

@@ -72,6 +72,8 @@ pub struct RunOptions {
     pub reload: Option<reload::Reload>,
     /// Serve the live view (`/` and `/api/live`) beside `/metrics`.
     pub live_view: bool,
+    /// Quality readings (gateway.yaml `quality: true`).
+    pub quality: bool,
 }
 
 impl std::fmt::Debug for reload::Reload {
@@ -91,6 +93,7 @@ impl Default for RunOptions {
             summary_every: Duration::from_secs(60),
             reload: None,
             live_view: true,
+            quality: false,
         }
     }
 }
@@ -155,7 +158,8 @@ pub async fn run(
         status.modbus.clone(),
     )
     .with_live(live.clone())
-    .with_supervisor(supervisor.clone());
+    .with_supervisor(supervisor.clone())
+    .with_quality(options.quality);
     maps.apply(plans);
     let started = maps.len();
     if maps.is_empty() && options.reload.is_none() {

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::delivery::TaggedReadings;
-use super::map_task::{map_task, SAMPLE_QUEUE};
+use super::map_task::{map_task, Watch, SAMPLE_QUEUE};
 use super::status::{MapEntry, MapStats, RunningMaps};
+use crate::mapping::quality::QualityState;
 use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
 use crate::sample::SampleBatch;
 use crate::source;
@@ -49,6 +50,8 @@ pub struct TagMaps {
     live: Option<Arc<LiveView>>,
     /// Watches the mapping tasks: a panic stops the gateway.
     supervisor: Option<super::supervise::Supervisor>,
+    /// Quality readings on (gateway.yaml `quality: true`).
+    quality: bool,
 }
 
 impl TagMaps {
@@ -70,16 +73,23 @@ impl TagMaps {
             modbus,
             live: None,
             supervisor: None,
+            quality: false,
         }
     }
 
-    /// Feeds the live view from every tag map started from now on.
+    /// Quality readings for every tag map started from now on.
+    pub fn with_quality(mut self, quality: bool) -> Self {
+        self.quality = quality;
+        self
+    }
+
     /// Mapping tasks are spawned under `supervisor`.
     pub fn with_supervisor(mut self, supervisor: super::supervise::Supervisor) -> Self {
         self.supervisor = Some(supervisor);
         self
     }
 
+    /// Feeds the live view from every tag map started from now on.
     pub fn with_live(mut self, live: Option<Arc<LiveView>>) -> Self {
         self.live = live;
         self
@@ -132,6 +142,15 @@ impl TagMaps {
     }
 
     fn start(&mut self, plan: &TagMapPlan, content: u64) {
+        let quality_plan;
+        let plan = if self.quality {
+            let mut p = plan.clone();
+            crate::mapping::quality::enable(&mut p);
+            quality_plan = p;
+            &quality_plan
+        } else {
+            plan
+        };
         let (tx, rx) = mpsc::channel::<SampleBatch>(SAMPLE_QUEUE);
         let cancel = self.shutdown.child_token();
         let counters = source::spawn(plan, tx, cancel.clone(), &self.tracker);
@@ -145,6 +164,10 @@ impl TagMaps {
         if let source::SourceCounters::Modbus(c) = &counters {
             self.modbus.add(&name, c);
         }
+        let connected: Box<dyn Fn() -> bool + Send + Sync> = {
+            let source = counters.clone();
+            Box::new(move || source.connected())
+        };
         let live = self.live.as_ref().map(|view| {
             let source = counters.clone();
             let map = Arc::new(LiveMap::for_plan(
@@ -174,7 +197,11 @@ impl TagMaps {
             self.readings.clone(),
             self.totals.clone(),
             stats,
-            live,
+            Watch {
+                live,
+                quality: QualityState::new(plan),
+                connected,
+            },
         );
         // An adapter that drops its sender without being told to has died (a panic in one
         // of its tasks): the gateway must not run on without it.

@@ -16,6 +16,9 @@ mod eventhub_sink;
 /// deploy/: the systemd unit and the install script.
 mod deploy;
 
+/// The Debian package, installed, upgraded, removed and purged in a throwaway root.
+mod deb;
+
 /// README, ARCHITECTURE.md and docs/: links resolve, named paths exist.
 mod docs;
 
@@ -49,3 +52,9 @@ mod supervision;
 
 /// Heartbeats only repeat a value the device still confirms.
 mod heartbeats;
+
+/// The live view: /api/live, the page in headless Chromium, `tagbridge watch` in tmux.
+mod live_view;
+
+/// Quality readings: off is the seed format byte for byte; on, one bad reading per gap.
+mod quality;
