@@ -182,6 +182,16 @@ impl QualityState {
         lost
     }
 
+    /// Tags of the tag map.
+    pub fn len(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// No tags.
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+
     /// Whether `tag` is in a gap now.
     pub fn is_bad(&self, tag: usize) -> bool {
         self.tags.get(tag).is_some_and(|t| t.bad)
@@ -318,7 +328,10 @@ mod tests {
         assert!(q.lost(0, at(1), "no answer", &mut out));
         m.forget(0);
         let mut beats = Vec::new();
-        m.heartbeats(at(30), &mut beats);
+        m.event(
+            &crate::sample::SourceEvent::Confirmed { at: at(30) },
+            &mut beats,
+        );
         assert!(
             beats.is_empty(),
             "a heartbeat repeated a value of before the gap: {beats:?}"

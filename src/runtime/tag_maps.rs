@@ -50,6 +50,8 @@ pub struct TagMaps {
     live: Option<Arc<LiveView>>,
     /// Quality readings on (gateway.yaml `quality: true`).
     quality: bool,
+    /// Watches the mapping tasks: a panic stops the gateway.
+    supervisor: Option<super::supervise::Supervisor>,
 }
 
 impl TagMaps {
@@ -71,6 +73,7 @@ impl TagMaps {
             modbus,
             live: None,
             quality: false,
+            supervisor: None,
         }
     }
 
@@ -81,6 +84,12 @@ impl TagMaps {
     }
 
     /// Feeds the live view from every tag map started from now on.
+    /// Mapping tasks are spawned under `supervisor`.
+    pub fn with_supervisor(mut self, supervisor: super::supervise::Supervisor) -> Self {
+        self.supervisor = Some(supervisor);
+        self
+    }
+
     pub fn with_live(mut self, live: Option<Arc<LiveView>>) -> Self {
         self.live = live;
         self
@@ -177,7 +186,11 @@ impl TagMaps {
                 source: counters,
             });
         }
-        self.tracker.spawn(map_task(
+        let supervisor = self.supervisor.clone();
+        let source_cancel = cancel.clone();
+        let has_tags = !plan.tags.is_empty();
+        let path = plan.path.display().to_string();
+        let task = map_task(
             name,
             Mapper::new(plan),
             rx,
@@ -189,7 +202,23 @@ impl TagMaps {
                 quality: QualityState::new(plan),
                 connected,
             },
-        ));
+        );
+        // An adapter that drops its sender without being told to has died (a panic in one
+        // of its tasks): the gateway must not run on without it.
+        let task = async move {
+            task.await;
+            if has_tags && !source_cancel.is_cancelled() {
+                if let Some(supervisor) = supervisor {
+                    supervisor.fail("source", &format!("the source of {path} stopped by itself"));
+                }
+            }
+        };
+        match &self.supervisor {
+            Some(supervisor) => supervisor.spawn(&self.tracker, "mapping", task),
+            None => {
+                self.tracker.spawn(task);
+            }
+        }
         self.running
             .insert(plan.path.clone(), Running { cancel, content });
     }

@@ -16,6 +16,9 @@ mod eventhub_sink;
 /// deploy/: the systemd unit and the install script.
 mod deploy;
 
+/// The Debian package, installed, upgraded, removed and purged in a throwaway root.
+mod deb;
+
 /// README, ARCHITECTURE.md and docs/: links resolve, named paths exist.
 mod docs;
 
@@ -45,3 +48,10 @@ mod live_view;
 
 /// Quality readings: off is the seed format byte for byte; on, one bad reading per gap.
 mod quality;
+
+/// No reading twice: OPC UA server restart, tag-map reload, graceful restart and kill -9 of
+/// the gateway binary, counted at the hub.
+mod duplicates;
+
+/// A panicking component stops the whole gateway (exit non-zero) and loses nothing spooled.
+mod supervision;
