@@ -327,6 +327,7 @@ mod tests {
         let mut out = Vec::new();
         assert!(q.lost(0, at(1), "no answer", &mut out));
         m.forget(0);
+        // Even a confirmation from the source brings no heartbeat of the value before the gap.
         let mut beats = Vec::new();
         m.event(
             &crate::sample::SourceEvent::Confirmed { at: at(30) },

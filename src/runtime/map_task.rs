@@ -1,9 +1,7 @@
 //! The mapping task of one tag map: receives its adapter's sample batches, maps them to
-//! readings (heartbeats come with the source's confirmations), and hands the readings to the
-//! output. It ends when the adapter drops its sender, after adding its counters to the run's totals.
-//!
-//! With quality on (docs/quality.md), a source's `Lost` event becomes one bad reading per tag,
-//! and a tick finds polled tags that went silent without an event.
+//! readings (heartbeats come with the source's confirmations), feeds the live view and quality
+//! readings when they are on, and hands the readings to the output. It ends when the adapter
+//! drops its sender, after adding its counters to the run's totals.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +11,7 @@ use tokio::sync::mpsc;
 use crate::mapping::quality::QualityState;
 use crate::mapping::{Mapper, MappingCounters};
 use crate::reading::Reading;
-use crate::sample::{Item, SampleBatch, Scope, SourceEvent};
+use crate::sample::{Item, SampleBatch, SourceEvent};
 use crate::telemetry::live::LiveMap;
 
 use super::delivery::TaggedReadings;
@@ -21,7 +19,8 @@ use super::status::MapStats;
 
 /// Sample batches queued per tag map before its adapter waits.
 pub(crate) const SAMPLE_QUEUE: usize = 64;
-/// With quality on: how often silent tags and lost sessions are looked for.
+/// How often quality looks for polled tags that went silent (a dead device sends no event,
+/// only nothing).
 const QUALITY_TICK: Duration = Duration::from_millis(500);
 
 /// What a mapping task feeds and watches besides its readings.
@@ -43,23 +42,23 @@ pub(crate) async fn map_task(
     stats: Arc<MapStats>,
     mut watch: Watch,
 ) {
-    let plain = watch.live.is_none() && watch.quality.is_none();
     let mut tick = tokio::time::interval(QUALITY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let plain = watch.live.is_none() && watch.quality.is_none();
     loop {
         let mut out: Vec<Reading> = Vec::new();
         tokio::select! {
             batch = samples.recv() => {
-                // None: the adapter has stopped, nothing more will come.
+                // The adapter has stopped: nothing more will come.
                 let Some(batch) = batch else { break };
                 super::supervise::fault_point("mapping");
                 if plain {
                     mapper.apply(&batch, &mut out);
                 } else {
-                    items(&batch, &mut mapper, &mut watch, &mut out);
+                    observe(&mut mapper, &mut watch, &batch, &mut out);
                 }
             }
-            // Only with quality on: polled tags that went silent, sessions that went down.
+            // Only with quality on: silence is a loss too.
             _ = tick.tick(), if watch.quality.is_some() => {
                 if let Some(q) = &mut watch.quality {
                     let now = chrono::Utc::now();
@@ -88,9 +87,10 @@ pub(crate) async fn map_task(
     }
 }
 
-/// One batch with the live view and/or quality on: a few relaxed atomic stores per sample for
-/// the live view (no lock), and the source's `Lost` events turned into bad readings.
-fn items(batch: &SampleBatch, mapper: &mut Mapper, watch: &mut Watch, out: &mut Vec<Reading>) {
+/// One batch with the live view and/or quality on: the live view gets a few relaxed atomic
+/// stores per sample (no lock); quality learns which tags answer and turns the source's "lost"
+/// events into one bad reading per tag and gap.
+fn observe(mapper: &mut Mapper, watch: &mut Watch, batch: &SampleBatch, out: &mut Vec<Reading>) {
     let now = Instant::now();
     let now_ms = chrono::Utc::now().timestamp_millis();
     for item in batch.items() {
@@ -114,33 +114,28 @@ fn items(batch: &SampleBatch, mapper: &mut Mapper, watch: &mut Watch, out: &mut 
             }
             Item::Event(event) => {
                 mapper.event(event, out);
-                if let SourceEvent::Lost { scope, at, cause } = event {
-                    let cause = cause.to_string();
-                    let tags = match scope {
-                        Scope::Source => 0..mapper_len(watch),
-                        Scope::Tag(i) => *i..i.saturating_add(1),
-                    };
-                    for tag in tags {
-                        if let Some(q) = &mut watch.quality {
-                            if q.lost(tag, *at, &cause, out) {
-                                mapper.forget(tag);
-                            }
+                let (Some(q), SourceEvent::Lost { scope, at, cause }) = (&mut watch.quality, event)
+                else {
+                    continue;
+                };
+                let cause = cause.to_string();
+                let tags = match scope {
+                    crate::sample::Scope::Source => q.lost_all(*at, &cause, out),
+                    crate::sample::Scope::Tag(tag) => {
+                        if q.lost(*tag, *at, &cause, out) {
+                            vec![*tag]
+                        } else {
+                            Vec::new()
                         }
-                        if let Some(live) = &watch.live {
-                            live.bad(tag, &cause);
-                        }
+                    }
+                };
+                for tag in tags {
+                    mapper.forget(tag);
+                    if let Some(live) = &watch.live {
+                        live.bad(tag, &cause);
                     }
                 }
             }
         }
-    }
-}
-
-/// Tags of the tag map, as the watchers know them.
-fn mapper_len(watch: &Watch) -> usize {
-    match (&watch.live, &watch.quality) {
-        (Some(live), _) => live.tags.len(),
-        (None, Some(q)) => q.len(),
-        (None, None) => 0,
     }
 }

@@ -158,8 +158,8 @@ pub async fn run(
         status.modbus.clone(),
     )
     .with_live(live.clone())
-    .with_quality(options.quality)
-    .with_supervisor(supervisor.clone());
+    .with_supervisor(supervisor.clone())
+    .with_quality(options.quality);
     maps.apply(plans);
     let started = maps.len();
     if maps.is_empty() && options.reload.is_none() {

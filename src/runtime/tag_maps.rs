@@ -48,10 +48,10 @@ pub struct TagMaps {
     modbus: crate::source::modbus::ModbusStats,
     /// The live view, when served.
     live: Option<Arc<LiveView>>,
-    /// Quality readings on (gateway.yaml `quality: true`).
-    quality: bool,
     /// Watches the mapping tasks: a panic stops the gateway.
     supervisor: Option<super::supervise::Supervisor>,
+    /// Quality readings on (gateway.yaml `quality: true`).
+    quality: bool,
 }
 
 impl TagMaps {
@@ -72,8 +72,8 @@ impl TagMaps {
             status,
             modbus,
             live: None,
-            quality: false,
             supervisor: None,
+            quality: false,
         }
     }
 
@@ -83,13 +83,13 @@ impl TagMaps {
         self
     }
 
-    /// Feeds the live view from every tag map started from now on.
     /// Mapping tasks are spawned under `supervisor`.
     pub fn with_supervisor(mut self, supervisor: super::supervise::Supervisor) -> Self {
         self.supervisor = Some(supervisor);
         self
     }
 
+    /// Feeds the live view from every tag map started from now on.
     pub fn with_live(mut self, live: Option<Arc<LiveView>>) -> Self {
         self.live = live;
         self

@@ -43,15 +43,15 @@ mod spool;
 /// Operations: /metrics and /readyz during a run; live reload of tag maps.
 mod operations;
 
-/// The live view: /api/live, the page in headless Chromium, `tagbridge watch` in tmux.
-mod live_view;
-
-/// Quality readings: off is the seed format byte for byte; on, one bad reading per gap.
-mod quality;
-
 /// No reading twice: OPC UA server restart, tag-map reload, graceful restart and kill -9 of
 /// the gateway binary, counted at the hub.
 mod duplicates;
 
 /// A panicking component stops the whole gateway (exit non-zero) and loses nothing spooled.
 mod supervision;
+
+/// The live view: /api/live, the page in headless Chromium, `tagbridge watch` in tmux.
+mod live_view;
+
+/// Quality readings: off is the seed format byte for byte; on, one bad reading per gap.
+mod quality;
