@@ -36,6 +36,12 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The highest sequence number the spool hands out. Numbering starts at 1 and goes up by one a
+/// record (plus a reserved block a restart); at a million records a second it takes over
+/// 100 000 years to get here. A file name or ack value above it was not written by the spool
+/// (a stray or hostile file): it is refused rather than let the numbering wrap.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// `TBSPOOL1`: the first bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TBSPOOL1";
 /// Magic + first sequence number.

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use super::format::{
     self, decode_record, encode_ack, encode_record, now_ms, parse_segment_name, peek_header,
-    segment_header, segment_path, AckState, Decoded, MAX_RECORD, RECORD_HEADER, SEGMENT_HEADER,
+    segment_header, segment_path, AckState, Decoded, MAX_RECORD, MAX_SEQ, RECORD_HEADER,
+    SEGMENT_HEADER,
 };
 use super::status::SpoolStatus;
 use super::{
@@ -126,6 +127,8 @@ pub struct Spool {
     /// offset, append time).
     oldest_cache: Option<(u64, u64, u64, u64)>,
     buf: Vec<u8>,
+    /// Files set aside at open (see [`quarantine`]).
+    quarantined: u64,
     /// Test hook: every write fails with this error (a full disk).
     #[cfg(test)]
     pub(crate) fail_writes: Option<io::ErrorKind>,
@@ -157,6 +160,7 @@ impl Spool {
             Err(fs::TryLockError::Error(e)) => return Err(SpoolError::io("lock", &lock_path)(e)),
         }
         let mut report = RecoveryReport::default();
+        let mut quarantined = 0;
         let mut firsts = BTreeSet::new();
         for entry in fs::read_dir(&dir).map_err(SpoolError::io("list", &dir))? {
             let entry = entry.map_err(SpoolError::io("list", &dir))?;
@@ -165,8 +169,16 @@ impl Spool {
             if name.ends_with(".tmp") {
                 // Left by a crash between writing and renaming; the rename never happened.
                 let _ = fs::remove_file(entry.path());
+            } else if name.ends_with(QUARANTINED) {
+                quarantined += 1;
             } else if let Some(first) = parse_segment_name(&name) {
-                firsts.insert(first);
+                if first <= MAX_SEQ {
+                    firsts.insert(first);
+                } else {
+                    let why = format!("names sequence number {first}, beyond {MAX_SEQ}");
+                    quarantine(&entry.path(), &why, &mut report)?;
+                    quarantined += 1;
+                }
             }
         }
         let ack_path = dir.join("ack");
@@ -188,6 +200,19 @@ impl Spool {
                 AckState::default()
             }
         };
+        if !ack_in_range(&state) {
+            let why = format!(
+                "acknowledged up to {} and reserved up to {}, beyond {MAX_SEQ}; every record on \
+                 disk will be sent again",
+                state.acked, state.reserved
+            );
+            quarantine(&ack_path, &why, &mut report)?;
+            quarantined += 1;
+            state = AckState {
+                dropped: state.dropped,
+                ..AckState::default()
+            };
+        }
 
         let mut segments = VecDeque::new();
         while let Some(first) = firsts.pop_first() {
@@ -219,7 +244,7 @@ impl Spool {
             oldest_ms: 0,
             newest_ms: 0,
         });
-        state.reserved = next_seq + RESERVE_BLOCK;
+        state.reserved = next_seq.saturating_add(RESERVE_BLOCK);
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
         let mut spool = Spool {
             dir,
@@ -240,6 +265,7 @@ impl Spool {
             last_sync: Instant::now(),
             oldest_cache: None,
             buf: Vec::new(),
+            quarantined,
             #[cfg(test)]
             fail_writes: None,
             #[cfg(test)]
@@ -854,6 +880,7 @@ impl Spool {
             segments: self.segments.len(),
             acked,
             next_seq: self.next_seq,
+            quarantined: self.quarantined,
         }
     }
 }
@@ -867,6 +894,36 @@ impl Drop for Spool {
             let _ = self.write_ack(false);
         }
     }
+}
+
+/// Suffix of a file set aside by [`quarantine`].
+pub(crate) const QUARANTINED: &str = ".quarantined";
+
+/// Whether an ack state is one the spool could have written (see [`MAX_SEQ`]).
+pub(crate) fn ack_in_range(state: &AckState) -> bool {
+    state.acked <= MAX_SEQ && state.reserved <= MAX_SEQ.saturating_add(RESERVE_BLOCK)
+}
+
+/// Sets aside a file the spool could not have written, renaming it `<name>.quarantined` (kept
+/// for whoever investigates, never read again), and says so loudly: an error log and a problem
+/// in the report; [`SpoolStatus::quarantined`] counts such files.
+fn quarantine(path: &Path, why: &str, report: &mut RecoveryReport) -> Result<(), SpoolError> {
+    let mut target = path.as_os_str().to_owned();
+    target.push(QUARANTINED);
+    let target = PathBuf::from(target);
+    fs::rename(path, &target).map_err(SpoolError::io("rename", path))?;
+    tracing::error!(
+        message = "Spool file quarantined: the spool could not have written it.",
+        file = %path.display(),
+        moved_to = %target.display(),
+        reason = %why
+    );
+    report.problems.push(format!(
+        "{}: {why}; quarantined as {}",
+        path.display(),
+        target.display()
+    ));
+    Ok(())
 }
 
 /// Creates a segment file holding only its header.

@@ -525,3 +525,70 @@ proptest! {
         prop_assert!(kept.windows(2).all(|w| w[0].0 < w[1].0));
     }
 }
+
+#[test]
+fn a_segment_named_near_u64_max_is_quarantined_not_a_wrap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(1 << 20, 1 << 16);
+    let (mut s, _) = open(tmp.path(), &cfg);
+    s.append(&recs(0..3));
+    drop(s);
+    // Not something the spool could have written: numbering would wrap at the next record.
+    let hostile = tmp.path().join(format!("{:020}.seg", u64::MAX));
+    fs::write(&hostile, format::segment_header(u64::MAX)).unwrap();
+    let (mut s, report) = open(tmp.path(), &cfg);
+    assert!(report.next_seq < 1 << 40, "{report:?}");
+    assert!(
+        report.problems.iter().any(|p| p.contains("quarantined")),
+        "{:?}",
+        report.problems
+    );
+    assert!(!hostile.exists());
+    assert!(tmp
+        .path()
+        .join(format!("{:020}.seg.quarantined", u64::MAX))
+        .exists());
+    s.append(&recs(3..6));
+    let got = payloads(&s.read(100).unwrap());
+    let expect: Vec<String> = (0..6).map(|i| format!("reading-{i}")).collect();
+    assert_eq!(got, expect);
+    assert_eq!(s.status().quarantined, 1);
+    drop(s);
+    let (mut s, _) = open(tmp.path(), &cfg);
+    assert_eq!(payloads(&s.read(100).unwrap()), expect);
+    assert_eq!(crate::spool::inspect(tmp.path()).unwrap().depth, 6);
+}
+
+#[test]
+fn an_ack_value_near_u64_max_is_refused_and_everything_replayed() {
+    let cfg = config(1 << 20, 1 << 16);
+    for acked in [u64::MAX, u64::MAX - 3, format::MAX_SEQ + 1] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(tmp.path(), &cfg);
+        s.append(&recs(0..4));
+        drop(s);
+        let state = AckState {
+            acked,
+            reserved: 10,
+            dropped: 7,
+        };
+        fs::write(tmp.path().join("ack"), format::encode_ack(&state)).unwrap();
+        let st = crate::spool::inspect(tmp.path()).unwrap();
+        assert_eq!(st.depth, 4, "{st:?}");
+        assert_eq!(st.quarantined, 1, "{st:?}");
+        let (mut s, report) = open(tmp.path(), &cfg);
+        assert!(
+            report.problems.iter().any(|p| p.contains("quarantined")),
+            "{:?}",
+            report.problems
+        );
+        assert!(report.next_seq < 1 << 40, "{report:?}");
+        assert_eq!(s.dropped(), 7);
+        assert_eq!(s.read(10).unwrap().len(), 4);
+        s.append(&recs(10..11));
+        assert_eq!(s.read(10).unwrap().len(), 1);
+        drop(s);
+        let (mut s, _) = open(tmp.path(), &cfg);
+        assert_eq!(s.read(10).unwrap().len(), 5);
+    }
+}
