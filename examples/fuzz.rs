@@ -51,6 +51,18 @@ const TARGETS: &[Target] = &[
         seeds: &["examples/gateway.yaml", "tests/fixtures/gateway-broken"],
         yaml: true,
     },
+    Target {
+        name: "modbus_response",
+        run: tagbridge::source::modbus::fuzz::response,
+        seeds: &["tests/fixtures/modbus-answers"],
+        yaml: false,
+    },
+    Target {
+        name: "hub_amqp",
+        run: tagbridge::sim::hub::amqp::fuzz_opening,
+        seeds: &[],
+        yaml: false,
+    },
 ];
 
 struct Options {

@@ -49,6 +49,7 @@ fn browse_to_file(args: &BrowseArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let found = runtime
         .block_on(browse::browse_server(&plan, &root, args.depth))
+        .map_err(|e| e.for_flags())
         .with_context(|| format!("cannot browse {}", args.endpoint))?;
     if found.is_empty() {
         bail!(

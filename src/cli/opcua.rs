@@ -120,7 +120,8 @@ pub fn run(command: OpcUaCommand) -> ExitCode {
 }
 
 fn trust(args: &TrustArgs) -> anyhow::Result<()> {
-    let plan = if args.target.starts_with("opc.tcp://") {
+    let by_url = args.target.starts_with("opc.tcp://");
+    let plan = if by_url {
         args.conn.plan(&args.target)?
     } else {
         let plans = match crate::mapping::load_all(&[PathBuf::from(&args.target)]) {
@@ -138,6 +139,7 @@ fn trust(args: &TrustArgs) -> anyhow::Result<()> {
             &plan,
             args.thumbprint.as_deref(),
         ))
+        .map_err(|e| if by_url { e.for_flags() } else { e })
         .with_context(|| format!("cannot trust {}", plan.endpoint))?;
     println!(
         "trusted {}\n  subject:    {}\n  thumbprint: {}\n  file:       {}",

@@ -95,6 +95,9 @@ fn print_live(addr: SocketAddr, readyz: &str, metrics: &str) -> bool {
             per("tagbridge_readings_total"),
             per("tagbridge_readings_suppressed_total"),
         );
+        if let Some(reason) = detail["detail"]["sources"]["reasons"][map.as_str()].as_str() {
+            println!("  why not connected: {reason}");
+        }
     }
     println!();
     ready

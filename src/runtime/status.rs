@@ -93,11 +93,16 @@ impl GatewayStatus {
         // One read of each source's state: a map is in exactly one of the two lists.
         let mut connected: Vec<&str> = Vec::new();
         let mut disconnected: Vec<&str> = Vec::new();
+        // Why each disconnected source is down, with the next step, where it says.
+        let mut reasons = serde_json::Map::new();
         for m in &maps {
             if m.source.connected() {
                 connected.push(&m.name);
             } else {
                 disconnected.push(&m.name);
+                if let Some(reason) = m.source.reason() {
+                    reasons.insert(m.name.to_string(), reason.into());
+                }
             }
         }
         let sources_ok = !connected.is_empty();
@@ -111,7 +116,7 @@ impl GatewayStatus {
         (
             sources_ok && sink_ok,
             serde_json::json!({
-                "sources": {"ok": sources_ok, "running": running, "connected": connected, "disconnected": disconnected},
+                "sources": {"ok": sources_ok, "running": running, "connected": connected, "disconnected": disconnected, "reasons": reasons},
                 "sink": {"ok": sink_ok, "state": sink_detail},
             }),
         )

@@ -36,6 +36,14 @@ impl SourceCounters {
             SourceCounters::OpcUa(c) => c.connected.load(Relaxed),
         }
     }
+
+    /// Why the adapter is not connected, with the next step, when it says.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            SourceCounters::Modbus(_) => None,
+            SourceCounters::OpcUa(c) => c.reason(),
+        }
+    }
 }
 
 /// Starts the adapter for one tag map. It sends sample batches on `tx` (waiting when the

@@ -12,7 +12,14 @@ use crate::config::gateway::LogFormat;
 /// Installs the global subscriber. `RUST_LOG` overrides `level` when set. Calling it twice is
 /// harmless (the second call does nothing), which keeps tests that start a gateway simple.
 pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // The OPC UA library's own lines only at debug: the source reports what matters.
+        let quiet = crate::source::opcua::library_log_directives(level);
+        quiet
+            .iter()
+            .filter_map(|d| d.parse().ok())
+            .fold(EnvFilter::new(level), |f, d| f.add_directive(d))
+    });
     // Colour only for a person at a terminal: a log file or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

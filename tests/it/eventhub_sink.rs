@@ -806,3 +806,128 @@ mod pressure {
         hub.shutdown().await;
     }
 }
+
+/// The real binary: a rotated key in the secret file is picked up on SIGHUP, without a restart
+/// and without waiting out the backoff; SIGTERM with the hub down ends within the grace period
+/// and says how many readings stay in the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_uses_a_rotated_key_and_sigterm_with_the_hub_down_is_prompt() {
+    use std::time::{Duration, Instant};
+    use tagbridge::sim::hub::{Hub, HubConfig};
+    use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
+    const KEY: &str = "cm90YXRlZC1rZXktZm9yLXRoZS1zaWdodXAtdGVzdA==";
+    let plc = Plc::start(PlcConfig {
+        modbus: Some(ModbusConfig {
+            listen: Some("127.0.0.1:0".into()),
+            points: super::support::chain::points(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("PLC");
+    let modbus = plc.modbus_addr().expect("modbus");
+    let hub = Hub::start(HubConfig {
+        keys: vec![("send".into(), KEY.into())],
+        ..Default::default()
+    })
+    .await
+    .expect("emulator starts");
+    let dir = tempfile::tempdir().unwrap();
+    let maps = dir.path().join("maps");
+    std::fs::create_dir(&maps).unwrap();
+    std::fs::write(
+        maps.join("line.yaml"),
+        format!(
+            "source:\n  modbus: {{tcp: \"{modbus}\", unit: 1}}\ndefaults: {{interval: 50ms}}\n\
+             tags:\n  - {{sensor_id: line:counter, table: holding_register, address: 0, type: uint32}}\n"
+        ),
+    )
+    .unwrap();
+    let secret = dir.path().join("hub.secret");
+    let cs = |key: &str| {
+        format!(
+            "Endpoint=sb://localhost:{}/;SharedAccessKeyName=send;SharedAccessKey={key};EntityPath={}",
+            hub.amqps_addr().port(),
+            hub.hub()
+        )
+    };
+    std::fs::write(&secret, cs("d3Jvbmcta2V5LXJldm9rZWQtbG9uZy1hZ28tLS0=")).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        format!(
+            "tag_maps: maps\nsink:\n  eventhub:\n    connection_string_file: hub.secret\n    ca_file: {}\ntelemetry:\n  metrics: \"off\"\n",
+            hub.ca_cert_path().display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("gateway.log");
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagbridge"))
+        .args(["run", "-c"])
+        .arg(dir.path().join("gateway.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tagbridge run");
+    let pid = gateway.id().expect("pid").to_string();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Five refusals: the next attempt is 6 s or more away.
+    assert!(
+        super::support::wait_until(Duration::from_secs(40), || hub.stats().auth_failures >= 5)
+            .await,
+        "the wrong key was not refused five times:\n{}",
+        read_log()
+    );
+    assert_eq!(hub.stats().events, 0);
+    std::fs::write(&secret, cs(KEY)).unwrap();
+    let asked = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status();
+    assert!(
+        super::support::wait_until(Duration::from_secs(20), || hub.stats().events >= 3).await,
+        "nothing delivered after SIGHUP:\n{}",
+        read_log()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "the rotated key waited {:?}",
+        asked.elapsed()
+    );
+    let text = read_log();
+    assert!(
+        text.contains("A new event hub credential is in use."),
+        "{text}"
+    );
+    assert!(
+        !text.contains(KEY) && !text.contains(&KEY[..12]),
+        "the key is in the log"
+    );
+    assert!(
+        gateway.try_wait().unwrap().is_none(),
+        "the gateway restarted or died"
+    );
+    // The hub goes down; SIGTERM: the gateway ends within its grace period (10 s) and says what
+    // stays spooled.
+    hub.faults().down_for(Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(30), gateway.wait())
+        .await
+        .expect("the gateway stops")
+        .unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(13),
+        "SIGTERM with the hub down took {:?}:\n{}",
+        stopping.elapsed(),
+        read_log()
+    );
+    assert!(status.success(), "{status:?}\n{}", read_log());
+    assert!(read_log().contains("left_in_spool="), "{}", read_log());
+    hub.shutdown().await;
+    plc.shutdown().await;
+}

@@ -652,6 +652,11 @@ struct AsyncuaServer {
 }
 
 async fn asyncua_server(secure: Option<&Path>) -> AsyncuaServer {
+    asyncua_server_with(secure, &[]).await
+}
+
+/// Like [`asyncua_server`], with extra arguments for the script.
+async fn asyncua_server_with(secure: Option<&Path>, extra: &[&str]) -> AsyncuaServer {
     use tokio::io::AsyncBufReadExt;
     let python = tokio::task::spawn_blocking(python::python).await.unwrap();
     let mut command = tokio::process::Command::new(python);
@@ -659,6 +664,7 @@ async fn asyncua_server(secure: Option<&Path>) -> AsyncuaServer {
     if let Some(dir) = secure {
         command.arg("--secure").arg(dir);
     }
+    command.args(extra);
     let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -1076,19 +1082,443 @@ async fn trust_on_first_use_trusts_and_a_wrong_password_is_refused() {
         .count();
     assert_eq!(trusted, 1);
     run.stop().await;
-    // A wrong password: refused and counted, nothing sent, nothing crashes.
+    // A wrong password: refused, counted and explained (the simulator answers
+    // BadIdentityTokenRejected), nothing sent, nothing crashes.
     std::fs::write(dir.path().join("password"), "wrong\n").unwrap();
     let run = Running::start(tag_map(dir.path(), &yaml));
     assert!(
         support::wait_until(DEADLINE, || OpcUaCounters::get(
             &run.counters.connect_failures
-        ) >= 2)
+        ) >= 1
+            && run
+                .counters
+                .reason()
+                .is_some_and(|r| r.contains("refused the login of user `operator`")))
         .await,
-        "{}",
-        run.explain()
+        "{}\nreason: {:?}",
+        run.explain(),
+        run.counters.reason()
     );
     assert!(run.samples.lock().unwrap().is_empty());
     assert!(!run.counters.connected.load(Ordering::Relaxed));
     run.stop().await;
     plc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enumeration_defined_only_by_its_definition_arrives_as_names() {
+    // asyncua's new_enum: names only in the DataTypeDefinition (OPC UA 1.04), no EnumStrings.
+    // Also a node named by its namespace URI (`nsu=`) instead of an index.
+    let server = asyncua_server(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "source:\n  opcua: {{endpoint: \"{}\", security_policy: none, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: state, node: \"ns={};s=Plant/State\"}}\n  - {{sensor_id: by_uri, node: \"nsu=urn:tagbridge:test:asyncua;s=Plant/Double\"}}\n",
+        server.endpoint,
+        pki(dir.path()),
+        server.ns
+    );
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    let ok = support::wait_until(DEADLINE, || {
+        !run.of("state").is_empty() && !run.of("by_uri").is_empty()
+    })
+    .await;
+    assert!(ok, "no reading of the enumeration\n{}", run.explain());
+    assert_eq!(
+        run.of("state")[0].value,
+        RawValue::Text("Fault".into()),
+        "{}",
+        run.explain()
+    );
+    assert_eq!(run.of("by_uri")[0].value, RawValue::Float(3.25));
+    run.stop().await;
+}
+
+/// A simulator with a counter, offering only Basic256Sha256 + SignAndEncrypt and a password
+/// user, its certificate store in `dir/server-pki`.
+async fn secure_counter_sim(dir: &Path, counter: &Signal) -> PlcHandle {
+    start_sim(OpcUaConfig {
+        security: vec![OpcUaSecurity::Basic256Sha256SignAndEncrypt],
+        anonymous: false,
+        users: vec![OpcUaUser {
+            username: "operator".into(),
+            password: "s3cret-pw".into(),
+        }],
+        pki_dir: Some(dir.join("server-pki")),
+        variables: vec![
+            var(
+                "S/Value",
+                OpcUaType::Double,
+                constant(SignalValue::Float(7.25)),
+            ),
+            var("S/Counter", OpcUaType::Int64, counter.clone()),
+        ],
+        ..Default::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_renewed_while_running_is_refused_then_trusted_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = Signal::Counter {
+        start: 0,
+        step: 1,
+        wrap: None,
+        update: Some(tagbridge::config::duration::HumanDuration(
+            Duration::from_millis(200),
+        )),
+    };
+    let plc = secure_counter_sim(dir.path(), &counter).await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    let yaml = secure_yaml(dir.path(), &endpoint).replace(
+        "tags:\n",
+        "defaults: {interval: 50ms}\ntags:\n  - {sensor_id: counter, node: \"ns=2;s=S/Counter\"}\n",
+    );
+    let plan = tag_map(dir.path(), &yaml);
+    let source = opcua_plan(&plan).clone();
+    let first = opcua::connect::trust_server(&source, None)
+        .await
+        .expect("trust");
+    let run = Running::start(plan);
+    assert!(
+        support::wait_until(DEADLINE, || run.of("counter").len() >= 3).await,
+        "no readings before the renewal\n{}",
+        run.explain()
+    );
+    // The server gets a new certificate and restarts.
+    let server_pki = dir.path().join("server-pki");
+    std::fs::remove_file(server_pki.join("own/cert.der")).unwrap();
+    std::fs::remove_file(server_pki.join("private/private.pem")).unwrap();
+    plc.faults().restart_opcua().await.expect("restart");
+    // Refused with the documented message, the new certificate in rejected/.
+    let refused = support::wait_until(DEADLINE, || {
+        run.counters
+            .reason()
+            .is_some_and(|r| r.contains("is not trusted"))
+    })
+    .await;
+    let reason = run.counters.reason().unwrap_or_default();
+    assert!(
+        refused,
+        "the new certificate was not refused\n{}\nreason: {reason}",
+        run.explain()
+    );
+    let rejected: Vec<_> = std::fs::read_dir(dir.path().join("pki/rejected"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    for needle in [
+        "mv '".to_string(),
+        rejected[0].display().to_string(),
+        "tagbridge opcua trust".to_string(),
+    ] {
+        assert!(
+            reason.contains(&needle),
+            "reason lacks `{needle}`: {reason}"
+        );
+    }
+    assert!(!run.counters.connected.load(Ordering::Relaxed));
+    // The operator trusts it; the same source connects again.
+    let second = opcua::connect::trust_server(&source, None)
+        .await
+        .expect("trust the renewed certificate");
+    assert_ne!(first.thumbprint, second.thumbprint);
+    let trusted_at = Utc::now();
+    let resumed = support::wait_until(DEADLINE, || {
+        run.of("counter")
+            .iter()
+            .filter(|s| s.timestamp > trusted_at)
+            .count()
+            >= 3
+    })
+    .await;
+    assert!(
+        resumed,
+        "readings did not resume once the new certificate was trusted\n{}\nreason: {:?}",
+        run.explain(),
+        run.counters.reason()
+    );
+    assert_eq!(run.counters.reason(), None);
+    // No reading lost or invented: every value is the counter's at its timestamp, and after
+    // the reconnect every counter step is there.
+    let counts: Vec<i64> = run
+        .of("counter")
+        .iter()
+        .map(|s| {
+            let held = counter.value_at(held_at(&plc, s.timestamp)).as_i64();
+            assert_eq!(s.value, RawValue::Int(held), "at {}", s.timestamp);
+            held
+        })
+        .collect();
+    let after: Vec<i64> = run
+        .of("counter")
+        .iter()
+        .filter(|s| s.timestamp > trusted_at)
+        .map(|s| match s.value {
+            RawValue::Int(n) => n,
+            ref v => panic!("{v:?}"),
+        })
+        .collect();
+    assert!(
+        after.windows(2).all(|w| w[1] == w[0] + 1),
+        "a step was lost after the reconnect: {after:?} (all: {counts:?})"
+    );
+    run.stop().await;
+    plc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_and_run_report_a_refused_password_at_once_and_back_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = asyncua_server_with(Some(dir.path()), &["--user=operator:s3cret-pw"]).await;
+    let endpoint = server.endpoint.clone();
+    std::fs::write(dir.path().join("password"), "wrong\n").unwrap();
+    let yaml = format!(
+        "source:\n  opcua: {{endpoint: \"{endpoint}\", security_policy: aes128_sha256_rsaoaep, user: {{username: {{username: operator, password_file: \"{}\"}}}}, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: d, node: \"ns={};s=Plant/Double\"}}\n",
+        dir.path().join("password").display(),
+        pki(dir.path()),
+        server.ns
+    );
+    let plan = tag_map(dir.path(), &yaml);
+    opcua::connect::trust_server(opcua_plan(&plan), None)
+        .await
+        .expect("trust");
+    // browse: the server's answer, at once (it used to wait 30 s), with the next step.
+    let started = std::time::Instant::now();
+    let out = cli(vec![
+        "browse".into(),
+        endpoint.clone(),
+        "--security".into(),
+        "aes128_sha256_rsaoaep".into(),
+        "--user".into(),
+        "operator".into(),
+        "--password-file".into(),
+        dir.path().join("password").display().to_string(),
+        "--pki-dir".into(),
+        pki(dir.path()),
+    ])
+    .await;
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in [
+        "BadUserAccessDenied",
+        "user `operator`",
+        "check the user name and the password",
+    ] {
+        assert!(stderr.contains(needle), "browse lacks `{needle}`: {stderr}");
+    }
+    assert!(
+        took < Duration::from_secs(20),
+        "browse took {took:?}: {stderr}"
+    );
+    // run: the reason, with the user and the back-off, for /readyz and status.
+    let run = Running::start(plan);
+    let said = support::wait_until(DEADLINE, || {
+        run.counters
+            .reason()
+            .is_some_and(|r| r.contains("BadUserAccessDenied"))
+    })
+    .await;
+    let reason = run.counters.reason().unwrap_or_default();
+    assert!(said, "no reason\n{}", run.explain());
+    for needle in [
+        "user `operator`",
+        "password from file",
+        "Retried only every 60 s, so that the server does not lock the account",
+    ] {
+        assert!(reason.contains(needle), "reason lacks `{needle}`: {reason}");
+    }
+    // Backing off: no second attempt for a minute.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        OpcUaCounters::get(&run.counters.connect_failures),
+        1,
+        "{}",
+        run.explain()
+    );
+    assert!(run.samples.lock().unwrap().is_empty());
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_and_run_report_a_refused_gateway_certificate_with_the_file_to_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = asyncua_server_with(Some(dir.path()), &["--reject-clients"]).await;
+    let yaml = format!(
+        "source:\n  opcua: {{endpoint: \"{}\", security_policy: aes128_sha256_rsaoaep, publishing_interval: 100ms, pki_dir: \"{}\"}}\ntags:\n  - {{sensor_id: d, node: \"ns={};s=Plant/Double\"}}\n",
+        server.endpoint,
+        pki(dir.path()),
+        server.ns
+    );
+    let plan = tag_map(dir.path(), &yaml);
+    opcua::connect::trust_server(opcua_plan(&plan), None)
+        .await
+        .expect("trust the server");
+    let (own, thumbprint) = opcua::connect::own_certificate(opcua_plan(&plan));
+    let thumbprint = thumbprint.expect("the gateway's certificate exists");
+    let out = cli(vec![
+        "browse".into(),
+        server.endpoint.clone(),
+        "--security".into(),
+        "aes128_sha256_rsaoaep".into(),
+        "--pki-dir".into(),
+        pki(dir.path()),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in [
+        "BadCertificateUntrusted",
+        "refused the gateway's certificate",
+        &own.display().to_string(),
+        &thumbprint,
+    ] {
+        assert!(stderr.contains(needle), "browse lacks `{needle}`: {stderr}");
+    }
+    let run = Running::start(plan);
+    let said = support::wait_until(DEADLINE, || {
+        run.counters
+            .reason()
+            .is_some_and(|r| r.contains("BadCertificateUntrusted"))
+    })
+    .await;
+    let reason = run.counters.reason().unwrap_or_default();
+    assert!(said, "no reason\n{}", run.explain());
+    assert!(reason.contains(&own.display().to_string()), "{reason}");
+    assert!(reason.contains(&thumbprint), "{reason}");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_logs_no_error_and_no_warning() {
+    // Two OPC UA tag maps on a fresh PKI directory (they used to race to create the gateway's
+    // certificate), security on, a trusted server: nothing is wrong, so nothing may say so.
+    let dir = tempfile::tempdir().unwrap();
+    let plc = secure_sim(dir.path()).await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    let maps = dir.path().join("maps");
+    std::fs::create_dir(&maps).unwrap();
+    let yaml = secure_yaml(dir.path(), &endpoint);
+    std::fs::write(maps.join("a.yaml"), &yaml).unwrap();
+    std::fs::write(
+        maps.join("b.yaml"),
+        yaml.replace("sensor_id: secure", "sensor_id: secure_b"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        "tag_maps: maps\nsink:\n  stdout: {}\n",
+    )
+    .unwrap();
+    // Trusting the server is part of a correct set-up (it is not on the PKI yet otherwise).
+    let SourcePlan::OpcUa(source) = &tag_map(dir.path(), &yaml).source else {
+        panic!("not OPC UA")
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pki_dir = dir.path().join("pki");
+    let source = source.clone();
+    // The PKI directory stays fresh: trust into a copy, then move only trusted/ over.
+    let scratch = tempfile::tempdir().unwrap();
+    let mut scratch_source = source.clone();
+    scratch_source.pki_dir = Some(scratch.path().to_path_buf());
+    let trusted = opcua::connect::trust_server(&scratch_source, None)
+        .await
+        .expect("trust");
+    std::fs::create_dir_all(pki_dir.join("trusted")).unwrap();
+    std::fs::copy(
+        &trusted.path,
+        pki_dir
+            .join("trusted")
+            .join(trusted.path.file_name().unwrap()),
+    )
+    .unwrap();
+    assert!(!pki_dir.join("own").exists());
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagbridge"))
+        .args(["run", "-c"])
+        .arg(dir.path().join("gateway.yaml"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tagbridge run");
+    let stdout = gateway.stdout.take().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut seen = std::collections::HashSet::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            for id in ["\"secure\"", "\"secure_b\""] {
+                if line.contains(id) && seen.insert(id) && seen.len() == 2 {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    let both = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE).is_ok())
+        .await
+        .unwrap();
+    // Stop it as systemd would and read everything it logged.
+    if let Some(pid) = gateway.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let output = tokio::time::timeout(DEADLINE, gateway.wait_with_output())
+        .await
+        .expect("the gateway stops on SIGTERM")
+        .expect("gateway output");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(both, "no reading from both tag maps; log:\n{log}");
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "a clean start logged warnings or errors:\n{}\n--- whole log:\n{log}",
+        noisy.join("\n")
+    );
+    drop(source);
+    plc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_disables_asyncua_arrays_and_names_new_enumerations() {
+    // asyncua gives its arrays ValueRank 0 (OneOrMoreDimensions), not 1.
+    let server = asyncua_server(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(vec![
+        "browse".into(),
+        server.endpoint.clone(),
+        "--security".into(),
+        "none".into(),
+        "--pki-dir".into(),
+        pki(dir.path()),
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["Plant/Array", "Plant/Vector"] {
+        let entry = text
+            .split("  - sensor_id: ")
+            .find(|e| e.starts_with(&format!("\"{name}\"")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        assert!(entry.contains("enabled: false"), "{name}: {entry}");
+    }
+    let state = text
+        .split("  - sensor_id: ")
+        .find(|e| e.starts_with("\"Plant/State\""))
+        .unwrap_or_else(|| panic!("Plant/State missing:\n{text}"));
+    assert!(
+        state.contains("MachineState (enumeration: state names are sent)"),
+        "{state}"
+    );
 }

@@ -102,7 +102,7 @@ async fn fe2o3_single_and_batch_round_trip() {
     assert_eq!(first.partition_key.as_deref(), Some("line-3"));
     assert_eq!(first.content_type.as_deref(), Some("application/json"));
     assert_eq!(
-        first.properties.get("unit").map(String::as_str),
+        first.properties.get("unit").and_then(|v| v.as_str()),
         Some("degC")
     );
     for (i, e) in events[1..].iter().enumerate() {
@@ -169,17 +169,26 @@ async fn microsofts_sdk_sends_single_and_batched_events() {
         } else {
             "batched"
         };
-        assert_eq!(found.properties.get("kind").map(String::as_str), Some(kind));
+        assert_eq!(
+            found.properties.get("kind").and_then(|v| v.as_str()),
+            Some(kind)
+        );
     }
     let batched: Vec<_> = events
         .iter()
-        .filter(|e| e.properties.get("kind").map(String::as_str) == Some("batched"))
+        .filter(|e| e.properties.get("kind").and_then(|v| v.as_str()) == Some("batched"))
         .collect();
     assert_eq!(batched[3].message_id.as_deref(), Some("batch-3"));
+    // The SDK sends `n` as an AMQP integer: it stays a number, in memory and in the output.
+    assert_eq!(batched[3].properties.get("n"), Some(&serde_json::json!(3)));
     let hub_stats = hub.stats();
     hub.shutdown().await;
     let lines = std::fs::read_to_string(&output).unwrap();
     assert_eq!(lines.lines().count(), 13, "{lines}\n{hub_stats:?}");
+    assert!(
+        lines.contains(r#""n":3"#) && !lines.contains(r#""n":"3""#),
+        "application properties lost their types:\n{lines}"
+    );
     let line: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
     assert_eq!(line["body"], "single-0");
     assert_eq!(line["partition_key"], "pk-0");
@@ -274,7 +283,7 @@ async fn rest_single_batch_and_refusals() {
     for (i, e) in events[1..].iter().enumerate() {
         assert_eq!(e.body, format!("rest-batch-{i}").into_bytes());
         assert_eq!(e.partition_key.as_deref(), Some("rb"));
-        assert_eq!(e.properties.get("n"), Some(&i.to_string()));
+        assert_eq!(e.properties.get("n"), Some(&serde_json::json!(i)));
     }
     let stats = hub.stats();
     assert_eq!((stats.auth_failures, stats.oversize), (2, 1), "{stats:?}");
@@ -589,4 +598,215 @@ async fn microsofts_sdk_sends_over_websockets() {
         .iter()
         .all(|e| e.partition_key.as_deref() == Some("batch-key")));
     hub.shutdown().await;
+}
+
+mod hostile {
+    //! Hostile peers against every listener: malformed AMQP frames (plain, TLS, WebSocket),
+    //! silent and half-sent HTTPS requests, and generated mutations of a valid opening. The
+    //! emulator never panics (no connection left registered), never hangs, and keeps serving.
+
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tagbridge::sim::hub::{Hub, HubConfig, HubHandle};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const WAIT: Duration = Duration::from_secs(20);
+    /// SASL protocol header (AMQP 1.0 part 5, 5.3.2).
+    const SASL_HEADER: &[u8] = b"AMQP\x03\x01\x00\x00";
+
+    /// A SASL init frame choosing ANONYMOUS: the opening Microsoft's SDKs send.
+    fn sasl_init() -> Vec<u8> {
+        let mut body = vec![0x00, 0x53, 0x41, 0xc0, 12, 1, 0xa3, 9];
+        body.extend_from_slice(b"ANONYMOUS");
+        let size = 8 + body.len() as u32;
+        let mut frame = size.to_be_bytes().to_vec();
+        frame.extend_from_slice(&[2, 1, 0, 0]);
+        frame.extend(body);
+        frame
+    }
+
+    fn tls_connector(hub: &HubHandle) -> tokio_rustls::TlsConnector {
+        let config = tagbridge::sink::eventhub::tls::client_config(Some(hub.ca_cert_path()))
+            .expect("trust the emulator's CA");
+        tokio_rustls::TlsConnector::from(Arc::clone(&config))
+    }
+
+    /// Writes `bytes` and reads until the emulator closes (or `limit` passes): whether it closed.
+    async fn closes_after<S: AsyncRead + AsyncWrite + Unpin>(
+        mut s: S,
+        bytes: &[u8],
+        limit: Duration,
+    ) -> bool {
+        let _ = s.write_all(bytes).await;
+        let _ = s.flush().await;
+        let mut sink = [0u8; 4096];
+        tokio::time::timeout(limit, async {
+            loop {
+                match s.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    async fn tls(hub: &HubHandle, port: u16) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tls_connector(hub).connect(name, tcp).await.expect("TLS")
+    }
+
+    /// The emulator still works: a real client delivers an event.
+    async fn still_serves(hub: &HubHandle) {
+        assert!(
+            crate::support::wait_until(WAIT, || hub.open_sockets() == 0).await,
+            "{} connections left registered (a panicked task leaks its entry)",
+            hub.open_sockets()
+        );
+        let before = hub.stats().events;
+        let mut c = super::client(hub, hub.hub())
+            .await
+            .expect("a client connects");
+        let outcome = c
+            .send(&tagbridge::sim::hub::client::OutEvent::text(
+                "after the storm",
+            ))
+            .await
+            .expect("send");
+        assert!(outcome.is_accepted(), "{outcome:?}");
+        assert_eq!(hub.stats().events, before + 1);
+    }
+
+    /// A SASL frame whose size field is 4 (it panicked inside fe2o3's decoder), on the plain and
+    /// TLS ports, and other impossible headers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn impossible_frame_headers_close_the_connection_and_leak_nothing() {
+        let hub = Hub::start(HubConfig::default())
+            .await
+            .expect("emulator starts");
+        let bad_headers: [[u8; 8]; 4] = [
+            [0, 0, 0, 4, 2, 1, 0, 0],
+            [0, 0, 0, 0, 2, 1, 0, 0],
+            [0, 0, 0, 8, 0, 1, 0, 0],
+            [0xff, 0xff, 0xff, 0xff, 2, 1, 0, 0],
+        ];
+        for header in bad_headers {
+            let mut bytes = SASL_HEADER.to_vec();
+            bytes.extend_from_slice(&header);
+            bytes.extend_from_slice(&[0; 16]);
+            let plain = TcpStream::connect(hub.amqp_addr()).await.unwrap();
+            assert!(
+                closes_after(plain, &bytes, WAIT).await,
+                "plain {header:?}: not closed"
+            );
+            let tls = tls(&hub, hub.amqps_addr().port()).await;
+            assert!(
+                closes_after(tls, &bytes, WAIT).await,
+                "TLS {header:?}: not closed"
+            );
+        }
+        still_serves(&hub).await;
+        hub.shutdown().await;
+    }
+
+    /// Silent sockets and half-sent headers on the HTTPS listener are closed after the idle
+    /// timeout, in the handshake and after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_https_sockets_are_closed() {
+        let hub = Hub::start(HubConfig {
+            idle_timeout: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .expect("emulator starts");
+        let port = hub.https_addr().port();
+        let started = Instant::now();
+        let mut silent = Vec::new();
+        for _ in 0..20 {
+            silent.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+        }
+        for s in silent {
+            assert!(
+                closes_after(s, b"", Duration::from_secs(10)).await,
+                "a silent socket stayed open"
+            );
+        }
+        let half = tls(&hub, port).await;
+        assert!(
+            closes_after(
+                half,
+                b"POST /telemetry/messages HTTP/1.1\r\nHost: loc",
+                Duration::from_secs(10)
+            )
+            .await,
+            "half-sent headers held the socket"
+        );
+        assert!(started.elapsed() < Duration::from_secs(15));
+        hub.shutdown().await;
+    }
+
+    /// Generated input: mutations of a valid SASL opening (bit flips, truncation, insertion,
+    /// overwritten size fields, random tails) sent to the plain AMQP, TLS AMQP and HTTPS
+    /// listeners. Runs ~3 s; `TAGBRIDGE_FUZZ_SECS=600` runs longer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mutated_openings_never_crash_or_stall_the_listeners() {
+        use rand::{Rng, SeedableRng};
+        let secs = std::env::var("TAGBRIDGE_FUZZ_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3u64);
+        let seed = rand::random::<u64>();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let hub = Hub::start(HubConfig {
+            idle_timeout: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .expect("emulator starts");
+        let mut valid = SASL_HEADER.to_vec();
+        valid.extend(sasl_init());
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut cases = 0u64;
+        while Instant::now() < end {
+            let input = tagbridge::sink::eventhub::frame_guard::mutate(&valid, &mut rng);
+            let target = rng.gen_range(0..3);
+            let closed = match target {
+                0 => {
+                    closes_after(
+                        TcpStream::connect(hub.amqp_addr()).await.unwrap(),
+                        &input,
+                        Duration::from_millis(300),
+                    )
+                    .await
+                }
+                1 => {
+                    closes_after(
+                        tls(&hub, hub.amqps_addr().port()).await,
+                        &input,
+                        Duration::from_millis(300),
+                    )
+                    .await
+                }
+                _ => {
+                    closes_after(
+                        tls(&hub, hub.https_addr().port()).await,
+                        &input,
+                        Duration::from_millis(300),
+                    )
+                    .await
+                }
+            };
+            // A mutation may be a valid opening that waits for more: that is not a hang; the
+            // socket is dropped here and the emulator must let it go.
+            let _ = closed;
+            cases += 1;
+        }
+        eprintln!("fuzz: {cases} mutated openings, seed {seed}");
+        still_serves(&hub).await;
+        hub.shutdown().await;
+    }
 }

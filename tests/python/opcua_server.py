@@ -1,12 +1,15 @@
 """An independent OPC UA server (asyncua) for the OPC UA source tests.
 
-Usage: opcua_server.py [--secure DIR]
+Usage: opcua_server.py [--secure DIR [--reject-clients] [--user=NAME:PASSWORD]]
 Serves security None on 127.0.0.1 (a free port), or with --secure only Aes128Sha256RsaOaep
 SignAndEncrypt and Aes256Sha256RsaPss Sign / SignAndEncrypt with a certificate created in DIR
-(client certificates are accepted), prints `READY <endpoint>` on stdout, and runs
+(client certificates are accepted; with --reject-clients every client certificate is refused
+with BadCertificateUntrusted at CreateSession; with --user only that user may log in, others
+get BadUserAccessDenied), prints `READY <endpoint>` on stdout, and runs
 until stdin closes. Variables live in namespace `urn:tagbridge:test:asyncua` under
 Objects/Plant; their node ids are string ids `ns=<idx>;s=Plant/<Name>` (idx is printed too:
-`NS <idx>`). `Plant/Counter` counts up every 100 ms; the rest are constant.
+`NS <idx>`). `Plant/Counter` counts up every 100 ms; the rest are constant. `Plant/State` (2, "Fault") has
+an enumeration data type defined only by its EnumDefinition (OPC UA 1.04, `new_enum`).
 """
 
 import asyncio
@@ -17,7 +20,10 @@ import uuid
 from pathlib import Path
 
 from asyncua import Server, ua
+from asyncua.common.structures104 import new_enum
 from asyncua.crypto import cert_gen
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 NS_URI = "urn:tagbridge:test:asyncua"
@@ -29,10 +35,23 @@ def free_port():
         return s.getsockname()[1]
 
 
+class OneUser(UserManager):
+    """Accepts one user name and password (BadUserAccessDenied for anything else)."""
+
+    def __init__(self, name, password):
+        self.name, self.password = name, password
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if username == self.name and password == self.password:
+            return User(role=UserRole.User)
+        return None
+
+
 async def main():
     port = free_port()
     endpoint = f"opc.tcp://127.0.0.1:{port}/"
-    server = Server()
+    user = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--user=")), None)
+    server = Server(user_manager=OneUser(*user.split(":", 1)) if user else None)
     await server.init()
     server.set_endpoint(endpoint)
     if len(sys.argv) > 2 and sys.argv[1] == "--secure":
@@ -51,6 +70,14 @@ async def main():
             work / "user-key.pem", work / "user-cert.der", "urn:tagbridge:test:user", "127.0.0.1",
             [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "tagbridge-test-user"})
         server.set_identity_tokens([ua.X509IdentityToken])
+        if "--reject-clients" in sys.argv:
+            async def reject(_cert, _description):
+                raise ua.uaerrors.BadCertificateUntrusted()
+            server.set_certificate_validator(reject)
+            # Anonymous too, so a client without a user certificate reaches CreateSession.
+            server.set_identity_tokens([ua.AnonymousIdentityToken, ua.X509IdentityToken])
+        if user:
+            server.set_identity_tokens([ua.UserNameIdentityToken])
         server.set_security_policy([
             ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
             ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
@@ -85,6 +112,10 @@ async def main():
     # standard address space.
     mode = await add("Mode", 3, ua.VariantType.Int32)
     await mode.write_attribute(ua.AttributeIds.DataType, ua.DataValue(ua.Variant(ua.NodeId(302, 0))))
+    # An OPC UA 1.04 enumeration: names only in the DataTypeDefinition (no EnumStrings).
+    machine_state = await new_enum(server, idx, "MachineState", ["Idle", "Running", "Fault"])
+    await plant.add_variable(ua.NodeId("Plant/State", idx), ua.QualifiedName("State", idx),
+                             ua.Variant(2, ua.VariantType.Int32), datatype=machine_state.nodeid)
     bad = await add("Broken", 1.0, ua.VariantType.Double)
     uncertain = await add("Unsure", 2.0, ua.VariantType.Double)
     counter = await add("Counter", 0, ua.VariantType.Int32)

@@ -44,18 +44,12 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
     // Where each sensor_id was first seen: (index into `paths`, line).
     let mut first_seen: HashMap<Arc<str>, (usize, u32)> = HashMap::new();
     for (index, path) in paths.iter().enumerate() {
-        let parsed = match crate::config::read_file(path) {
-            Ok(text) => crate::config::parse_tag_map(text),
-            Err(problem) => crate::config::de::Parsed {
-                value: None,
-                problems: vec![problem],
-                dropped: Vec::new(),
-            },
+        let (plan, problems) = match crate::config::read_file(path) {
+            Ok(text) => load_one(path, text),
+            Err(problem) => (None, vec![problem]),
         };
-        report.extend(path, parsed.problems);
-        let Some(file) = parsed.value else { continue };
-        let (plan, problems) = compile_owned(file, path, &parsed.dropped);
         report.extend(path, problems);
+        let Some(plan) = plan else { continue };
         for tag in &plan.tags {
             if let Some(&(other, line)) = first_seen.get(&tag.sensor_id) {
                 if other != index {
@@ -85,6 +79,52 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
     }
 }
 
+/// Parses and compiles one tag map, holding little more than its plan in memory: a first
+/// read takes the file's settings and skips its tags, a second read checks and plans each tag
+/// as the YAML reader builds it, so neither the whole tree nor every parsed tag is ever held.
+/// A file with any problem in its settings takes the ordinary path, which reports everything.
+fn load_one(path: &Path, text: String) -> (Option<TagMapPlan>, Vec<Problem>) {
+    use crate::config::{de, yaml};
+    let mut count = 0usize;
+    let settings = match yaml::parse_streaming_tags(&text, &mut |_| count += 1) {
+        Ok((node, problems)) if problems.is_empty() && !node.is_null() => {
+            let parsed = de::from_node::<TagMapFile>(&node);
+            parsed.value.filter(|_| parsed.problems.is_empty())
+        }
+        _ => None,
+    };
+    let Some(file) = settings else {
+        let parsed = crate::config::parse_tag_map(text);
+        let mut problems = parsed.problems;
+        let Some(file) = parsed.value else {
+            return (None, problems);
+        };
+        let (plan, more) = compile_owned(file, path, &parsed.dropped);
+        problems.extend(more);
+        return (Some(plan), problems);
+    };
+    let mut compiler = TagsCompiler::new(&file, path, count);
+    let mut problems = Vec::new();
+    let second = yaml::parse_streaming_tags(&text, &mut |item| {
+        let one = de::from_node::<Spanned<TagSpec>>(&item);
+        drop(item);
+        problems.extend(one.problems);
+        match one.value {
+            Some(tag) => compiler.add(&tag, &one.dropped),
+            None => compiler.failed += 1,
+        }
+    });
+    drop(text);
+    // The same text read the same way a moment ago: a failure here is reported, not assumed.
+    if let Err(problem) = second {
+        problems.push(problem);
+    }
+    let (plan, more) = compiler.finish();
+    problems.extend(more);
+    problems.sort_by_key(|p| p.pos);
+    (Some(plan), problems)
+}
+
 /// Compiles one parsed file. The plan holds every tag that passed its checks, so a caller that
 /// tolerates problems (live reload of other files) still learns what is healthy. Tags that
 /// contain a position in `broken` (problems found while parsing) are left out unchecked: their
@@ -105,45 +145,80 @@ pub fn compile_owned(
 }
 
 /// Compiles `file`'s settings and `tags` (the file's own, borrowed or taken out of it).
-///
-/// Longer than most functions here: one pass over the tags that carries the file-wide state
-/// (sensor ids and addresses seen, monitoring items); each check it makes is a method of
-/// [`Compiler`], in this file or in `opcua.rs` / `modbus.rs`.
 fn compile_tags<T: AsRef<Spanned<TagSpec>>>(
     file: &TagMapFile,
     tag_specs: impl Iterator<Item = T>,
     path: &Path,
     broken: &[Pos],
 ) -> (TagMapPlan, Vec<Problem>) {
-    let mut c = Compiler {
-        problems: Vec::new(),
-        base: path.parent().unwrap_or(Path::new(".")),
-    };
-    let source = c.source(&file.source);
-    let is_modbus = matches!(file.source.value, SourceSpec::Modbus(_));
-    let map_extra = c.fields(&file.fields);
-    // The file's defaults are checked once, here; tags that would use bad ones are left out.
-    let defaults_ok =
-        c.deadband(file.defaults.deadband.as_ref()) & c.decimals(file.defaults.decimals.as_ref());
-
-    let mut tags = Vec::with_capacity(tag_specs.size_hint().0);
-    let mut disabled = 0;
-    // Sized once: a table that grows holds its old and new arrays at the same time.
-    let mut ids: HashMap<Arc<str>, u32> = HashMap::with_capacity(tag_specs.size_hint().0);
-    let mut addresses: HashMap<String, (u32, Arc<str>)> =
-        HashMap::with_capacity(tag_specs.size_hint().0);
-    let mut monitoring = Vec::with_capacity(if is_modbus {
-        0
-    } else {
-        tag_specs.size_hint().0
-    });
-    let (mut seen, mut failed) = (0usize, file.tags.failed);
+    let mut compiler = TagsCompiler::new(file, path, tag_specs.size_hint().0);
+    compiler.failed += file.tags.failed;
     for spanned in tag_specs {
-        let spanned = spanned.as_ref();
-        seen += 1;
+        compiler.add(spanned.as_ref(), broken);
+    }
+    compiler.finish()
+}
+
+/// One pass over a file's tags: the file's settings checked once, then each tag checked and
+/// planned as it comes, with the state that spans tags (ids and addresses seen, monitoring).
+/// Tags may come from the parsed file or straight from the YAML reader.
+pub(crate) struct TagsCompiler<'f> {
+    c: Compiler<'f>,
+    /// The file's settings (`source`, `defaults`, `fields`); its `tags` are not read here.
+    file: &'f TagMapFile,
+    path: &'f Path,
+    source: Option<SourcePlan>,
+    is_modbus: bool,
+    map_extra: BTreeMap<String, serde_json::Value>,
+    /// The file's defaults passed their checks; tags that would use bad ones are left out.
+    defaults_ok: bool,
+    tags: Vec<TagPlan>,
+    disabled: usize,
+    ids: HashMap<Arc<str>, u32>,
+    addresses: HashMap<String, (u32, Arc<str>)>,
+    monitoring: Vec<MonitoringPlan>,
+    seen: usize,
+    /// Tags that failed while parsing (reported there).
+    pub(crate) failed: usize,
+}
+
+impl<'f> TagsCompiler<'f> {
+    /// Checks the file's settings; `expected` tags size the tables once (a table that grows
+    /// holds its old and new arrays at the same time).
+    pub(crate) fn new(file: &'f TagMapFile, path: &'f Path, expected: usize) -> Self {
+        let mut c = Compiler {
+            problems: Vec::new(),
+            base: path.parent().unwrap_or(Path::new(".")),
+        };
+        let source = c.source(&file.source);
+        let is_modbus = matches!(file.source.value, SourceSpec::Modbus(_));
+        let map_extra = c.fields(&file.fields);
+        let defaults_ok = c.deadband(file.defaults.deadband.as_ref())
+            & c.decimals(file.defaults.decimals.as_ref());
+        TagsCompiler {
+            c,
+            file,
+            path,
+            source,
+            is_modbus,
+            map_extra,
+            defaults_ok,
+            tags: Vec::with_capacity(expected),
+            disabled: 0,
+            ids: HashMap::with_capacity(expected),
+            addresses: HashMap::with_capacity(expected),
+            monitoring: Vec::with_capacity(if is_modbus { 0 } else { expected }),
+            seen: 0,
+            failed: 0,
+        }
+    }
+
+    /// Checks and plans one tag; `broken` holds positions whose values failed while parsing.
+    pub(crate) fn add(&mut self, spanned: &Spanned<TagSpec>, broken: &[Pos]) {
+        self.seen += 1;
         if broken.iter().any(|p| spanned.contains(*p)) {
-            failed += 1;
-            continue;
+            self.failed += 1;
+            return;
         }
         let tag = &spanned.value;
         let line = spanned.pos.line;
@@ -153,8 +228,8 @@ fn compile_tags<T: AsRef<Spanned<TagSpec>>>(
         } else {
             Arc::from("")
         };
-        if let Some(first) = ids.insert(id.clone(), line).filter(|_| id_fits) {
-            c.problem(
+        if let Some(first) = self.ids.insert(id.clone(), line).filter(|_| id_fits) {
+            self.c.problem(
                 Problem::new(
                     tag.sensor_id.pos,
                     format!(
@@ -165,27 +240,32 @@ fn compile_tags<T: AsRef<Spanned<TagSpec>>>(
                 .with_hint(format!("the first is at line {first}")),
             );
         }
-        if !tag.enabled.or(file.defaults.enabled).unwrap_or(true) {
-            disabled += 1;
-            continue;
+        if !tag.enabled.or(self.file.defaults.enabled).unwrap_or(true) {
+            self.disabled += 1;
+            return;
         }
-        let address = match &file.source.value {
-            SourceSpec::Modbus(m) => c
-                .modbus_address(spanned, &file.defaults, m)
+        let address = match &self.file.source.value {
+            SourceSpec::Modbus(m) => self
+                .c
+                .modbus_address(spanned, &self.file.defaults, m)
                 .map(TagAddress::Modbus),
-            SourceSpec::OpcUa(_) => c
+            SourceSpec::OpcUa(_) => self
+                .c
                 .opcua_address(spanned)
                 .map(|node| TagAddress::OpcUa { node }),
         };
-        let sensor_id = c.sensor_id(&tag.sensor_id).map(|()| id.clone());
-        let transform = c.transform(tag, &file.defaults).filter(|_| defaults_ok);
-        let mut extra = map_extra.clone();
-        for (k, v) in c.fields(&tag.fields) {
+        let sensor_id = self.c.sensor_id(&tag.sensor_id).map(|()| id.clone());
+        let transform = self
+            .c
+            .transform(tag, &self.file.defaults)
+            .filter(|_| self.defaults_ok);
+        let mut extra = self.map_extra.clone();
+        for (k, v) in self.c.fields(&tag.fields) {
             extra.insert(k, v);
         }
         let (Some(address), Some(sensor_id), Some(transform)) = (address, sensor_id, transform)
         else {
-            continue;
+            return;
         };
         let key = match &address {
             TagAddress::OpcUa { node } => node.clone(),
@@ -197,9 +277,9 @@ fn compile_tags<T: AsRef<Spanned<TagSpec>>>(
                 a.bit
             ),
         };
-        if let Some((first, other)) = addresses.get(&key) {
-            let what = if is_modbus { "address" } else { "node" };
-            c.problem(
+        if let Some((first, other)) = self.addresses.get(&key) {
+            let what = if self.is_modbus { "address" } else { "node" };
+            self.c.problem(
                 Problem::new(
                     spanned.pos,
                     format!("this tag reads the same {what} as `{other}`"),
@@ -208,25 +288,27 @@ fn compile_tags<T: AsRef<Spanned<TagSpec>>>(
                     "line {first}; read it once and derive the other value downstream"
                 )),
             );
-            continue;
+            return;
         }
-        addresses.insert(key, (line, id));
+        self.addresses.insert(key, (line, id));
         let interval = tag
             .interval
-            .or(file.defaults.interval)
+            .or(self.file.defaults.interval)
             .map(|s| s.as_duration())
             .unwrap_or(DEFAULT_INTERVAL);
-        if !is_modbus {
-            let Some(m) = c.monitoring(tag) else { continue };
+        if !self.is_modbus {
+            let Some(m) = self.c.monitoring(tag) else {
+                return;
+            };
             // An array node read per element: one tag `sensor_id[i]` per element.
             if let Some(n) = tag.elements.as_ref().map(|e| e.value) {
                 let extra = encode_extra(&extra);
                 for i in 0..n {
-                    monitoring.push(MonitoringPlan {
+                    self.monitoring.push(MonitoringPlan {
                         index: Some(i),
                         ..m
                     });
-                    tags.push(TagPlan {
+                    self.tags.push(TagPlan {
                         sensor_id: format!("{sensor_id}[{i}]").into(),
                         address: address.clone(),
                         interval,
@@ -235,11 +317,11 @@ fn compile_tags<T: AsRef<Spanned<TagSpec>>>(
                         pos: tag.sensor_id.pos,
                     });
                 }
-                continue;
+                return;
             }
-            monitoring.push(m);
+            self.monitoring.push(m);
         }
-        tags.push(TagPlan {
+        self.tags.push(TagPlan {
             sensor_id,
             address,
             interval,
@@ -248,31 +330,46 @@ fn compile_tags<T: AsRef<Spanned<TagSpec>>>(
             pos: tag.sensor_id.pos,
         });
     }
-    let mut source = source;
-    if let Some(SourcePlan::OpcUa(o)) = &mut source {
-        o.monitoring = monitoring;
-    }
-    if seen == 0 && failed == 0 {
-        c.problem(
-            Problem::new(file.source.pos, "this tag map has no tags")
-                .with_hint("add at least one entry under `tags:`"),
-        );
-    }
-    let source = source.unwrap_or(SourcePlan::Modbus(ModbusPlan {
-        transport: ModbusTransport::Tcp(String::new()),
-        timeout: DEFAULT_INTERVAL,
-        max_gap: DEFAULT_MAX_GAP,
-        connections: std::num::NonZeroU8::MIN,
-    }));
-    (
-        TagMapPlan {
-            path: path.to_path_buf(),
-            source,
+
+    /// The plan and every problem.
+    pub(crate) fn finish(self) -> (TagMapPlan, Vec<Problem>) {
+        let TagsCompiler {
+            mut c,
+            file,
+            path,
+            mut source,
             tags,
             disabled,
-        },
-        c.problems,
-    )
+            monitoring,
+            seen,
+            failed,
+            ..
+        } = self;
+        if let Some(SourcePlan::OpcUa(o)) = &mut source {
+            o.monitoring = monitoring;
+        }
+        if seen == 0 && failed == 0 {
+            c.problem(
+                Problem::new(file.source.pos, "this tag map has no tags")
+                    .with_hint("add at least one entry under `tags:`"),
+            );
+        }
+        let source = source.unwrap_or(SourcePlan::Modbus(ModbusPlan {
+            transport: ModbusTransport::Tcp(String::new()),
+            timeout: DEFAULT_INTERVAL,
+            max_gap: DEFAULT_MAX_GAP,
+            connections: std::num::NonZeroU8::MIN,
+        }));
+        (
+            TagMapPlan {
+                path: path.to_path_buf(),
+                source,
+                tags,
+                disabled,
+            },
+            c.problems,
+        )
+    }
 }
 
 fn encode_extra(fields: &BTreeMap<String, serde_json::Value>) -> Arc<str> {

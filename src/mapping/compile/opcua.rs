@@ -121,12 +121,21 @@ impl Compiler<'_> {
                 "OPC UA tags name their node, e.g. `node: ns=2;s=Line1/Compressor7/VibeX`",
             );
         };
-        match ::opcua::types::NodeId::from_str(node.trim()) {
-            Ok(id) => Some(id.to_string()),
+        let text = node.trim();
+        // `nsu=<namespace URI>;<id>` is kept as written: the source resolves the URI to the
+        // server's namespace index when it connects (OPC UA Part 6, 5.3.1.11).
+        let checked = match text.strip_prefix("nsu=").and_then(|r| r.split_once(';')) {
+            Some((uri, id)) if !uri.is_empty() => {
+                ::opcua::types::NodeId::from_str(&format!("ns=1;{id}")).map(|_| text.to_string())
+            }
+            _ => ::opcua::types::NodeId::from_str(text).map(|id| id.to_string()),
+        };
+        match checked {
+            Ok(id) => Some(id),
             Err(_) => self.err(
                 node.pos,
                 format!("{} is not an OPC UA node id", shown(&node.value)),
-                "write ns=<index>;s=<name>, ns=<index>;i=<number>, ns=<index>;g=<guid> or ns=<index>;b=<base64>",
+                "write ns=<index>;s=<name>, nsu=<namespace URI>;s=<name>, ns=<index>;i=<number>, ns=<index>;g=<guid> or ns=<index>;b=<base64>",
             ),
         }
     }

@@ -21,8 +21,11 @@ pub mod amqp;
 pub mod auth;
 pub mod certs;
 pub mod client;
+pub mod context;
+pub mod events;
 pub mod faults;
 pub mod io;
+pub mod nodes;
 pub mod rest;
 pub mod store;
 pub mod ws;
@@ -78,6 +81,9 @@ pub struct HubConfig {
     pub retain_events: usize,
     /// Start throttled above this many events/s (see [`Faults::throttle_above`]).
     pub throttle_above: Option<u64>,
+    /// HTTPS: time allowed for the TLS handshake and for each request's headers (idle
+    /// keep-alive included); a socket that sends nothing is closed after it.
+    pub idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for HubConfig {
@@ -99,9 +105,13 @@ impl std::fmt::Debug for HubConfig {
             .field("entra_clients", &names(&self.entra_clients))
             .field("retain_events", &self.retain_events)
             .field("throttle_above", &self.throttle_above)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
+
+/// How long an HTTPS socket may stay silent in a handshake or before a request's headers.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The key name [`HubConfig::default`] configures.
 pub const DEFAULT_KEY_NAME: &str = "RootManageSharedAccessKey";
@@ -125,6 +135,7 @@ impl Default for HubConfig {
             entra_clients: Vec::new(),
             retain_events: 1_000_000,
             throttle_above: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -227,6 +238,7 @@ impl Hub {
             hub: config.hub.clone(),
             keys: config.keys.clone(),
             max_message_size: config.max_message_size,
+            idle_timeout: config.idle_timeout,
             partitions: config.partitions,
             entra_clients: config.entra_clients.clone(),
             jwt_secret: rand::random::<[u8; 32]>(),
@@ -382,6 +394,12 @@ impl HubHandle {
         s
     }
 
+    /// Sockets of the AMQP and WebSocket listeners registered now (handshakes included): back
+    /// to 0 once every peer has gone, however it behaved.
+    pub fn open_sockets(&self) -> usize {
+        lock(&self.shared.conns).len()
+    }
+
     /// Fault switches.
     pub fn faults(&self) -> Faults {
         Faults {
@@ -429,6 +447,8 @@ pub(crate) struct Shared {
     pub hub: String,
     pub keys: Vec<(String, String)>,
     pub max_message_size: usize,
+    /// See [`HubConfig::idle_timeout`].
+    pub idle_timeout: Duration,
     pub partitions: u32,
     pub entra_clients: Vec<(String, String)>,
     /// Signs the token endpoint's JWTs.
@@ -448,14 +468,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Registers a new connection.
-    pub(crate) fn open_connection(self: &Arc<Self>, peer: String) -> (u64, Arc<amqp::ConnCtx>) {
+    pub(crate) fn open_connection(self: &Arc<Self>, peer: String) -> (u64, Arc<context::ConnCtx>) {
         let id = self
             .next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cut = self.root.child_token();
         let auth = Arc::new(ConnAuth::default());
         lock(&self.conns).insert(id, (cut.clone(), auth.clone()));
-        (id, amqp::ConnCtx::new(self.clone(), cut, auth, peer))
+        (id, context::ConnCtx::new(self.clone(), cut, auth, peer))
     }
 
     pub(crate) fn close_connection(&self, id: u64) {

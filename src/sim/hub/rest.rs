@@ -58,10 +58,12 @@ pub(crate) async fn serve(
         let tls = tls.clone();
         let shared2 = shared.clone();
         shared.tracker.spawn(async move {
+            let idle = shared2.idle_timeout;
             let stream = tokio::select! {
-                s = tls.accept(tcp) => match s {
-                    Ok(s) => s,
-                    Err(_) => return,
+                // A silent or slow handshake is given up: idle sockets must not pile up.
+                s = tokio::time::timeout(idle, tls.accept(tcp)) => match s {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(_)) | Err(_) => return,
                 },
                 // Shutdown during the handshake.
                 _ = shared2.root.cancelled() => return,
@@ -71,7 +73,11 @@ pub(crate) async fn serve(
                 let shared = shared3.clone();
                 async move { Ok::<_, Infallible>(route(req, &shared).await) }
             });
+            // Headers (of the first request and of each next one on a kept-alive socket) must
+            // arrive within the idle timeout.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(idle)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
@@ -224,7 +230,7 @@ async fn send(
 fn event(
     body: Vec<u8>,
     broker: &serde_json::Value,
-    properties: BTreeMap<String, String>,
+    properties: BTreeMap<String, serde_json::Value>,
     content_type: Option<String>,
     partition: Option<u32>,
     shared: &Shared,
@@ -268,17 +274,7 @@ fn batch_events(
         let properties = obj
             .get("UserProperties")
             .and_then(|p| p.as_object())
-            .map(|p| {
-                p.iter()
-                    .map(|(k, v)| {
-                        let v = match v {
-                            serde_json::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        (k.clone(), v)
-                    })
-                    .collect()
-            })
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         let broker = obj
             .get("BrokerProperties")

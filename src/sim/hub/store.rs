@@ -27,8 +27,10 @@ pub struct ReceivedEvent {
     pub body: Vec<u8>,
     pub partition_key: Option<String>,
     pub message_id: Option<String>,
-    /// Application properties, each value as text.
-    pub properties: BTreeMap<String, String>,
+    /// Application properties with their types: AMQP integers and doubles as JSON numbers,
+    /// booleans as booleans, strings as strings, timestamps as RFC 3339 text (non-finite doubles
+    /// and other types as text).
+    pub properties: BTreeMap<String, serde_json::Value>,
     pub content_type: Option<String>,
     /// The partition the emulator assigned (from the link, the key's hash, or round robin).
     pub partition: u32,
@@ -284,7 +286,10 @@ mod tests {
             body: body.to_vec(),
             partition_key: Some("k".into()),
             message_id: None,
-            properties: BTreeMap::from([("a".to_string(), "1".to_string())]),
+            properties: BTreeMap::from([
+                ("a".to_string(), serde_json::json!("1")),
+                ("batch".to_string(), serde_json::json!(0)),
+            ]),
             content_type: None,
             partition: 1,
             arrived: DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default(),
@@ -298,6 +303,7 @@ mod tests {
         assert_eq!(v["body"], "{\"v\":1}");
         assert_eq!(v["partition_key"], "k");
         assert_eq!(v["properties"]["a"], "1");
+        assert_eq!(v["properties"]["batch"], 0, "numbers stay numbers");
         let line = event(&[0xff, 0x00]).to_json_line("hub");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["body_base64"], "/wA=");

@@ -107,7 +107,8 @@ impl HubLink {
             .container_id(container_id)
             .hostname(target.host.as_str())
             .sasl_profile(SaslProfile::Anonymous)
-            .open_with_stream(io)
+            // Frame headers are checked before fe2o3's decoder sees them.
+            .open_with_stream(super::frame_guard::FrameGuard::new(io))
             .await
             .map_err(|e| LinkError::Open {
                 host: target.host.clone(),

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod connection_string;
 pub mod entra;
 pub mod event;
+pub mod frame_guard;
 pub mod health;
 pub mod link;
 pub mod proxy;

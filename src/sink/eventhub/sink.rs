@@ -27,9 +27,9 @@
 //!   (put on the open link, or the next attempt is made now).
 //! - An event larger than a message may be is written to the dead-letter file with its
 //!   sequence number and acknowledged in order, so it never blocks the ones behind it.
-//! - Shutdown (`cancel`): nothing new is read; with a link, what is packed keeps going and is
-//!   settled for up to `shutdown_grace`; without one (hub down or refusing) the task stops at
-//!   once. What is not acknowledged stays in the spool.
+//! - Shutdown (`cancel`, after the runtime's grace period of delivering): nothing new is read or
+//!   sent; batches on the wire are settled for up to `shutdown_grace`; with none (hub down or
+//!   refusing) the task stops at once. What is not acknowledged stays in the spool.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -64,7 +64,7 @@ pub struct SinkOptions {
     pub message_id_prefix: String,
     /// Where events too large to send are written (JSON lines).
     pub dead_letter: Option<PathBuf>,
-    /// After `cancel`, how long batches already packed may still be sent and settled.
+    /// After `cancel`, how long batches already on the wire may still be settled.
     pub shutdown_grace: Duration,
     /// 1: one event per reading. More: up to this many readings per event, as a JSON array
     /// (`events: {array: N}`).
@@ -245,8 +245,10 @@ impl Driver {
             if self.retiring.is_some() && self.window.in_flight() == 0 {
                 self.finish_retiring();
             }
-            if self.stopping.is_some() && self.link.is_none() {
-                self.report_unsent("The event hub is not connected");
+            // Shutdown: nothing new is sent; done once nothing is on the wire (at once when the
+            // hub is down or refusing).
+            if self.stopping.is_some() && self.window.in_flight() == 0 {
+                self.report_unsent("shutdown");
                 break;
             }
             if self.link.is_none() && self.has_work() {
@@ -300,8 +302,8 @@ impl Driver {
     ) -> Event {
         let now = Instant::now();
         let held = self.hold_until.is_some_and(|h| h > now);
-        let to_send = match (&self.link, self.retiring, held) {
-            (Some(_), None, false) => self.window.next_to_send().map(|(i, b)| (i, b.clone())),
+        let to_send = match (&self.link, self.retiring, held, self.stopping) {
+            (Some(_), None, false, None) => self.window.next_to_send().map(|(i, b)| (i, b.clone())),
             _ => None,
         };
         let linger = self.batcher.linger_deadline(self.options.linger);

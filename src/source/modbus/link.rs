@@ -180,23 +180,27 @@ impl Link {
             Err(code) => return Ok(Err(code)),
         };
         let n = usize::from(count);
-        let items = match response {
-            // Bits come padded to whole bytes.
-            Response::ReadCoils(mut bits) | Response::ReadDiscreteInputs(mut bits)
-                if bits.len() >= n =>
+        let items = match (table, response) {
+            // Bits come padded to whole bytes (6.1, 6.2: the byte count is N/8 rounded up): more
+            // bytes than that is a malformed answer, not a longer read.
+            (Table::Coil, Response::ReadCoils(mut bits))
+            | (Table::DiscreteInput, Response::ReadDiscreteInputs(mut bits))
+                if bits.len() == n.div_ceil(8) * 8 =>
             {
                 bits.truncate(n);
                 Items::Bits(bits)
             }
-            Response::ReadInputRegisters(words) | Response::ReadHoldingRegisters(words)
+            (Table::InputRegister, Response::ReadInputRegisters(words))
+            | (Table::HoldingRegister, Response::ReadHoldingRegisters(words))
                 if words.len() == n =>
             {
                 Items::Words(words)
             }
-            other => {
+            (_, other) => {
                 return Err(LinkError::Protocol(format!(
-                    "asked for {count} item(s) of {}, got {other:?}",
-                    table.name()
+                    "asked for {count} item(s) of {}, got {}",
+                    table.name(),
+                    describe_response(&other)
                 )))
             }
         };
@@ -204,9 +208,62 @@ impl Link {
     }
 }
 
+/// A response in a log line: its function and how many items it carries, never its values.
+fn describe_response(response: &Response) -> String {
+    match response {
+        Response::ReadCoils(bits) => format!("{} coil bit(s)", bits.len()),
+        Response::ReadDiscreteInputs(bits) => format!("{} discrete input bit(s)", bits.len()),
+        Response::ReadHoldingRegisters(words) => format!("{} holding register(s)", words.len()),
+        Response::ReadInputRegisters(words) => format!("{} input register(s)", words.len()),
+        other => format!("another function's answer ({other:?})"),
+    }
+}
+
+/// A Modbus exception code as a log shows it: its number and, when the specification defines
+/// it, its name (`0x02 illegal data address`; a device's own code: `0xFF`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exception(pub ExceptionCode);
+
+impl std::fmt::Display for Exception {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = u8::from(self.0);
+        // Modbus Application Protocol V1.1b3, 7: the exception codes.
+        let name = match code {
+            0x01 => "illegal function",
+            0x02 => "illegal data address",
+            0x03 => "illegal data value",
+            0x04 => "server device failure",
+            0x05 => "acknowledge",
+            0x06 => "server device busy",
+            0x08 => "memory parity error",
+            0x0A => "gateway path unavailable",
+            0x0B => "gateway target device failed to respond",
+            _ => {
+                return write!(
+                    f,
+                    "exception 0x{code:02X} (not defined by the Modbus specification)"
+                )
+            }
+        };
+        write!(f, "exception 0x{code:02X} {name}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exceptions_show_their_number_and_name() {
+        assert_eq!(
+            Exception(ExceptionCode::IllegalDataAddress).to_string(),
+            "exception 0x02 illegal data address"
+        );
+        assert_eq!(
+            Exception(ExceptionCode::new(0xFF)).to_string(),
+            "exception 0xFF (not defined by the Modbus specification)"
+        );
+    }
 
     #[test]
     fn serial_turnaround_follows_the_baud_rate() {

@@ -18,6 +18,7 @@
 
 pub mod counters;
 pub mod decode;
+pub mod fuzz;
 pub mod link;
 pub mod planner;
 pub mod poller;

@@ -43,7 +43,7 @@ use tokio_modbus::ExceptionCode;
 
 use super::counters::ModbusCounters;
 use super::decode::{decode, Data};
-use super::link::{self, Items, Link, LinkError};
+use super::link::{self, Exception, Items, Link, LinkError};
 use super::planner::{self, Blocked, Limits, ReadRequest};
 use crate::config::tagmap::Table;
 use crate::mapping::plan::{ModbusAddress, ModbusPlan, ModbusTransport, TagAddress, TagMapPlan};
@@ -145,6 +145,9 @@ pub(crate) struct Poller {
     link: Option<Link>,
     /// Link failures since the last response, for the reconnect backoff.
     link_failures: u32,
+    /// The failure streak under way: when it began and the kind of its latest cause, so a
+    /// streak is logged once when it starts, once per new kind of cause, and once when it ends.
+    streak: Option<(Instant, std::mem::Discriminant<LinkError>)>,
     reconnect_at: Option<Instant>,
     counters: Arc<Counters>,
     /// Bounded: when the mapping stage is behind, the poller waits here (and its cycles overrun).
@@ -214,6 +217,7 @@ impl Poller {
             units: HashMap::new(),
             link: None,
             link_failures: 0,
+            streak: None,
             reconnect_at: None,
             counters,
             tx,
@@ -289,7 +293,7 @@ impl Poller {
         if self.groups[gi].dirty {
             self.replan(gi);
         }
-        let mut batch = Vec::with_capacity(self.groups[gi].tags.len());
+        let mut batch = SampleBatch::with_capacity(self.groups[gi].tags.len());
         let requests = std::mem::take(&mut self.groups[gi].requests);
         let mut aborted = false;
         for req in &requests {
@@ -417,7 +421,7 @@ impl Poller {
                     0x05 | 0x06 => Ok(Outcome::Partly),
                     // Gateway path unavailable, target device failed to respond: the unit is gone.
                     0x0A | 0x0B => {
-                        self.unit_failed(unit, &format!("exception: {code}"));
+                        self.unit_failed(unit, &Exception(code).to_string());
                         Ok(Outcome::Partly)
                     }
                     _ if tags.len() == 1 => {
@@ -472,9 +476,8 @@ impl Poller {
                     Ok(l) => {
                         Counters::inc(&self.counters.connects);
                         self.set_connected(true);
-                        if self.link_failures > 0 {
-                            tracing::info!(message = "Modbus connection open again.", tag_map = %self.name, target = %self.target);
-                        }
+                        // A connection that opens is not yet a device that answers: the streak
+                        // ends at the first answer, below.
                         self.reconnect_at = None;
                         self.link = Some(l);
                     }
@@ -495,6 +498,9 @@ impl Poller {
                         Counters::inc(&self.counters.responses);
                     } else {
                         Counters::inc(&self.counters.exceptions);
+                    }
+                    if let Some((since, _)) = self.streak.take() {
+                        tracing::info!(message = "Modbus device answers again.", tag_map = %self.name, target = %self.target, failures = self.link_failures, after = ?since.elapsed());
                     }
                     self.link_failures = 0;
                     if let Some(u) = self.units.get_mut(&unit) {
@@ -537,10 +543,19 @@ impl Poller {
         self.link_failures = self.link_failures.saturating_add(1);
         let wait = self.backoff(self.link_failures);
         self.reconnect_at = Some(Instant::now() + wait);
-        if self.link_failures == 1 {
-            tracing::warn!(message = "Modbus connection failed; reconnecting with backoff.", tag_map = %self.name, target = %self.target, %error, retry_in = ?wait);
-        } else {
-            tracing::debug!(message = "Modbus connection still failing.", target = %self.target, %error, failures = self.link_failures, retry_in = ?wait);
+        let kind = std::mem::discriminant(error);
+        match self.streak {
+            None => {
+                self.streak = Some((Instant::now(), kind));
+                tracing::warn!(message = "Modbus connection failed; reconnecting with backoff.", tag_map = %self.name, target = %self.target, %error, retry_in = ?wait);
+            }
+            Some((since, last)) if last != kind => {
+                self.streak = Some((since, kind));
+                tracing::warn!(message = "Modbus connection still failing, for another reason.", tag_map = %self.name, target = %self.target, %error, failures = self.link_failures, retry_in = ?wait);
+            }
+            Some(_) => {
+                tracing::debug!(message = "Modbus connection still failing.", target = %self.target, %error, failures = self.link_failures, retry_in = ?wait);
+            }
         }
     }
 
@@ -587,7 +602,7 @@ impl Poller {
             unit = a.unit,
             table = a.table.name(),
             address = a.address,
-            error = %code,
+            error = %Exception(code),
             retry_in = ?wait,
         );
     }
@@ -619,7 +634,7 @@ impl Poller {
             table = table.name(),
             from = start,
             to = end,
-            error = %code,
+            error = %Exception(code),
         );
     }
 

@@ -14,11 +14,14 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
-use opcua::client::Session;
+use futures::StreamExt;
+use opcua::client::{Session, SessionPollResult};
 use opcua::types::{
     AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, ByteString, DataTypeId,
-    NodeClass, NodeClassMask, NodeId, ReadValueId, ReferenceTypeId, TimestampsToReturn, Variant,
+    NodeClass, NodeClassMask, NodeId, ReadValueId, ReferenceTypeId, StatusCode, TimestampsToReturn,
+    Variant,
 };
 
 use super::OpcUaError;
@@ -37,7 +40,7 @@ pub struct Found {
     pub node: NodeId,
     /// The data type's name, e.g. `Double` or `SimEnum1`.
     pub data_type: String,
-    /// ValueRank ≥ 1: an array.
+    /// An array (see [`is_array`]).
     pub array: bool,
     /// The data type is a structure (or another non-scalar the source cannot read).
     pub structure: bool,
@@ -120,11 +123,16 @@ async fn describe(
     let request = |e: opcua::types::Error| OpcUaError::Request(e.to_string());
     let mut out = Vec::with_capacity(found.len());
     let mut type_names: HashMap<NodeId, (String, bool)> = HashMap::new();
-    for chunk in found.chunks(CHUNK / 2) {
+    for chunk in found.chunks(CHUNK / 3) {
         let read: Vec<ReadValueId> = chunk
             .iter()
             .flat_map(|(_, id)| {
-                [AttributeId::DataType, AttributeId::ValueRank].map(|a| ReadValueId {
+                [
+                    AttributeId::DataType,
+                    AttributeId::ValueRank,
+                    AttributeId::Value,
+                ]
+                .map(|a| ReadValueId {
                     node_id: id.clone(),
                     attribute_id: a as u32,
                     ..Default::default()
@@ -136,11 +144,16 @@ async fn describe(
             .await
             .map_err(request)?;
         for (i, (path, node)) in chunk.iter().enumerate() {
-            let data_type = match values.get(2 * i).and_then(|v| v.value.clone()) {
+            let data_type = match values.get(3 * i).and_then(|v| v.value.clone()) {
                 Some(Variant::NodeId(id)) => *id,
                 _ => NodeId::null(),
             };
-            let array = matches!(values.get(2 * i + 1).and_then(|v| v.value.clone()), Some(Variant::Int32(r)) if r >= 1);
+            let rank = match values.get(3 * i + 1).and_then(|v| v.value.clone()) {
+                Some(Variant::Int32(r)) => r,
+                _ => -1,
+            };
+            let value = values.get(3 * i + 2).and_then(|v| v.value.as_ref());
+            let array = is_array(rank, value);
             if !type_names.contains_key(&data_type) {
                 let name = type_name(session, &data_type).await;
                 type_names.insert(data_type.clone(), name);
@@ -156,6 +169,13 @@ async fn describe(
         }
     }
     Ok(out)
+}
+
+/// Whether a variable holds arrays: ValueRank ≥ 0 (one or more dimensions; asyncua sets 0
+/// for its arrays), or a rank that allows both (-2 Any, -3 ScalarOrOneDimension; Part 3,
+/// 5.6.2) with an array as its current value.
+fn is_array(rank: i32, value: Option<&Variant>) -> bool {
+    rank >= 0 || (rank != -1 && matches!(value, Some(Variant::Array(_))))
 }
 
 /// A data type's name and whether it is a structure.
@@ -314,31 +334,54 @@ pub fn render(plan: &OpcUaPlan, root: &NodeId, found: &[Found], command: &str) -
     out
 }
 
-/// Convenience for the CLI: connect with `plan`, browse, disconnect.
+/// How long `browse` waits for a session after the server answered GetEndpoints.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Convenience for the CLI: connect with `plan`, browse, disconnect. A server that refuses
+/// the session (the gateway's certificate, the login) is reported at once, with the next step.
 pub async fn browse_server(
     plan: &OpcUaPlan,
     root: &NodeId,
     depth: usize,
 ) -> Result<Vec<Found>, OpcUaError> {
     let client = super::connect::client(plan, 1000)?;
-    let (session, event_loop) =
-        super::connect::connect(&client, plan, std::path::Path::new("<this tag map>")).await?;
-    let session: Arc<Session> = session;
-    let driver = event_loop.spawn();
-    let connected = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        session.wait_for_connection(),
-    )
-    .await;
-    if !matches!(connected, Ok(true)) {
-        driver.abort();
-        return Err(OpcUaError::Unreachable {
-            endpoint: plan.endpoint.clone(),
-            reason: "no session within 30 s (wrong user or password?)".into(),
-        });
+    let connection =
+        super::connect::connect(&client, plan, std::path::Path::new(&plan.endpoint)).await?;
+    let session: Arc<Session> = connection.session;
+    let mut stream = Box::pin(connection.event_loop.enter());
+    let deadline = tokio::time::sleep(SESSION_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                let why = last.map(|s: StatusCode| format!(" (last answer: {s})")).unwrap_or_default();
+                return Err(OpcUaError::Unreachable {
+                    endpoint: plan.endpoint.clone(),
+                    reason: format!("no session within {} s{why}", SESSION_TIMEOUT.as_secs()),
+                });
+            }
+            next = stream.next() => match next {
+                None => return Err(OpcUaError::Request("the session closed".into())),
+                Some(Err(status)) => {
+                    return Err(super::connect::refused(plan, status)
+                        .unwrap_or_else(|| OpcUaError::Request(status.to_string())))
+                }
+                Some(Ok(SessionPollResult::Reconnected(_))) => break,
+                Some(Ok(SessionPollResult::ReconnectFailed(status))) => {
+                    if let Some(error) = super::connect::refused(plan, status) {
+                        return Err(error);
+                    }
+                    last = Some(status);
+                }
+                Some(Ok(_)) => {}
+            }
+        }
     }
+    // Keep polling the event loop while browsing; aborted below.
+    let driver = tokio::spawn(async move { while stream.next().await.is_some() {} });
     let result = browse(&session, root, depth).await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), session.disconnect()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), session.disconnect()).await;
     driver.abort();
     result
 }
@@ -349,6 +392,19 @@ mod tests {
 
     fn plan() -> OpcUaPlan {
         crate::source::opcua::test_plan()
+    }
+
+    #[test]
+    fn value_ranks_that_allow_arrays() {
+        let array = Variant::from(vec![1i32, 2]);
+        let scalar = Variant::Int32(1);
+        assert!(is_array(0, None), "OneOrMoreDimensions");
+        assert!(is_array(1, Some(&scalar)));
+        assert!(!is_array(-1, Some(&array)), "Scalar");
+        assert!(is_array(-2, Some(&array)));
+        assert!(is_array(-3, Some(&array)));
+        assert!(!is_array(-3, Some(&scalar)));
+        assert!(!is_array(-2, None));
     }
 
     #[test]

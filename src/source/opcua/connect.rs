@@ -20,7 +20,7 @@ use std::time::Duration;
 use opcua::client::transport::TcpConnector;
 use opcua::client::{Client, ClientBuilder, IdentityToken, Password, Session, SessionEventLoop};
 use opcua::crypto::{CertificateStore, SecurityPolicy as UaPolicy, X509};
-use opcua::types::{EndpointDescription, MessageSecurityMode, UserTokenType};
+use opcua::types::{EndpointDescription, MessageSecurityMode, StatusCode, UserTokenType};
 
 use super::{OpcUaError, UntrustedServer};
 use crate::config::tagmap::{SecurityMode, SecurityPolicy};
@@ -64,6 +64,11 @@ pub fn pki_dir(plan: &OpcUaPlan) -> PathBuf {
 /// endless reconnects with backoff (the source decides when to stop).
 pub fn client(plan: &OpcUaPlan, chunk: usize) -> Result<Client, OpcUaError> {
     let pki = pki_dir(plan);
+    // async-opcua creates the gateway's certificate while building the client; two tag maps
+    // starting together on a fresh PKI directory would both write it ("Certificate creation
+    // failed", then "Encrypted endpoints will not function correctly"). One at a time.
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CREATING.lock().unwrap_or_else(|p| p.into_inner());
     ClientBuilder::new()
         .application_name("tagbridge")
         .application_uri(APPLICATION_URI)
@@ -91,11 +96,60 @@ pub fn client(plan: &OpcUaPlan, chunk: usize) -> Result<Client, OpcUaError> {
         .map_err(|e| OpcUaError::Client(e.join("; ")))
 }
 
-/// Fetches the server's endpoints and picks the one with the plan's policy and mode.
+/// Fetches the server's endpoints and picks the one with the plan's policy and mode, checking
+/// that it accepts the plan's kind of user token.
 pub async fn select_endpoint(
     client: &Client,
     plan: &OpcUaPlan,
 ) -> Result<EndpointDescription, OpcUaError> {
+    let endpoint = matching_endpoint(client, plan).await?;
+    check_user_token(plan, &endpoint)?;
+    Ok(endpoint)
+}
+
+/// Opens a TCP connection to the endpoint's host and port, so that a refused or unresolvable
+/// address is reported at once (async-opcua would retry it until the discovery timeout).
+async fn probe_tcp(plan: &OpcUaPlan) -> Result<(), OpcUaError> {
+    let unreachable = |reason: String| OpcUaError::Unreachable {
+        endpoint: plan.endpoint.clone(),
+        reason,
+    };
+    let rest = plan
+        .endpoint
+        .strip_prefix("opc.tcp://")
+        .unwrap_or(&plan.endpoint);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    // opc.tcp's default port is 4840 (OPC UA Part 6, 7.2).
+    let address = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:4840")
+    };
+    match tokio::time::timeout(DISCOVERY_TIMEOUT, tokio::net::TcpStream::connect(&address)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(unreachable(format!(
+                "connection refused at {address}: is the server running, and is the port right?"
+            )))
+        }
+        Ok(Err(e)) => Err(unreachable(format!("{address}: {e}"))),
+        Err(_) => Err(unreachable(format!(
+            "no answer from {address} within {} s (a firewall, or the wrong address?)",
+            DISCOVERY_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Fetches the server's endpoints (GetEndpoints: no login needed) and picks the one with the
+/// plan's policy and mode.
+pub async fn matching_endpoint(
+    client: &Client,
+    plan: &OpcUaPlan,
+) -> Result<EndpointDescription, OpcUaError> {
+    probe_tcp(plan).await?;
     // async-opcua retries the discovery connection by the session retry policy (forever):
     // bound it, so a down server is reported and retried by the caller's backoff.
     let endpoints = tokio::time::timeout(
@@ -129,8 +183,19 @@ pub async fn select_endpoint(
             endpoint: plan.endpoint.clone(),
             wanted: format!("{policy} + {mode:?}"),
             offered: offered.join(", "),
+            advice: ADVICE_TAG_MAP,
         });
     };
+    Ok(endpoint)
+}
+
+/// What to change when no endpoint matches: the tag map's settings.
+pub const ADVICE_TAG_MAP: &str = "change security_policy / security_mode in the tag map";
+/// What to change when no endpoint matches: the command's flags (`browse`, `opcua trust`).
+pub const ADVICE_FLAGS: &str = "pass --security and --mode (e.g. --security none)";
+
+/// Refuses an endpoint that does not accept the plan's kind of user token.
+fn check_user_token(plan: &OpcUaPlan, endpoint: &EndpointDescription) -> Result<(), OpcUaError> {
     let wanted = match &plan.user {
         UserPlan::Anonymous => UserTokenType::Anonymous,
         UserPlan::Username { .. } => UserTokenType::UserName,
@@ -146,7 +211,7 @@ pub async fn select_endpoint(
             wanted: format!("{wanted:?}"),
         });
     }
-    Ok(endpoint)
+    Ok(())
 }
 
 /// Checks the server certificate of `endpoint` against `<pki>/trusted/` before the channel
@@ -207,7 +272,8 @@ pub async fn trust_server(
     thumbprint: Option<&str>,
 ) -> Result<Trusted, OpcUaError> {
     let client = client(plan, 1)?;
-    let endpoint = select_endpoint(&client, plan).await?;
+    // GetEndpoints needs no login: the user settings play no part here.
+    let endpoint = matching_endpoint(&client, plan).await?;
     if endpoint.security_mode == MessageSecurityMode::None {
         return Err(OpcUaError::Certificate(
             "this tag map uses security none: there is no server certificate to trust".into(),
@@ -283,23 +349,123 @@ fn read_secret(source: &SecretSource) -> Result<String, OpcUaError> {
     }
 }
 
+/// A session ready to run: its event loop must be polled by the caller.
+pub struct Connection {
+    pub session: Arc<Session>,
+    pub event_loop: SessionEventLoop<TcpConnector>,
+    /// The endpoint it was built for, with the server certificate it trusts.
+    pub endpoint: EndpointDescription,
+}
+
 /// Connects: endpoint, trust, identity, then a session whose event loop the caller polls.
 pub async fn connect(
     client: &Client,
     plan: &OpcUaPlan,
     tag_map: &Path,
-) -> Result<(Arc<Session>, SessionEventLoop<TcpConnector>), OpcUaError> {
+) -> Result<Connection, OpcUaError> {
     let endpoint = select_endpoint(client, plan).await?;
     check_trust(plan, tag_map, &endpoint)?;
     let token = identity(&plan.user)?;
-    client
+    let (session, event_loop) = client
         .session_builder()
-        .connect_to_endpoint_directly(endpoint)
+        .connect_to_endpoint_directly(endpoint.clone())
         .and_then(|b| {
             b.user_identity_token(token)
                 .build(client.certificate_store().clone())
         })
-        .map_err(|e| OpcUaError::Client(e.to_string()))
+        .map_err(|e| OpcUaError::Client(e.to_string()))?;
+    Ok(Connection {
+        session,
+        event_loop,
+        endpoint,
+    })
+}
+
+/// Whether the server at `plan`'s endpoint now presents a different certificate than
+/// `current` (renewed while the gateway ran). Errors count as "not known to have changed".
+pub async fn certificate_changed(
+    client: &Client,
+    plan: &OpcUaPlan,
+    current: &EndpointDescription,
+) -> bool {
+    if current.security_mode == MessageSecurityMode::None {
+        return false;
+    }
+    match matching_endpoint(client, plan).await {
+        Ok(now) => now.server_certificate != current.server_certificate,
+        Err(_) => false,
+    }
+}
+
+/// The gateway's own certificate, `<pki>/own/cert.der`: its path and SHA-1 thumbprint, for
+/// the "trust the gateway on the server" step.
+pub fn own_certificate(plan: &OpcUaPlan) -> (PathBuf, Option<String>) {
+    let path = pki_dir(plan).join("own").join("cert.der");
+    let thumbprint = std::fs::read(&path)
+        .ok()
+        .and_then(|der| X509::from_der(&der).ok())
+        .map(|c| c.thumbprint().as_hex_string());
+    (path, thumbprint)
+}
+
+/// The error for a session the server refused: the gateway's certificate or the user.
+pub fn refused(plan: &OpcUaPlan, status: StatusCode) -> Option<OpcUaError> {
+    if is_user_refusal(status) {
+        let user = match &plan.user {
+            UserPlan::Anonymous => "anonymous".to_string(),
+            UserPlan::Username { username, password } => {
+                let from = match password {
+                    SecretSource::Env(v) => format!("environment variable {v}"),
+                    SecretSource::File(f) => format!("file {}", f.display()),
+                };
+                format!("user `{username}` (password from {from})")
+            }
+            UserPlan::Certificate { cert, .. } => {
+                format!("the user certificate {}", cert.display())
+            }
+        };
+        return Some(OpcUaError::LoginRefused {
+            endpoint: plan.endpoint.clone(),
+            status: status.to_string(),
+            user,
+        });
+    }
+    if is_certificate_refusal(status) {
+        let (path, thumbprint) = own_certificate(plan);
+        return Some(OpcUaError::ClientUntrusted {
+            endpoint: plan.endpoint.clone(),
+            status: status.to_string(),
+            cert: path,
+            thumbprint: thumbprint.unwrap_or_else(|| "unknown".into()),
+        });
+    }
+    None
+}
+
+/// The server refused the user identity (Part 4, 5.6.3 ActivateSession).
+pub fn is_user_refusal(status: StatusCode) -> bool {
+    [
+        StatusCode::BadUserAccessDenied,
+        StatusCode::BadIdentityTokenInvalid,
+        StatusCode::BadIdentityTokenRejected,
+    ]
+    .contains(&status)
+}
+
+/// The server refused the gateway's application certificate (Part 4, 5.5.2 / 5.6.2).
+pub fn is_certificate_refusal(status: StatusCode) -> bool {
+    [
+        StatusCode::BadCertificateUntrusted,
+        StatusCode::BadSecurityChecksFailed,
+        StatusCode::BadCertificateInvalid,
+        StatusCode::BadCertificateUriInvalid,
+        StatusCode::BadCertificateUseNotAllowed,
+        StatusCode::BadCertificateTimeInvalid,
+        StatusCode::BadCertificateRevoked,
+        StatusCode::BadCertificateIssuerRevocationUnknown,
+        StatusCode::BadCertificateRevocationUnknown,
+    ]
+    .contains(&status)
 }
 
 pub fn ua_policy(p: SecurityPolicy) -> UaPolicy {

@@ -61,11 +61,13 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 pub enum OpcUaError {
     #[error("cannot reach OPC UA server {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
-    #[error("OPC UA server {endpoint} offers no endpoint with {wanted} (it offers: {offered}); change security_policy / security_mode in the tag map")]
+    #[error("OPC UA server {endpoint} offers no endpoint with {wanted} (it offers: {offered}); {advice}")]
     NoEndpoint {
         endpoint: String,
         wanted: String,
         offered: String,
+        /// What to change: the tag map's settings, or a command's flags.
+        advice: &'static str,
     },
     #[error(
         "OPC UA server {endpoint} does not accept {wanted} user tokens on the chosen endpoint"
@@ -73,6 +75,29 @@ pub enum OpcUaError {
     UserTokenRefused { endpoint: String, wanted: String },
     #[error("{0}")]
     Untrusted(Box<UntrustedServer>),
+    #[error(
+        "OPC UA server {endpoint} refused the gateway's certificate ({status}). Trust the gateway on the server: \
+         copy {cert} (thumbprint {thumbprint}) into the server's trusted certificates \
+         (or accept it in the server's certificate list); the gateway connects on its own once it is trusted",
+        cert = cert.display()
+    )]
+    ClientUntrusted {
+        endpoint: String,
+        status: String,
+        /// The gateway's certificate, `<pki>/own/cert.der`.
+        cert: PathBuf,
+        thumbprint: String,
+    },
+    #[error(
+        "OPC UA server {endpoint} refused the login of {user} ({status}): check the user name and the password, \
+         and that the server allows this user"
+    )]
+    LoginRefused {
+        endpoint: String,
+        status: String,
+        /// Who logged in, and where the password came from (never the password).
+        user: String,
+    },
     #[error("certificate: {0}")]
     Certificate(String),
     #[error("cannot read the OPC UA password from {what}: {reason}")]
@@ -83,15 +108,38 @@ pub enum OpcUaError {
     Request(String),
 }
 
+impl OpcUaError {
+    /// The same error with advice for a command's flags instead of a tag map's settings
+    /// (`tagbridge browse`, `tagbridge opcua trust opc.tcp://…`).
+    pub fn for_flags(self) -> OpcUaError {
+        match self {
+            OpcUaError::NoEndpoint {
+                endpoint,
+                wanted,
+                offered,
+                ..
+            } => OpcUaError::NoEndpoint {
+                endpoint,
+                wanted,
+                offered,
+                advice: connect::ADVICE_FLAGS,
+            },
+            other => other,
+        }
+    }
+}
+
 /// An OPC UA server whose certificate is not in `<pki>/trusted/`.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "the certificate of OPC UA server {endpoint} is not trusted (subject {subject}, thumbprint {thumbprint}). \
      After checking the thumbprint with the server's administrator, move {rejected} into {trusted_dir}/ \
-     or run `tagbridge opcua trust {tag_map} --thumbprint {thumbprint}`",
+     (`mv {rejected_q} {trusted_q}/`) or run `tagbridge opcua trust {tag_map_q} --thumbprint {thumbprint}`",
     rejected = rejected.display(),
     trusted_dir = trusted_dir.display(),
-    tag_map = tag_map.display()
+    rejected_q = shell_quote(&rejected.display().to_string()),
+    trusted_q = shell_quote(&trusted_dir.display().to_string()),
+    tag_map_q = shell_quote(&tag_map.display().to_string()),
 )]
 pub struct UntrustedServer {
     pub endpoint: String,
@@ -103,6 +151,43 @@ pub struct UntrustedServer {
     pub trusted_dir: PathBuf,
     /// The tag map, for the `tagbridge opcua trust` command.
     pub tag_map: PathBuf,
+}
+
+/// Log directives that quiet async-opcua below `debug`. Its messages repeat what the source
+/// reports itself, with a reason and a next step (and some are not problems at all:
+/// `BadNoSubscription` before the first subscription, "Endpoint config contains no endpoints"
+/// for every client), so a clean start logs no WARN and no ERROR. At `debug` and `trace`
+/// they are all shown.
+pub fn library_log_directives(level: &str) -> &'static [&'static str] {
+    let verbose = ["debug", "trace"].iter().any(|l| level.contains(l));
+    if verbose {
+        &[]
+    } else {
+        &[
+            "opcua_client=off",
+            "opcua_core=off",
+            "opcua_crypto=off",
+            "opcua_types=off",
+            "opcua_nodes=off",
+        ]
+    }
+}
+
+/// How often a refused login is tried again: servers lock accounts after a few failures.
+pub const LOGIN_RETRY: Duration = Duration::from_secs(60);
+
+/// `text` quoted for a POSIX shell when it needs it, so a printed command can be pasted as is
+/// (certificate file names hold spaces, brackets and colons).
+pub fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=,@%".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 /// Live counters of one OPC UA source, read by telemetry and tests.
@@ -135,13 +220,39 @@ pub struct OpcUaCounters {
     pub lost_messages: AtomicU64,
     /// Subscriptions created by this source (cumulative).
     pub subscriptions_created: AtomicU64,
+    /// Tags whose node no longer exists on the server (BadNodeIdUnknown in their values).
+    pub tags_gone: AtomicU64,
     /// Whether the session is connected.
     pub connected: AtomicBool,
+    /// Why the source is not connected, with the next step; `None` while connected or before
+    /// the first attempt. Read by `/readyz` and `tagbridge status`.
+    pub reason: std::sync::Mutex<Option<String>>,
 }
 
 impl OpcUaCounters {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Tags monitored and delivering now: items created, less those whose node is gone.
+    pub fn monitored_items(&self) -> u64 {
+        Self::get(&self.items_monitored).saturating_sub(Self::get(&self.tags_gone))
+    }
+
+    /// Tags not read now: items that could not be created, and nodes that are gone.
+    pub fn failed_items(&self) -> u64 {
+        Self::get(&self.items_failed) + Self::get(&self.tags_gone)
+    }
+
+    /// Why the source is not connected now, if it said.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().map(|r| r.clone()).unwrap_or(None)
+    }
+
+    pub(crate) fn set_reason(&self, reason: Option<String>) {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = reason;
+        }
     }
 }
 

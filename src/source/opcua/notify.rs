@@ -14,11 +14,13 @@ use tokio::sync::Notify;
 use super::convert::{self, EnumNames, Quality, TimestampSource, UncertainPolicy};
 use super::OpcUaCounters;
 use crate::mapping::{OpcUaPlan, TagMapPlan};
-use crate::sample::Sample;
+use crate::sample::{Cause, Sample, SampleBatch, Scope, SourceEvent};
 
 /// Per-tag flags, so each problem is logged once per episode.
 const FLAG_BAD: u8 = 1;
 const FLAG_UNSUPPORTED: u8 = 2;
+/// The node does not exist (any more): counted in [`OpcUaCounters::tags_gone`].
+const FLAG_GONE: u8 = 4;
 
 /// Everything the tasks of one source share.
 pub(super) struct Ctx {
@@ -26,7 +28,7 @@ pub(super) struct Ctx {
     pub source: Arc<OpcUaPlan>,
     pub counters: Arc<OpcUaCounters>,
     pub queue: Arc<Queue>,
-    /// One per tag: [`FLAG_BAD`], [`FLAG_UNSUPPORTED`].
+    /// One per tag: [`FLAG_BAD`], [`FLAG_UNSUPPORTED`], [`FLAG_GONE`].
     pub flags: Arc<Vec<AtomicU8>>,
     /// Per tag: the array element it monitors (`elements:`).
     pub elements: Vec<Option<u32>>,
@@ -34,9 +36,10 @@ pub(super) struct Ctx {
     pub uncertain: UncertainPolicy,
 }
 
-/// Samples waiting for the forwarding task. Bounded: when full, the oldest are dropped.
+/// Samples (and status events) waiting for the forwarding task. Bounded: when full, the oldest
+/// samples are dropped.
 pub(super) struct Queue {
-    samples: Mutex<Vec<Sample>>,
+    samples: Mutex<SampleBatch>,
     pub(super) notify: Notify,
     capacity: usize,
 }
@@ -44,7 +47,7 @@ pub(super) struct Queue {
 impl Queue {
     pub(super) fn new(capacity: usize) -> Queue {
         Queue {
-            samples: Mutex::new(Vec::new()),
+            samples: Mutex::new(SampleBatch::default()),
             notify: Notify::new(),
             capacity,
         }
@@ -65,6 +68,9 @@ impl Queue {
                 let excess = total - self.capacity;
                 let from_old = excess.min(samples.len());
                 samples.drain(..from_old);
+                for (before, _) in &mut samples.events {
+                    *before = before.saturating_sub(from_old);
+                }
                 let from_new = excess - from_old;
                 batch.drain(..from_new);
                 dropped = excess;
@@ -75,7 +81,25 @@ impl Queue {
         dropped
     }
 
-    pub(super) fn take(&self) -> Vec<Sample> {
+    /// Appends a status event after the samples queued so far. A confirmation replaces one
+    /// queued right before it (only the newest matters), so events stay few.
+    pub(super) fn event(&self, event: SourceEvent) {
+        {
+            let mut queued = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            let n = queued.samples.len();
+            if let (SourceEvent::Confirmed { .. }, Some((before, SourceEvent::Confirmed { .. }))) =
+                (&event, queued.events.last())
+            {
+                if *before == n {
+                    queued.events.pop();
+                }
+            }
+            queued.event(event);
+        }
+        self.notify.notify_one();
+    }
+
+    pub(super) fn take(&self) -> SampleBatch {
         std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -131,6 +155,7 @@ impl OnSubscriptionNotificationCore for Notifier {
         notification: NotificationMessage,
         _items: MonitoredItemMap<'_>,
     ) {
+        let confirmed_at = Utc::now();
         // Keep-alives carry the next number without consuming it: only data messages count.
         if notification
             .notification_data
@@ -140,6 +165,11 @@ impl OnSubscriptionNotificationCore for Notifier {
             self.track(notification.sequence_number);
         }
         self.deliver.deliver(notification);
+        // A publish or keep-alive response: the subscription is alive, its values still hold.
+        self.deliver
+            .ctx
+            .queue
+            .event(SourceEvent::Confirmed { at: confirmed_at });
     }
 }
 
@@ -158,6 +188,8 @@ impl Deliver {
         let now = Utc::now();
         let ctx = &self.ctx;
         let mut batch = Vec::new();
+        // Tags whose value is not usable (Bad, or Uncertain when skipped): no heartbeat for them.
+        let mut lost: Vec<(usize, StatusCode)> = Vec::new();
         let (mut bad, mut uncertain, mut unsupported) = (0u64, 0u64, 0u64);
         for object in data {
             let Some(change) = object.into_inner_as::<DataChangeNotification>() else {
@@ -176,6 +208,23 @@ impl Deliver {
                 match convert::quality(value.status) {
                     Quality::Bad => {
                         bad += 1;
+                        lost.push((tag, value.status.unwrap_or(StatusCode::Bad)));
+                        let status = value.status.unwrap_or(StatusCode::Bad);
+                        if is_gone(status) {
+                            let before = flags.fetch_or(FLAG_BAD | FLAG_GONE, Ordering::Relaxed);
+                            if before & FLAG_BAD == 0 {
+                                ctx.counters.tags_bad.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if before & FLAG_GONE == 0 {
+                                ctx.counters.tags_gone.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(
+                                    message = "OPC UA node does not exist on the server (deleted or renamed?); the tag counts as failed until the node is back.",
+                                    sensor_id = %plan.sensor_id,
+                                    %status
+                                );
+                            }
+                            continue;
+                        }
                         if flags.fetch_or(FLAG_BAD, Ordering::Relaxed) & FLAG_BAD == 0 {
                             ctx.counters.tags_bad.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(
@@ -189,6 +238,7 @@ impl Deliver {
                     Quality::Uncertain => {
                         uncertain += 1;
                         if ctx.uncertain == UncertainPolicy::Skip {
+                            lost.push((tag, value.status.unwrap_or(StatusCode::Uncertain)));
                             continue;
                         }
                     }
@@ -199,6 +249,11 @@ impl Deliver {
                 {
                     ctx.counters.tags_bad.fetch_sub(1, Ordering::Relaxed);
                     tracing::info!(message = "OPC UA tag recovered from a Bad status.", sensor_id = %plan.sensor_id);
+                }
+                if flags.load(Ordering::Relaxed) & FLAG_GONE != 0
+                    && flags.fetch_and(!FLAG_GONE, Ordering::Relaxed) & FLAG_GONE != 0
+                {
+                    ctx.counters.tags_gone.fetch_sub(1, Ordering::Relaxed);
                 }
                 let Some(variant) = &value.value else {
                     unsupported += 1;
@@ -242,6 +297,13 @@ impl Deliver {
         }
         c.readings.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let dropped = ctx.queue.push(batch);
+        for (tag, status) in lost {
+            ctx.queue.event(SourceEvent::Lost {
+                scope: Scope::Tag(tag),
+                at: now,
+                cause: Cause::OpcUaStatus(status.to_string().into()),
+            });
+        }
         if dropped > 0
             && c.overflow_dropped
                 .fetch_add(dropped as u64, Ordering::Relaxed)
@@ -254,6 +316,11 @@ impl Deliver {
             );
         }
     }
+}
+
+/// A status that says the node is not there (Part 4, 7.39).
+fn is_gone(status: StatusCode) -> bool {
+    status == StatusCode::BadNodeIdUnknown || status == StatusCode::BadNodeIdInvalid
 }
 
 #[cfg(test)]
@@ -324,5 +391,66 @@ mod tests {
         let tags: Vec<usize> = q.take().iter().map(|s| s.tag).collect();
         assert_eq!(tags, vec![2, 3, 4]);
         assert!(q.take().is_empty());
+    }
+
+    /// One data change for `tag` with `status`.
+    fn change(tag: u32, status: StatusCode) -> NotificationMessage {
+        let mut value = opcua::types::DataValue::new_now(1.5f64);
+        value.status = Some(status);
+        NotificationMessage {
+            sequence_number: 1,
+            publish_time: opcua::types::DateTime::now(),
+            notification_data: Some(vec![opcua::types::ExtensionObject::from_message(
+                DataChangeNotification {
+                    monitored_items: Some(vec![opcua::types::MonitoredItemNotification {
+                        client_handle: tag + 1,
+                        value,
+                    }]),
+                    diagnostic_infos: None,
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn a_deleted_node_counts_as_a_failed_item_until_it_is_back() {
+        let yaml = "source:\n  opcua: {endpoint: \"opc.tcp://h:4840/\", security_policy: none}\ntags:\n  - {sensor_id: a, node: \"ns=2;s=A\"}\n  - {sensor_id: b, node: \"ns=2;s=B\"}\n";
+        let file = crate::config::parse_str::<crate::config::tagmap::TagMapFile>(yaml);
+        let (plan, problems) = crate::mapping::compile(
+            file.value.as_ref().expect("parses"),
+            std::path::Path::new("t.yaml"),
+            &[],
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let counters: Arc<OpcUaCounters> = Arc::default();
+        let ctx = Arc::new(Ctx {
+            flags: Arc::new((0..plan.tags.len()).map(|_| AtomicU8::new(0)).collect()),
+            elements: vec![None; plan.tags.len()],
+            plan: Arc::new(plan),
+            source: Arc::new(super::super::test_plan()),
+            counters: Arc::clone(&counters),
+            queue: Arc::new(Queue::new(10)),
+            timestamps: Default::default(),
+            uncertain: Default::default(),
+        });
+        let deliver = Deliver {
+            ctx,
+            names: Arc::new(Vec::new()),
+        };
+        counters.items_monitored.store(2, Ordering::Relaxed);
+        deliver.deliver(change(1, StatusCode::BadNodeIdUnknown));
+        deliver.deliver(change(1, StatusCode::BadNodeIdUnknown));
+        assert_eq!(counters.failed_items(), 1);
+        assert_eq!(counters.monitored_items(), 1);
+        assert_eq!(OpcUaCounters::get(&counters.tags_bad), 1);
+        // A Bad status that is not about the node is not a failed item.
+        deliver.deliver(change(0, StatusCode::BadSensorFailure));
+        assert_eq!(counters.failed_items(), 1);
+        // The node is back.
+        deliver.deliver(change(1, StatusCode::Good));
+        assert_eq!(counters.failed_items(), 0);
+        assert_eq!(counters.monitored_items(), 2);
+        assert_eq!(OpcUaCounters::get(&counters.tags_bad), 1);
+        assert_eq!(OpcUaCounters::get(&counters.readings), 1);
     }
 }

@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use opcua::client::transport::TcpConnector;
-use opcua::client::{Session, SessionEventLoop, SessionPollResult};
-use opcua::types::StatusCode;
+use opcua::client::{Client, Session, SessionEventLoop, SessionPollResult};
+use opcua::types::{EndpointDescription, StatusCode};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::notify::{Ctx, Queue};
-use super::{connect, subscribe, OpcUaCounters};
+use super::{connect, subscribe, OpcUaCounters, OpcUaError};
 use crate::mapping::{OpcUaPlan, TagMapPlan};
-use crate::sample::SampleBatch;
+use crate::sample::{Cause, SampleBatch, Scope, SourceEvent};
 
 pub(super) fn start(
     plan: Arc<TagMapPlan>,
@@ -45,113 +45,229 @@ pub(super) fn start(
     tracker.spawn(run(ctx, cancel.child_token()));
 }
 
+/// How a session ended.
+enum Ended {
+    /// Shutdown.
+    Cancelled,
+    /// The server refused the session (the gateway's certificate or the login); the error
+    /// says what to do.
+    Refused(OpcUaError),
+    /// The server presents a new certificate: connect from scratch, fetching the endpoints
+    /// and checking the new certificate against `trusted/`.
+    CertificateChanged,
+    /// The event loop ended with this status.
+    Failed(StatusCode),
+}
+
 /// Connects, runs the session until it ends, and connects again, with backoff, until
-/// cancelled.
+/// cancelled. Every failure leaves its reason, with the next step, in the counters.
 async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = FIRST_RETRY;
     let mut last_error = String::new();
     if ctx.plan.tags.is_empty() {
         return;
     }
     loop {
-        let chunk = subscribe::DEFAULT_CHUNK;
         let attempt = async {
-            let client = connect::client(&ctx.source, chunk)?;
-            connect::connect(&client, &ctx.source, &ctx.plan.path).await
+            let client = connect::client(&ctx.source, subscribe::DEFAULT_CHUNK)?;
+            let connection = connect::connect(&client, &ctx.source, &ctx.plan.path).await?;
+            Ok::<_, OpcUaError>((client, connection))
         };
         let connected = tokio::select! {
             // Shutdown while connecting.
             _ = cancel.cancelled() => return,
             r = attempt => r,
         };
-        match connected {
-            Ok((session, event_loop)) => {
-                backoff = Duration::from_millis(500);
-                last_error.clear();
-                run_session(&ctx, session, event_loop, &cancel).await;
-                if cancel.is_cancelled() {
-                    return;
-                }
-            }
-            Err(error) => {
-                ctx.counters
-                    .connect_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                let text = error.to_string();
-                if text != last_error {
-                    tracing::warn!(
-                        message = "Cannot connect to the OPC UA server.",
-                        tag_map = %ctx.plan.path.display(),
-                        %error
+        let error = match connected {
+            Ok((client, connection)) => match run_session(&ctx, &client, connection, &cancel).await
+            {
+                Ended::Cancelled => return,
+                Ended::CertificateChanged => {
+                    tracing::info!(
+                        message = "The OPC UA server presents a new certificate; connecting again to check it.",
+                        endpoint = %ctx.source.endpoint
                     );
-                    last_error = text;
-                } else {
-                    tracing::debug!(message = "Cannot connect to the OPC UA server.", %error);
+                    backoff = FIRST_RETRY;
+                    last_error.clear();
+                    continue;
                 }
-            }
+                Ended::Refused(error) => error,
+                Ended::Failed(status) => {
+                    let reason = format!("the session ended ({status}); connecting again");
+                    tracing::warn!(message = "OPC UA session ended; connecting again.", endpoint = %ctx.source.endpoint, %status);
+                    ctx.counters.set_reason(Some(reason));
+                    backoff = FIRST_RETRY;
+                    last_error.clear();
+                    if !pause(FIRST_RETRY, &cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            Err(error) => error,
+        };
+        ctx.counters
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let wait = retry_after(&error, backoff);
+        let mut text = error.to_string();
+        if matches!(error, OpcUaError::LoginRefused { .. }) {
+            text.push_str(&format!(
+                ". Retried only every {} s, so that the server does not lock the account",
+                wait.as_secs()
+            ));
         }
-        tokio::select! {
-            // Shutdown while waiting to retry.
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        if text != last_error {
+            tracing::warn!(
+                message = "Cannot connect to the OPC UA server.",
+                tag_map = %ctx.plan.path.display(),
+                error = %text,
+                retry_seconds = wait.as_secs_f64()
+            );
+            last_error = text.clone();
+        } else {
+            tracing::debug!(message = "Cannot connect to the OPC UA server.", %error);
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        ctx.counters.set_reason(Some(text));
+        if !pause(wait, &cancel).await {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_RETRY);
+    }
+}
+
+/// The first retry after a failure; doubled up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Retries while a certificate waits to be trusted (on either side) stay short, so the
+/// gateway connects soon after the operator acted.
+const TRUST_RETRY: Duration = Duration::from_secs(5);
+/// While the connection is lost, how often the server's certificate is fetched again to see
+/// whether it was renewed.
+const CERTIFICATE_PROBE: Duration = Duration::from_secs(2);
+
+/// How long to wait before the next attempt after `error`.
+fn retry_after(error: &OpcUaError, backoff: Duration) -> Duration {
+    match error {
+        // Lockout risk: a wrong password is not hammered.
+        OpcUaError::LoginRefused { .. } => super::LOGIN_RETRY,
+        OpcUaError::Untrusted(_) | OpcUaError::ClientUntrusted { .. } => backoff.min(TRUST_RETRY),
+        _ => backoff,
+    }
+}
+
+/// Sleeps for `wait`; false when cancelled first.
+async fn pause(wait: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        // Shutdown while waiting to retry.
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
     }
 }
 
 /// Drives one session: the event loop, and the subscription manager beside it. Returns when
-/// the event loop ends (cancelled, or a fatal error).
+/// the event loop ends (cancelled, refused, a new server certificate, or a fatal error).
 async fn run_session(
     ctx: &Arc<Ctx>,
-    session: Arc<Session>,
-    event_loop: SessionEventLoop<TcpConnector>,
+    client: &Client,
+    connection: connect::Connection,
     cancel: &CancellationToken,
-) {
+) -> Ended {
+    let connect::Connection {
+        session,
+        event_loop,
+        endpoint,
+    } = connection;
     // Bumped on every (re)connect; the manager re-checks its items.
     let (connected_tx, connected_rx) = watch::channel(0u64);
-    let driver = drive(ctx, Arc::clone(&session), event_loop, connected_tx, cancel);
+    let session_ctx = SessionCtx {
+        ctx,
+        client,
+        endpoint: &endpoint,
+    };
+    let driver = drive(
+        session_ctx,
+        Arc::clone(&session),
+        event_loop,
+        connected_tx,
+        cancel,
+    );
     let manager = subscribe::manage(
         Arc::clone(ctx),
         Arc::clone(&session),
         connected_rx,
         cancel.clone(),
     );
-    tokio::select! {
-        // The event loop ended: shutdown done, or a fatal session error.
-        status = driver => {
-            if !cancel.is_cancelled() {
-                tracing::warn!(message = "OPC UA session ended; connecting again.", %status);
-            }
-        }
+    let ended = tokio::select! {
+        // The event loop ended: shutdown done, refused, or a fatal session error.
+        ended = driver => ended,
         // The manager never ends on its own.
-        _ = manager => {}
-    }
+        _ = manager => Ended::Cancelled,
+    };
     ctx.counters.connected.store(false, Ordering::Relaxed);
     ctx.counters.items_monitored.store(0, Ordering::Relaxed);
+    if cancel.is_cancelled() {
+        Ended::Cancelled
+    } else {
+        ended
+    }
+}
+
+/// What [`drive`] needs besides the session.
+struct SessionCtx<'a> {
+    ctx: &'a Ctx,
+    client: &'a Client,
+    /// The endpoint the session was built for, with the server certificate it trusts.
+    endpoint: &'a EndpointDescription,
 }
 
 /// Polls the session event loop: logs connection changes, kicks a publish after every
-/// reconnect, and closes the session on cancellation.
+/// reconnect, watches for a renewed server certificate while disconnected, ends the session
+/// when the server refuses it, and closes the session on cancellation.
 async fn drive(
-    ctx: &Ctx,
+    s: SessionCtx<'_>,
     session: Arc<Session>,
     event_loop: SessionEventLoop<TcpConnector>,
     connected: watch::Sender<u64>,
     cancel: &CancellationToken,
-) -> StatusCode {
+) -> Ended {
+    let ctx = s.ctx;
     let stream = event_loop.enter();
     tokio::pin!(stream);
     let mut last_failure = None;
     let mut connects = 0u64;
+    let mut disconnected = false;
+    let mut probe_tick = tokio::time::interval(CERTIFICATE_PROBE);
+    let mut probe: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>> =
+        None;
     loop {
         tokio::select! {
             // Shutdown: close the session below.
             _ = cancel.cancelled() => break,
+            // Disconnected: has the server a new certificate? (The library would keep
+            // encrypting to the old one, and the server could never read it.)
+            _ = probe_tick.tick(), if disconnected && probe.is_none() => {
+                probe = Some(Box::pin(connect::certificate_changed(s.client, &ctx.source, s.endpoint)));
+            }
+            changed = async {
+                match probe.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            }, if probe.is_some() => {
+                probe = None;
+                if changed {
+                    return Ended::CertificateChanged;
+                }
+            }
             next = stream.next() => match next {
-                None => return StatusCode::Good,
-                Some(Err(status)) => return status,
+                None => return Ended::Failed(StatusCode::Good),
+                Some(Err(status)) => return Ended::Failed(status),
                 Some(Ok(SessionPollResult::Reconnected(mode))) => {
                     ctx.counters.connected.store(true, Ordering::Relaxed);
+                    ctx.counters.set_reason(None);
+                    disconnected = false;
+                    probe = None;
                     if connects > 0 {
                         ctx.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(message = "OPC UA session re-established.", endpoint = %ctx.source.endpoint, ?mode);
@@ -167,10 +283,26 @@ async fn drive(
                 }
                 Some(Ok(SessionPollResult::ConnectionLost(status))) => {
                     ctx.counters.connected.store(false, Ordering::Relaxed);
+                    ctx.counters.set_reason(Some(format!("connection lost ({status}); reconnecting")));
+                    disconnected = true;
+                    ctx.queue.event(SourceEvent::Lost { scope: Scope::Source, at: chrono::Utc::now(), cause: Cause::ConnectionLost });
                     tracing::warn!(message = "OPC UA connection lost; reconnecting.", endpoint = %ctx.source.endpoint, %status);
                 }
                 Some(Ok(SessionPollResult::ReconnectFailed(status))) => {
+                    disconnected = true;
+                    if let Some(error) = connect::refused(&ctx.source, status) {
+                        // A server that cannot read us may be one with a new certificate.
+                        if connect::is_certificate_refusal(status)
+                            && connect::certificate_changed(s.client, &ctx.source, s.endpoint).await
+                        {
+                            return Ended::CertificateChanged;
+                        }
+                        return Ended::Refused(error);
+                    }
                     ctx.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    ctx.counters.set_reason(Some(format!(
+                        "cannot reach the server ({status}); retrying with backoff"
+                    )));
                     if last_failure != Some(status) {
                         tracing::warn!(message = "OPC UA reconnect failed; retrying with backoff.", endpoint = %ctx.source.endpoint, %status);
                         last_failure = Some(status);
@@ -193,7 +325,7 @@ async fn drive(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
-    StatusCode::Good
+    Ended::Cancelled
 }
 
 /// Moves queued samples onto the bounded channel, waiting when the mapping stage is behind.

@@ -4,13 +4,12 @@
 //! The caller says which sources run now (a closure over the running tag maps), so a source
 //! whose tag map is removed by a reload disappears from the next scrape.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::OpcUaCounters;
 use crate::telemetry::metrics::{Metrics, Points};
 
-type Read = fn(&OpcUaCounters) -> &AtomicU64;
+type Read = fn(&OpcUaCounters) -> u64;
 /// (name, help, read) of one family.
 type Family = (&'static str, &'static str, Read);
 
@@ -19,17 +18,17 @@ const GAUGES: [Family; 3] = [
     (
         "tagbridge_opcua_monitored_items",
         "Tags with a monitored item now.",
-        |c| &c.items_monitored,
+        OpcUaCounters::monitored_items,
     ),
     (
         "tagbridge_opcua_failed_items",
-        "Tags whose monitored item could not be created (retried).",
-        |c| &c.items_failed,
+        "Tags not read: monitored item not created (retried), or node gone from the server.",
+        OpcUaCounters::failed_items,
     ),
     (
         "tagbridge_opcua_bad_tags",
         "Tags whose last value had a Bad status.",
-        |c| &c.tags_bad,
+        |c| OpcUaCounters::get(&c.tags_bad),
     ),
 ];
 
@@ -38,52 +37,52 @@ const COUNTERS: [Family; 10] = [
     (
         "tagbridge_opcua_subscriptions_created",
         "Subscriptions created.",
-        |c| &c.subscriptions_created,
+        |c| OpcUaCounters::get(&c.subscriptions_created),
     ),
     (
         "tagbridge_opcua_reconnects",
         "Sessions re-established after a lost connection.",
-        |c| &c.reconnects,
+        |c| OpcUaCounters::get(&c.reconnects),
     ),
     (
         "tagbridge_opcua_connect_failures",
         "Connection attempts that failed (unreachable, untrusted, refused login, ...).",
-        |c| &c.connect_failures,
+        |c| OpcUaCounters::get(&c.connect_failures),
     ),
     (
         "tagbridge_opcua_bad_values",
         "Notifications with a Bad status (not sent).",
-        |c| &c.bad,
+        |c| OpcUaCounters::get(&c.bad),
     ),
     (
         "tagbridge_opcua_uncertain_values",
         "Notifications with an Uncertain status.",
-        |c| &c.uncertain,
+        |c| OpcUaCounters::get(&c.uncertain),
     ),
     (
         "tagbridge_opcua_unsupported_values",
         "Values with no reading form (arrays, structures, null), not sent.",
-        |c| &c.unsupported,
+        |c| OpcUaCounters::get(&c.unsupported),
     ),
     (
         "tagbridge_opcua_overflow_dropped",
         "Values dropped because the forwarding queue was full.",
-        |c| &c.overflow_dropped,
+        |c| OpcUaCounters::get(&c.overflow_dropped),
     ),
     (
         "tagbridge_opcua_republished",
         "Notification messages lost in transit and recovered with Republish.",
-        |c| &c.republished,
+        |c| OpcUaCounters::get(&c.republished),
     ),
     (
         "tagbridge_opcua_lost_messages",
         "Notification messages lost in transit that the server could not republish.",
-        |c| &c.lost_messages,
+        |c| OpcUaCounters::get(&c.lost_messages),
     ),
     (
         "tagbridge_opcua_readings",
         "Values received from OPC UA servers and passed to the mapping stage.",
-        |c| &c.readings,
+        |c| OpcUaCounters::get(&c.readings),
     ),
 ];
 
@@ -97,7 +96,7 @@ where
         let sources = sources.clone();
         move |points: &mut Points| {
             for (tag_map, c) in sources() {
-                let value = read(&c).load(Ordering::Relaxed) as f64;
+                let value = read(&c) as f64;
                 points.push((vec![("tag_map".to_string(), tag_map)], value));
             }
         }
@@ -113,6 +112,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn families_are_labelled_by_tag_map() {

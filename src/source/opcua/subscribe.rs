@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use opcua::client::Session;
 use opcua::types::{
-    AttributeId, BrowsePath, DataChangeFilter, DataTypeId, EnumValueType, ExtensionObject,
-    LocalizedText, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
-    QualifiedName, ReadValueId, ReferenceTypeId, RelativePath, RelativePathElement, StatusCode,
-    TimestampsToReturn, VariableId, Variant,
+    AttributeId, BrowsePath, DataChangeFilter, DataTypeId, EnumDefinition, EnumValueType,
+    ExtensionObject, LocalizedText, MonitoredItemCreateRequest, MonitoringMode,
+    MonitoringParameters, NodeId, QualifiedName, ReadValueId, ReferenceTypeId, RelativePath,
+    RelativePathElement, StatusCode, TimestampsToReturn, VariableId, Variant,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -57,15 +57,7 @@ pub(super) async fn manage(
             r = connected.changed() => if r.is_err() { return futures::future::pending().await },
         }
     }
-    let nodes: Vec<Option<NodeId>> = ctx
-        .plan
-        .tags
-        .iter()
-        .map(|t| match &t.address {
-            TagAddress::OpcUa { node } => NodeId::from_str(node).ok(),
-            TagAddress::Modbus(_) => None,
-        })
-        .collect();
+    let nodes = resolve_nodes(&ctx, &session).await;
     let (chunk, read_chunk) = limits(&session).await;
     let names = Arc::new(enum_names(&ctx, &session, &nodes, read_chunk).await);
     let gaps = Arc::new(Gaps::default());
@@ -125,6 +117,43 @@ pub(super) async fn manage(
             _ = gaps.notify.notified() => m.republish().await,
         }
     }
+}
+
+/// The node id of every tag; `nsu=<URI>;…` ids get the server's index for that namespace (read
+/// once per session: indexes may change when a server restarts). A URI the server does not
+/// know is reported once per session and leaves that tag unmonitored.
+async fn resolve_nodes(ctx: &Ctx, session: &Session) -> Vec<Option<NodeId>> {
+    let mut missing: HashSet<String> = HashSet::new();
+    let mut out = Vec::with_capacity(ctx.plan.tags.len());
+    for t in &ctx.plan.tags {
+        let TagAddress::OpcUa { node } = &t.address else {
+            out.push(None);
+            continue;
+        };
+        let Some((uri, id)) = node.strip_prefix("nsu=").and_then(|r| r.split_once(';')) else {
+            out.push(NodeId::from_str(node).ok());
+            continue;
+        };
+        let index = if missing.contains(uri) {
+            None
+        } else {
+            match session.get_namespace_index(uri).await {
+                Ok(i) => Some(i),
+                Err(error) => {
+                    tracing::warn!(
+                        message = "The OPC UA server has no such namespace URI; its tags are not read.",
+                        tag_map = %ctx.plan.path.display(),
+                        namespace = uri,
+                        %error
+                    );
+                    missing.insert(uri.to_string());
+                    None
+                }
+            }
+        };
+        out.push(index.and_then(|i| NodeId::from_str(&format!("ns={i};{id}")).ok()));
+    }
+    out
 }
 
 struct Manager {
@@ -555,10 +584,53 @@ async fn enum_names(
             }
         }
     }
+    // 3. OPC UA 1.04 enumerations may define their names only in the DataTypeDefinition
+    //    attribute (an EnumDefinition), without EnumStrings or EnumValues.
+    let rest: Vec<NodeId> = distinct
+        .into_iter()
+        .filter(|id| !by_type.contains_key(id))
+        .collect();
+    for chunk in rest.chunks(read_chunk.max(1)) {
+        let read: Vec<ReadValueId> = chunk
+            .iter()
+            .map(|id| ReadValueId {
+                node_id: id.clone(),
+                attribute_id: AttributeId::DataTypeDefinition as u32,
+                ..Default::default()
+            })
+            .collect();
+        let Ok(values) = session.read(&read, TimestampsToReturn::Neither, 0.0).await else {
+            continue;
+        };
+        for (id, v) in chunk.iter().zip(values) {
+            if let Some(names) = v.value.as_ref().and_then(definition_names) {
+                by_type.insert(id.clone(), Arc::new(names));
+            }
+        }
+    }
     for (t, id) in types {
         out[t] = by_type.get(&id).cloned();
     }
     out
+}
+
+/// Value → name from a DataTypeDefinition that is an EnumDefinition (Part 3, 8.49): each
+/// field's Name, or its DisplayName when the name is empty.
+fn definition_names(v: &Variant) -> Option<HashMap<i64, Arc<str>>> {
+    let Variant::ExtensionObject(o) = v else {
+        return None;
+    };
+    let definition = o.inner_as::<EnumDefinition>()?;
+    let mut out = HashMap::new();
+    for field in definition.fields.iter().flatten() {
+        let name: Arc<str> = if field.name.is_empty() {
+            text(&field.display_name)
+        } else {
+            field.name.as_ref().into()
+        };
+        out.insert(field.value, name);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Built-in data types (ns=0, ids up to Enumeration's 29) are never enumerations with names.
@@ -596,6 +668,7 @@ fn text(t: &LocalizedText) -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opcua::types::EnumField;
 
     fn compile(yaml: &str) -> (crate::mapping::TagMapPlan, Vec<String>) {
         let file = crate::config::parse_str::<crate::config::tagmap::TagMapFile>(yaml);
@@ -704,6 +777,26 @@ mod tests {
         })]);
         let n = names_of(&values).unwrap();
         assert_eq!(&*n[&10], "Ten");
+        let definition = Variant::from(ExtensionObject::from_message(EnumDefinition {
+            fields: Some(vec![
+                EnumField {
+                    value: 0,
+                    display_name: LocalizedText::new("", "Idle shown"),
+                    description: LocalizedText::null(),
+                    name: "Idle".into(),
+                },
+                EnumField {
+                    value: 5,
+                    display_name: LocalizedText::new("", "Busy"),
+                    description: LocalizedText::null(),
+                    name: "".into(),
+                },
+            ]),
+        }));
+        let n = definition_names(&definition).unwrap();
+        assert_eq!(&*n[&0], "Idle");
+        assert_eq!(&*n[&5], "Busy");
+        assert!(definition_names(&Variant::Int32(3)).is_none());
         assert!(is_builtin(&DataTypeId::Int32.into()));
         assert!(!is_builtin(&NodeId::new(2, "Types/SimEnum1")));
     }
