@@ -215,12 +215,15 @@ impl Spool {
         }
 
         let mut segments = VecDeque::new();
+        let durable = config.fsync != FsyncPolicy::Never;
         while let Some(first) = firsts.pop_first() {
-            match recover_segment(&dir, first, &mut firsts, &mut report) {
-                Ok(seg) => segments.push_back(seg),
+            match recover_segment(&dir, first, &firsts, durable, &mut report) {
+                Ok(segs) => segments.extend(segs),
                 Err(e) => report.problems.push(format!("{e}; file left as it is")),
             }
         }
+        // Runs rescued from a damaged segment come after it; keep the order of numbering.
+        segments.make_contiguous().sort_by_key(|s| s.first);
 
         let mut next_seq = state.reserved.max(state.acked + 1).max(1);
         for s in &segments {
@@ -941,15 +944,17 @@ fn create_segment(path: &Path, first: u64) -> Result<File, SpoolError> {
     Ok(file)
 }
 
-/// Checks one segment file, repairs it and reports what was wrong. Valid records found after
-/// damage are moved to a new segment named by their first sequence number (added to `firsts`
-/// so that it is checked in turn).
+/// Checks one segment file, repairs it and reports what was wrong, in one pass over it: each
+/// run of valid records found after damage is written once to a new segment named by its first
+/// sequence number (returned after the repaired segment, already checked), then the file is
+/// cut after its valid start. Files are fsynced only if `durable`, and each once.
 fn recover_segment(
     dir: &Path,
     first: u64,
-    firsts: &mut BTreeSet<u64>,
+    firsts: &BTreeSet<u64>,
+    durable: bool,
     report: &mut RecoveryReport,
-) -> Result<Segment, SpoolError> {
+) -> Result<Vec<Segment>, SpoolError> {
     let path = segment_path(dir, first);
     let buf = fs::read(&path).map_err(SpoolError::io("read", &path))?;
     let file = File::options()
@@ -965,53 +970,86 @@ fn recover_segment(
         ));
         changed = true;
     }
-    let scan = format::scan(&buf, first);
-    let valid = scan.valid_len.max(SEGMENT_HEADER);
-    if let Some(why) = scan.problem {
-        let mut cut = buf.len().saturating_sub(valid);
-        let mut moved = String::new();
-        if let Some(at) = scan.resync {
-            if let Some((_, rescued, _)) = peek_header(&buf[at..]) {
-                let target = segment_path(dir, rescued);
-                // An earlier recovery may have moved them already and been cut off before
-                // truncating this file.
-                if !firsts.contains(&rescued) && !target.exists() {
-                    let mut bytes = segment_header(rescued).to_vec();
-                    bytes.extend_from_slice(&buf[at..]);
-                    let tmp = target.with_extension("seg.tmp");
-                    fs::write(&tmp, &bytes)
-                        .and_then(|_| File::open(&tmp)?.sync_all())
-                        .and_then(|_| fs::rename(&tmp, &target))
-                        .and_then(|_| sync_dir(dir))
-                        .map_err(SpoolError::io("write", &target))?;
-                    firsts.insert(rescued);
-                }
-                cut = at - valid;
-                moved = format!(
-                    "; the records after it, from {rescued} on, moved to {}",
-                    target.display()
-                );
+    let (runs, damage) = format::scan_all(&buf, first);
+    let head = runs.first().copied().unwrap_or_default();
+    let valid = head.end.max(SEGMENT_HEADER);
+    let mut segments = vec![Segment {
+        first,
+        count: head.records,
+        bytes: valid as u64,
+        oldest_ms: head.oldest_ms,
+        newest_ms: head.newest_ms,
+    }];
+    if let Some(first_damage) = damage.first() {
+        let mut written = Vec::new();
+        let mut moved = Vec::new();
+        for run in runs.iter().skip(1) {
+            let target = segment_path(dir, run.first_seq);
+            moved.push((run.first_seq, target.clone()));
+            // An earlier recovery may have moved them already and been cut off before
+            // truncating this file: that file is checked in turn.
+            if firsts.contains(&run.first_seq) || target.exists() {
+                continue;
+            }
+            let mut bytes = Vec::with_capacity(SEGMENT_HEADER + run.end - run.start);
+            bytes.extend_from_slice(&segment_header(run.first_seq));
+            bytes.extend_from_slice(&buf[run.start..run.end]);
+            let tmp = target.with_extension("seg.tmp");
+            fs::write(&tmp, &bytes).map_err(SpoolError::io("write", &tmp))?;
+            written.push((tmp, target));
+            segments.push(Segment {
+                first: run.first_seq,
+                count: run.records,
+                bytes: bytes.len() as u64,
+                oldest_ms: run.oldest_ms,
+                newest_ms: run.newest_ms,
+            });
+        }
+        if durable {
+            for (tmp, _) in &written {
+                File::open(tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(SpoolError::io("fsync", tmp))?;
             }
         }
+        for (tmp, target) in &written {
+            fs::rename(tmp, target).map_err(SpoolError::io("rename", tmp))?;
+        }
+        if durable && !written.is_empty() {
+            sync_dir(dir).map_err(SpoolError::io("fsync", dir))?;
+        }
+        let cut: usize = damage.iter().map(|d| d.next - d.at).sum();
         report.bytes_truncated += cut as u64;
+        let moved_text = match moved.as_slice() {
+            [] => String::new(),
+            [(seq, target)] => format!(
+                "; the records after it, from {seq} on, moved to {}",
+                target.display()
+            ),
+            [(seq, target), ..] => format!(
+                "; the {} runs of records between them, from {seq} on, moved to new segments \
+                 from {} on",
+                moved.len(),
+                target.display()
+            ),
+        };
+        let spots = match damage.len() {
+            1 => String::new(),
+            n => format!("{n} damaged spots, the first: "),
+        };
         report.problems.push(format!(
-            "{}: {why} at byte {valid}; {cut} bytes cut{moved}",
-            path.display()
+            "{}: {spots}{} at byte {valid}; {cut} bytes cut{moved_text}",
+            path.display(),
+            first_damage.why
         ));
         file.set_len(valid as u64)
             .map_err(SpoolError::io("truncate", &path))?;
         changed = true;
     }
-    if changed {
+    if changed && durable {
         file.sync_all().map_err(SpoolError::io("fsync", &path))?;
     }
-    Ok(Segment {
-        first,
-        count: scan.records,
-        bytes: valid as u64,
-        oldest_ms: scan.oldest_ms,
-        newest_ms: scan.newest_ms,
-    })
+    Ok(segments)
 }
 
 #[cfg(test)]

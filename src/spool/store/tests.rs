@@ -592,3 +592,43 @@ fn an_ack_value_near_u64_max_is_refused_and_everything_replayed() {
         assert_eq!(s.read(10).unwrap().len(), 5);
     }
 }
+
+#[test]
+fn every_second_record_damaged_is_recovered_in_one_pass_keeping_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(1 << 20, 1 << 16);
+    let (mut s, _) = open(tmp.path(), &cfg);
+    s.append(&recs(0..40));
+    drop(s);
+    let seg = segment_files(tmp.path()).remove(0);
+    let mut bytes = fs::read(&seg).unwrap();
+    // "reading-N" is 9 bytes for N < 10, then 10.
+    let mut at = SEGMENT_HEADER;
+    for i in 0..40 {
+        let len = format!("reading-{i}").len();
+        if i % 2 == 1 {
+            bytes[at + RECORD_HEADER + 1] ^= 0x01;
+        }
+        at += RECORD_HEADER + len;
+    }
+    fs::write(&seg, &bytes).unwrap();
+    let (mut s, report) = open(tmp.path(), &cfg);
+    // One line for the file, not one per damaged spot.
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("20 damaged spots"),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(report.records, 20, "{report:?}");
+    let got = payloads(&s.read(100).unwrap());
+    let expect: Vec<String> = (0..40)
+        .filter(|i| i % 2 == 0)
+        .map(|i| format!("reading-{i}"))
+        .collect();
+    assert_eq!(got, expect);
+    drop(s);
+    let (mut s, report) = open(tmp.path(), &cfg);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(payloads(&s.read(100).unwrap()), expect);
+}
