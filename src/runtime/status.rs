@@ -186,6 +186,14 @@ impl GatewayStatus {
             );
             let journal = view.journal.clone();
             metrics.gauge(
+                "tagbridge_spool_quarantined_files",
+                "Files in the spool directory set aside because the spool could not have written them.",
+                move |p: &mut Points| {
+                    single(journal.spool_status().unwrap_or_default().quarantined as f64)(p)
+                },
+            );
+            let journal = view.journal.clone();
+            metrics.gauge(
                 "tagbridge_spool_oldest_age_seconds",
                 "Age of the oldest unacknowledged reading (0 when none).",
                 move |p: &mut Points| {
