@@ -306,6 +306,27 @@ mod tests {
     }
 
     #[test]
+    fn readiness_says_why_a_source_is_down() {
+        let opcua = Arc::new(crate::source::opcua::OpcUaCounters::default());
+        opcua.set_reason(Some(
+            "refused the login of user `op` (BadUserAccessDenied)".into(),
+        ));
+        let status = GatewayStatus {
+            maps: Arc::new(RwLock::new(vec![MapEntry {
+                name: "line1".into(),
+                stats: Arc::default(),
+                source: SourceCounters::OpcUa(opcua),
+            }])),
+            ..Default::default()
+        };
+        let (ready, detail) = status.readiness();
+        assert!(!ready);
+        assert!(detail["sources"]["reasons"]["line1"]
+            .as_str()
+            .is_some_and(|r| r.contains("BadUserAccessDenied")));
+    }
+
+    #[test]
     fn metrics_read_live_counters() {
         let stats = Arc::new(MapStats::default());
         let status = GatewayStatus {
