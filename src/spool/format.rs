@@ -42,6 +42,18 @@ pub(crate) fn now_ms() -> u64 {
 /// (a stray or hostile file): it is refused rather than let the numbering wrap.
 pub const MAX_SEQ: u64 = 1 << 62;
 
+/// Sequence numbers reserved (and fsynced in the ack file) ahead of use, so a restart never
+/// reuses a number a power cut lost.
+pub const RESERVE_BLOCK: u64 = 1 << 20;
+
+/// Suffix of a file the spool set aside because it could not have written it.
+pub const QUARANTINED: &str = ".quarantined";
+
+/// Whether an ack state is one the spool could have written (see [`MAX_SEQ`]).
+pub fn ack_in_range(state: &AckState) -> bool {
+    state.acked <= MAX_SEQ && state.reserved <= MAX_SEQ.saturating_add(RESERVE_BLOCK)
+}
+
 /// `TBSPOOL1`: the first bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TBSPOOL1";
 /// Magic + first sequence number.

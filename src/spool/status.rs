@@ -10,8 +10,10 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use super::format::{self, now_ms, parse_segment_name, segment_path, MAX_SEQ, SEGMENT_HEADER};
-use super::store::{ack_in_range, QUARANTINED};
+use super::format::{
+    self, ack_in_range, now_ms, parse_segment_name, segment_path, MAX_SEQ, QUARANTINED,
+    SEGMENT_HEADER,
+};
 use super::SpoolError;
 
 /// How much is waiting in the spool.

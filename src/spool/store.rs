@@ -15,17 +15,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::format::{
-    self, decode_record, encode_ack, encode_record, now_ms, parse_segment_name, peek_header,
-    segment_header, segment_path, AckState, Decoded, MAX_RECORD, MAX_SEQ, RECORD_HEADER,
-    SEGMENT_HEADER,
+    self, ack_in_range, decode_record, encode_ack, encode_record, now_ms, parse_segment_name,
+    peek_header, segment_header, segment_path, AckState, Decoded, MAX_RECORD, MAX_SEQ, QUARANTINED,
+    RECORD_HEADER, RESERVE_BLOCK, SEGMENT_HEADER,
 };
 use super::status::SpoolStatus;
 use super::{
     AppendOutcome, FsyncPolicy, Record, RecoveryReport, SpoolConfig, SpoolError, WhenFull,
 };
 
-/// Sequence numbers reserved (durably) ahead of use; a restart skips what was left.
-const RESERVE_BLOCK: u64 = 1 << 20;
 /// Bytes read from a segment at a time when serving reads.
 const READ_CHUNK: u64 = 1 << 20;
 
@@ -897,14 +895,6 @@ impl Drop for Spool {
             let _ = self.write_ack(false);
         }
     }
-}
-
-/// Suffix of a file set aside by [`quarantine`].
-pub(crate) const QUARANTINED: &str = ".quarantined";
-
-/// Whether an ack state is one the spool could have written (see [`MAX_SEQ`]).
-pub(crate) fn ack_in_range(state: &AckState) -> bool {
-    state.acked <= MAX_SEQ && state.reserved <= MAX_SEQ.saturating_add(RESERVE_BLOCK)
 }
 
 /// Sets aside a file the spool could not have written, renaming it `<name>.quarantined` (kept
