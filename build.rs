@@ -41,19 +41,24 @@ fn from_git() -> Option<String> {
         if let Some(dir) = git(&manifest, &["rev-parse", arg]) {
             let dir = manifest.join(dir);
             for file in files {
-                println!("cargo:rerun-if-changed={}", dir.join(file).display());
+                watch(&dir.join(file));
             }
         }
     }
     if let Some(branch) = git(&manifest, &["symbolic-ref", "-q", "HEAD"]) {
         if let Some(common) = git(&manifest, &["rev-parse", "--git-common-dir"]) {
-            println!(
-                "cargo:rerun-if-changed={}",
-                manifest.join(common).join(branch).display()
-            );
+            watch(&manifest.join(common).join(branch));
         }
     }
     git(&manifest, &["rev-parse", "--short=12", "HEAD"])
+}
+
+/// Reruns the script when `path` changes. Only existing files: cargo reruns a script on every
+/// build while a watched path is missing (packed refs have no loose file).
+fn watch(path: &Path) {
+    if path.exists() {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
 }
 
 /// Runs git in `dir`; its trimmed standard output when it succeeds with some.

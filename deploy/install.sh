@@ -8,7 +8,9 @@
 #
 # What it does: copies the binary to /usr/bin, the unit to /etc/systemd/system, and creates
 # /etc/tagbridge with an example gateway.yaml, tag-maps/ and credentials/ (root-only) unless they
-# exist. It never overwrites a configuration you edited.
+# exist, and the `tagbridge` system user the unit runs as. It never overwrites a configuration
+# you edited. On Debian and Ubuntu prefer the package (docs/install.md): it does the same, and
+# upgrades and removal too.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -46,11 +48,16 @@ if [ -n "$dest" ]; then
   exit 0
 fi
 
+if ! getent passwd tagbridge >/dev/null; then
+  useradd --system --user-group --no-create-home --home-dir /var/lib/tagbridge \
+    --shell /usr/sbin/nologin --comment "tagbridge gateway" tagbridge
+fi
+install -d -m 0700 -o tagbridge -g tagbridge /var/lib/tagbridge
 systemctl daemon-reload
 cat <<TXT
 Installed. Next:
   1. Put the hub's send-only connection string into /etc/tagbridge/credentials/eventhub
-  2. Edit /etc/tagbridge/tag-maps/*.yaml, then: tagbridge check -c /etc/tagbridge/gateway.yaml
+  2. Edit /etc/tagbridge/tag-maps/*.yaml, then: tagbridge check /etc/tagbridge
   3. tagbridge send-test -c /etc/tagbridge/gateway.yaml   (as root, reads the credential file)
   4. systemctl enable --now tagbridge && journalctl -u tagbridge -f
 TXT

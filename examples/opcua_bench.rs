@@ -130,14 +130,14 @@ async fn measure(n: usize, seconds: u64) -> Result<Row, Box<dyn std::error::Erro
         return Err("not OPC UA".into());
     };
 
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, mut rx) = mpsc::channel::<tagbridge::sample::SampleBatch>(64);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let received = Arc::new(AtomicU64::new(0));
     let count = Arc::clone(&received);
     tracker.spawn(async move {
         while let Some(batch) = rx.recv().await {
-            let batch: Vec<_> = batch;
+            let batch: Vec<_> = batch.samples;
             count.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
     });

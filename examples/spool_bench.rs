@@ -153,9 +153,11 @@ async fn end_to_end_rate(hub: &HubHandle, journal: Arc<Journal>) -> Result<f64, 
     let run = tokio::spawn(delivery::run(
         rx,
         journal,
+        Arc::new(tagbridge::runtime::last_sent::LastSent::in_memory()),
         sink,
         PartitionKeySpec::None,
         cancel.clone(),
+        tagbridge::runtime::supervise::Supervisor::new(cancel.clone()),
     ));
     let tag_map: Arc<str> = "bench".into();
     let sensors: Vec<Arc<str>> = (0..500).map(|i| format!("line-{i}:temp").into()).collect();

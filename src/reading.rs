@@ -2,7 +2,8 @@
 //!
 //! Encoded as one JSON object, members in this order:
 //! `{"sensor_id":"compressor-7:vibe_x","timestamp":"2025-08-19T08:30:00.000Z","value":42.1}`
-//! followed by the tag map's extra fields, if any.
+//! followed by the tag map's extra fields, if any. With quality on (docs/quality.md), a
+//! `"quality"` member (and, for a tag that cannot be read, `"status"`) comes before them.
 //!
 //! Invariants, held by construction:
 //! - `timestamp` is UTC, RFC 3339, with a `Z` and exactly three fractional digits, everywhere.
@@ -26,11 +27,13 @@ pub struct Reading {
     pub extra: Arc<str>,
 }
 
-/// A reading's value: a number or a state string.
+/// A reading's value: a number or a state string; `null` only in a quality reading that says
+/// the tag cannot be read (docs/quality.md), so no consumer takes an old value for a fresh one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Number(Number),
     Text(Arc<str>),
+    Null,
 }
 
 /// A JSON number: an exact integer or a finite float.
@@ -94,6 +97,7 @@ impl Reading {
         match &self.value {
             Value::Number(n) => write_number(out, *n),
             Value::Text(s) => write_json_str(out, s),
+            Value::Null => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(self.extra.as_bytes());
         out.push(b'}');
@@ -165,6 +169,7 @@ impl fmt::Display for Value {
         match self {
             Value::Number(n) => write_number(&mut out, *n),
             Value::Text(s) => write_json_str(&mut out, s),
+            Value::Null => out.extend_from_slice(b"null"),
         }
         f.write_str(&String::from_utf8_lossy(&out))
     }

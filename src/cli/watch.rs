@@ -19,6 +19,10 @@ pub struct WatchArgs {
     /// The gateway configuration (its telemetry.metrics address).
     #[arg(short, long, default_value = "gateway.yaml")]
     config: PathBuf,
+    /// The gateway's telemetry address instead of the one in the configuration (e.g. the local
+    /// end of an SSH tunnel).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
     /// Show only tags whose sensor_id or tag map contains this text (case-insensitive).
     filter: Option<String>,
     /// Show only tags with this status: good, stale, bad, uncertain, waiting, or problem
@@ -37,6 +41,9 @@ pub struct WatchArgs {
 }
 
 pub fn run(args: WatchArgs) -> ExitCode {
+    if let Some(addr) = args.addr {
+        return finish(watch(addr, &args));
+    }
     let plan = match crate::config::plan::load(&args.config) {
         Ok(plan) => plan,
         Err(report) => {
@@ -51,7 +58,11 @@ pub fn run(args: WatchArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_INVALID);
     };
-    match watch(addr, &args) {
+    finish(watch(addr, &args))
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

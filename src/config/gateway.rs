@@ -25,6 +25,11 @@ pub struct GatewayConfig {
     /// Logs and metrics.
     #[serde(default)]
     pub telemetry: TelemetrySpec,
+    /// Quality in every reading (`"quality":"good"`), and one `"quality":"bad"` reading with
+    /// `"value":null` and the cause when a tag stops being readable. Default false: readings
+    /// keep the plain `{sensor_id, timestamp, value}` format. See docs/quality.md.
+    #[serde(default)]
+    pub quality: bool,
 }
 
 /// One path or a list of paths.

@@ -49,6 +49,8 @@ pub struct GatewayPlan {
     pub sink: SinkPlan,
     pub spool: SpoolPlan,
     pub telemetry: TelemetryPlan,
+    /// Quality readings on (docs/quality.md).
+    pub quality: bool,
 }
 
 /// Where readings go.
@@ -167,6 +169,7 @@ pub fn compile(config: &GatewayConfig, path: &Path) -> (Option<GatewayPlan>, Vec
         sink,
         spool,
         telemetry,
+        quality: config.quality,
     };
     problems.sort_by_key(|p| p.pos);
     (problems.is_empty().then_some(plan), problems)

@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod plan;
+pub mod quality;
 pub mod stage;
 pub mod transform;
 

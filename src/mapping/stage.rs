@@ -4,8 +4,12 @@
 //! - **deadband**: a value within `deadband` of the last sent one is not sent (0 means only an
 //!   equal value is held back, so polling sources send changes only);
 //! - **heartbeat**: an unchanged value is sent again once `heartbeat` has passed since the last
-//!   send, either on the next sample or, for sources that only report changes, from
-//!   [`Mapper::heartbeats`] with the current time.
+//!   send, but only while it is still confirmed: on the next sample (a poll that read it), or,
+//!   for sources that only report changes, on a [`SourceEvent::Confirmed`] (a live
+//!   subscription's publish or keep-alive), stamped with the time of that confirmation. A tag
+//!   whose source reported it lost ([`SourceEvent::Lost`]: connection lost, Bad status,
+//!   quarantine) gets no heartbeat until its next sample. Never a reading stamped with a time
+//!   at which nothing was read (docs/operations.md, "Heartbeats").
 //!
 //! NaN and ±Inf are skipped and counted per tag; the first one of each tag is logged.
 
@@ -14,7 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::reading::{Reading, Value};
-use crate::sample::Sample;
+use crate::sample::{Item, Sample, SampleBatch, Scope, SourceEvent};
 
 use super::plan::{TagMapPlan, TagPlan};
 use super::transform::Skip;
@@ -36,6 +40,8 @@ pub struct MappingCounters {
 struct TagState {
     last: Option<Value>,
     last_sent: Option<DateTime<Utc>>,
+    /// The source said this tag cannot be read; cleared by its next sample.
+    lost: bool,
     warned_non_finite: bool,
 }
 
@@ -60,6 +66,15 @@ impl Mapper {
         self.counters
     }
 
+    /// Forgets what was last sent for `tag` (it stopped being readable): its next value is sent
+    /// whatever it is, and no heartbeat repeats the old one.
+    pub fn forget(&mut self, tag: usize) {
+        if let Some(state) = self.state.get_mut(tag) {
+            state.last = None;
+            state.last_sent = None;
+        }
+    }
+
     /// Maps one sample; `None` when it is held back or cannot be sent.
     pub fn map(&mut self, sample: &Sample) -> Option<Reading> {
         self.counters.samples += 1;
@@ -68,6 +83,7 @@ impl Mapper {
             self.counters.unknown_tag += 1;
             return None;
         };
+        state.lost = false;
         let value = match tag.transform.apply(&sample.value) {
             Ok(v) => v,
             Err(Skip::NonFinite) => {
@@ -109,24 +125,53 @@ impl Mapper {
         })
     }
 
-    /// Re-sends, stamped `now`, the last value of every tag whose heartbeat has passed without a
-    /// send. For sources that report changes only (OPC UA subscriptions).
-    pub fn heartbeats(&mut self, now: DateTime<Utc>, out: &mut Vec<Reading>) {
+    /// Maps a batch in order: samples to readings, status events to heartbeats and lost tags.
+    pub fn apply(&mut self, batch: &SampleBatch, out: &mut Vec<Reading>) {
+        for item in batch.items() {
+            match item {
+                Item::Sample(sample) => out.extend(self.map(sample)),
+                Item::Event(event) => self.event(event, out),
+            }
+        }
+    }
+
+    /// Takes a status event of the source: a confirmation may make heartbeats due; a lost tag
+    /// gets none until its next sample.
+    pub fn event(&mut self, event: &SourceEvent, out: &mut Vec<Reading>) {
+        match event {
+            SourceEvent::Confirmed { at } => self.confirmed(*at, out),
+            SourceEvent::Lost { scope, .. } => match scope {
+                Scope::Source => self.state.iter_mut().for_each(|s| s.lost = true),
+                Scope::Tag(i) => {
+                    if let Some(s) = self.state.get_mut(*i) {
+                        s.lost = true;
+                    }
+                }
+            },
+        }
+    }
+
+    /// The source confirmed at `at` that the values it gave still hold: re-sends, stamped `at`,
+    /// the last value of every tag not lost whose heartbeat has passed since its last send.
+    fn confirmed(&mut self, at: DateTime<Utc>, out: &mut Vec<Reading>) {
         for (tag, state) in self.tags.iter().zip(self.state.iter_mut()) {
-            let (Some(every), Some(last_sent), Some(value)) =
-                (tag.transform.heartbeat, state.last_sent, &state.last)
-            else {
+            let (Some(every), Some(last_sent), Some(value), false) = (
+                tag.transform.heartbeat,
+                state.last_sent,
+                &state.last,
+                state.lost,
+            ) else {
                 continue;
             };
-            if (now - last_sent)
+            if (at - last_sent)
                 .to_std()
                 .is_ok_and(|elapsed| elapsed >= every)
             {
-                state.last_sent = Some(now);
+                state.last_sent = Some(at);
                 self.counters.readings += 1;
                 out.push(Reading {
                     sensor_id: tag.sensor_id.clone(),
-                    timestamp: now,
+                    timestamp: at,
                     value: value.clone(),
                     extra: tag.extra.clone(),
                 });
@@ -230,12 +275,31 @@ mod tests {
         assert_eq!(out, ["1.0", "1.6"]);
     }
 
-    #[test]
-    fn heartbeat_resends_unchanged_values() {
-        let mut m = Mapper::new(&plan(Transform {
+    fn confirmed(secs: i64) -> SourceEvent {
+        SourceEvent::Confirmed { at: at(secs) }
+    }
+
+    fn batch(items: Vec<Result<Sample, SourceEvent>>) -> SampleBatch {
+        let mut b = SampleBatch::default();
+        for i in items {
+            match i {
+                Ok(s) => b.push(s),
+                Err(e) => b.event(e),
+            }
+        }
+        b
+    }
+
+    fn heartbeat_mapper() -> Mapper {
+        Mapper::new(&plan(Transform {
             heartbeat: Some(Duration::from_secs(10)),
             ..Default::default()
-        }));
+        }))
+    }
+
+    #[test]
+    fn heartbeat_resends_unchanged_polled_values() {
+        let mut m = heartbeat_mapper();
         let out = sent(
             &mut m,
             &[
@@ -246,16 +310,103 @@ mod tests {
             ],
         );
         assert_eq!(out, ["5.0", "5.0"]);
-        let mut beats = Vec::new();
-        m.heartbeats(at(19), &mut beats);
-        assert!(beats.is_empty());
-        m.heartbeats(at(20), &mut beats);
-        assert_eq!(beats.len(), 1);
-        assert_eq!(beats[0].timestamp, at(20));
-        assert_eq!(
-            beats[0].to_json(),
-            r#"{"sensor_id":"s","timestamp":"2023-11-14T22:13:40.000Z","value":5.0,"unit":"bar"}"#
+    }
+
+    #[test]
+    fn heartbeat_of_a_subscription_carries_the_confirmation_time() {
+        let mut m = heartbeat_mapper();
+        let mut out = Vec::new();
+        m.apply(
+            &batch(vec![Ok(sample(0, 5.0)), Err(confirmed(9))]),
+            &mut out,
         );
+        assert_eq!(out.len(), 1);
+        m.apply(&batch(vec![Err(confirmed(12))]), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].timestamp, at(12));
+        assert_eq!(
+            out[1].to_json(),
+            r#"{"sensor_id":"s","timestamp":"2023-11-14T22:13:32.000Z","value":5.0,"unit":"bar"}"#
+        );
+        // The next one is due 10 s after the last send, not after the first sample.
+        m.apply(&batch(vec![Err(confirmed(21))]), &mut out);
+        assert_eq!(out.len(), 2);
+        m.apply(&batch(vec![Err(confirmed(22))]), &mut out);
+        assert_eq!(out.len(), 3);
+    }
+
+    /// Issue 13: a dead or garbage-answering device got heartbeats stamped "now".
+    #[test]
+    fn no_heartbeat_without_a_confirmation() {
+        let mut m = heartbeat_mapper();
+        let mut out = Vec::new();
+        m.apply(&batch(vec![Ok(sample(0, 5.0))]), &mut out);
+        // Nothing heard for a minute: nothing to send, however long it lasts.
+        m.apply(&SampleBatch::default(), &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn no_heartbeat_for_a_lost_tag_or_source_until_its_next_sample() {
+        for scope in [Scope::Source, Scope::Tag(0)] {
+            let mut m = heartbeat_mapper();
+            let mut out = Vec::new();
+            let lost = SourceEvent::Lost {
+                scope,
+                at: at(3),
+                cause: crate::sample::Cause::OpcUaStatus("BadNodeIdUnknown".into()),
+            };
+            m.apply(&batch(vec![Ok(sample(0, 5.0)), Err(lost)]), &mut out);
+            m.apply(
+                &batch(vec![Err(confirmed(30)), Err(confirmed(60))]),
+                &mut out,
+            );
+            assert_eq!(out.len(), 1, "{scope:?}");
+            // A fresh sample (same value) clears it; the heartbeat is due again from it.
+            m.apply(
+                &batch(vec![Ok(sample(61, 5.0)), Err(confirmed(65))]),
+                &mut out,
+            );
+            assert_eq!(out.len(), 2);
+            assert_eq!(out[1].timestamp, at(61));
+            m.apply(&batch(vec![Err(confirmed(71))]), &mut out);
+            assert_eq!(out.len(), 3);
+            assert_eq!(out[2].timestamp, at(71));
+        }
+    }
+
+    /// Generated sequences: every heartbeat carries the time of a sample or a confirmation,
+    /// never one of a tag lost since its last sample.
+    #[test]
+    fn heartbeats_only_carry_confirmed_times() {
+        use proptest::prelude::*;
+        let step = prop_oneof![
+            (0i64..3).prop_map(|v| (0u8, v)),
+            Just((1u8, 0)),
+            Just((2u8, 0)),
+            Just((3u8, 0)),
+        ];
+        proptest!(|(steps in proptest::collection::vec(step, 1..60))| {
+            let mut m = heartbeat_mapper();
+            let mut out = Vec::new();
+            let mut lost = false;
+            let mut confirmed_times = std::collections::HashSet::new();
+            for (i, (kind, v)) in steps.iter().enumerate() {
+                let t = i as i64 * 4;
+                let before = out.len();
+                let b = match kind {
+                    0 => { lost = false; confirmed_times.insert(at(t)); batch(vec![Ok(sample(t, *v as f64))]) }
+                    1 => { if !lost { confirmed_times.insert(at(t)); } batch(vec![Err(confirmed(t))]) }
+                    2 => { lost = true; batch(vec![Err(SourceEvent::Lost { scope: Scope::Source, at: at(t), cause: crate::sample::Cause::ConnectionLost })]) }
+                    _ => SampleBatch::default(),
+                };
+                m.apply(&b, &mut out);
+                for r in &out[before..] {
+                    prop_assert!(confirmed_times.contains(&r.timestamp), "{:?} at step {}", r.timestamp, i);
+                    prop_assert!(!lost);
+                }
+            }
+        });
     }
 
     #[test]

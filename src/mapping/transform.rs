@@ -97,7 +97,7 @@ mod tests {
     fn num(v: &Value) -> f64 {
         match v {
             Value::Number(n) => n.as_f64(),
-            Value::Text(t) => panic!("expected a number, got {t}"),
+            other => panic!("expected a number, got {other}"),
         }
     }
 

@@ -22,6 +22,8 @@ use crate::sink::eventhub::sink::{EventHubSink, Outgoing};
 use crate::spool::payload;
 
 use super::journal::Journal;
+use super::last_sent::LastSent;
+use super::supervise::Supervisor;
 
 /// Records handed to the sink per read.
 const READ_BATCH: usize = 4096;
@@ -48,18 +50,23 @@ fn partition_key<'a>(
 
 /// Runs the writer, reader, sink and ack tasks until the readings channel closes and
 /// everything is settled (or the sink gives up at `sink_cancel`). Returns the last
-/// acknowledged sequence number.
+/// acknowledged sequence number. A reading that repeats the last one handed to the journal
+/// for its sensor (same timestamp and value, see [`LastSent`]) is not appended again.
 pub async fn run(
     mut readings: mpsc::Receiver<TaggedReadings>,
     journal: Arc<Journal>,
+    last_sent: Arc<LastSent>,
     sink: EventHubSink,
     partition: PartitionKeySpec,
     sink_cancel: CancellationToken,
+    supervisor: Supervisor,
 ) -> Option<u64> {
     let writer = {
         let journal = journal.clone();
-        tokio::spawn(async move {
+        let supervisor2 = supervisor.clone();
+        supervisor.spawn_untracked("journal writer", async move {
             while let Some((tag_map, batch)) = readings.recv().await {
+                super::supervise::fault_point("journal");
                 let records = batch
                     .iter()
                     .map(|r| {
@@ -68,7 +75,20 @@ pub async fn run(
                         out
                     })
                     .collect();
-                journal.append(records).await;
+                let (records, repeats) =
+                    last_sent.filter(records, batch.iter().map(|r| &r.sensor_id));
+                if repeats > 0 {
+                    tracing::debug!(
+                        message = "Readings already sent are not sent again.",
+                        repeats
+                    );
+                }
+                if !records.is_empty() && journal.append_checked(records).await.is_none() {
+                    // The spool's task is gone: stop the gateway for a restart (what the spool
+                    // holds on disk is sent then) rather than run on without spooling.
+                    supervisor2.fail("spool", "the spool task stopped");
+                    break;
+                }
             }
             journal.close();
         })
@@ -76,7 +96,7 @@ pub async fn run(
     let (sink_tx, sink_rx) = mpsc::channel::<Vec<Outgoing>>(SINK_QUEUE);
     let reader = {
         let journal = journal.clone();
-        tokio::spawn(async move {
+        supervisor.spawn_untracked("journal reader", async move {
             loop {
                 let records = journal.read(READ_BATCH).await;
                 if records.is_empty() {
@@ -106,7 +126,7 @@ pub async fn run(
     let (ack_tx, mut ack_rx) = mpsc::channel::<u64>(1024);
     let acker = {
         let journal = journal.clone();
-        tokio::spawn(async move {
+        supervisor.spawn_untracked("journal acker", async move {
             while let Some(seq) = ack_rx.recv().await {
                 journal.ack(seq).await;
             }

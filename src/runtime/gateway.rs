@@ -221,9 +221,12 @@ impl Gateway {
                 if let Ok(host) = std::env::var("HOSTNAME") {
                     options.message_id_prefix = host;
                 }
-                let journal = match tweaks.journal {
-                    Some(journal) => journal,
-                    None => open_spool(&plan, &spool_tasks, &spool_cancel)?,
+                let (journal, last_sent) = match tweaks.journal {
+                    Some(journal) => (journal, super::last_sent::LastSent::in_memory()),
+                    None => (
+                        open_spool(&plan, &spool_tasks, &spool_cancel)?,
+                        super::last_sent::LastSent::open(&plan.spool.dir),
+                    ),
                 };
                 let journal = Arc::new(journal);
                 let event_hub = match tweaks.credential {
@@ -243,6 +246,7 @@ impl Gateway {
                     journal,
                     partition: hub.partition.clone(),
                     grace: hub.shutdown_grace,
+                    last_sent: Arc::new(last_sent),
                 }
             }
             (SinkPlan::EventHub(_), None) => return Err(BuildError::NoConnection),
@@ -253,6 +257,7 @@ impl Gateway {
             summary_every: plan.telemetry.summary_every,
             reload: tweaks.reload,
             live_view: plan.telemetry.live_view,
+            quality: plan.quality,
         };
         Ok(Gateway {
             tag_maps,

@@ -46,6 +46,21 @@ impl Journal {
         }
     }
 
+    /// Like [`Journal::append`]; `None` when the spool's task has stopped (it panicked or
+    /// failed), so the caller can stop the gateway instead of losing readings silently.
+    pub async fn append_checked(&self, records: Vec<Vec<u8>>) -> Option<u64> {
+        match self {
+            Journal::Memory(m) => Some(m.append(records).await),
+            Journal::Spool(h) => {
+                let outcome = h.append(records).await;
+                if matches!(outcome.error, Some(crate::spool::SpoolError::Stopped)) {
+                    return None;
+                }
+                Some(outcome.first_seq.unwrap_or(0))
+            }
+        }
+    }
+
     /// Up to `max_records` records after the last one read, waiting until there is at least one;
     /// empty once the journal is closed and everything was read.
     pub async fn read(&self, max_records: usize) -> Vec<Record> {

@@ -1,15 +1,17 @@
 //! The mapping task of one tag map: receives its adapter's sample batches, maps them to
-//! readings, adds heartbeats on a tick, and hands the readings to the output. It ends when the
-//! adapter drops its sender, after adding its counters to the run's totals.
+//! readings (heartbeats come with the source's confirmations), feeds the live view and quality
+//! readings when they are on, and hands the readings to the output. It ends when the adapter
+//! drops its sender, after adding its counters to the run's totals.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::mapping::quality::QualityState;
 use crate::mapping::{Mapper, MappingCounters};
 use crate::reading::Reading;
-use crate::sample::SampleBatch;
+use crate::sample::{Item, SampleBatch, SourceEvent};
 use crate::telemetry::live::LiveMap;
 
 use super::delivery::TaggedReadings;
@@ -17,8 +19,19 @@ use super::status::MapStats;
 
 /// Sample batches queued per tag map before its adapter waits.
 pub(crate) const SAMPLE_QUEUE: usize = 64;
-/// How often tags with a heartbeat are checked.
-const HEARTBEAT_TICK: Duration = Duration::from_millis(500);
+/// How often quality looks for polled tags that went silent (a dead device sends no event,
+/// only nothing).
+const QUALITY_TICK: Duration = Duration::from_millis(500);
+
+/// What a mapping task feeds and watches besides its readings.
+pub(crate) struct Watch {
+    /// The live view's slots of this tag map, when the live view is served.
+    pub live: Option<Arc<LiveMap>>,
+    /// Quality readings, when on.
+    pub quality: Option<QualityState>,
+    /// Whether the source is connected now.
+    pub connected: Box<dyn Fn() -> bool + Send + Sync>,
+}
 
 pub(crate) async fn map_task(
     name: Arc<str>,
@@ -27,32 +40,37 @@ pub(crate) async fn map_task(
     readings: mpsc::Sender<TaggedReadings>,
     totals: Arc<std::sync::Mutex<MappingCounters>>,
     stats: Arc<MapStats>,
-    live: Option<Arc<LiveMap>>,
+    mut watch: Watch,
 ) {
-    let mut tick = tokio::time::interval(HEARTBEAT_TICK);
+    let mut tick = tokio::time::interval(QUALITY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let plain = watch.live.is_none() && watch.quality.is_none();
     loop {
         let mut out: Vec<Reading> = Vec::new();
         tokio::select! {
-            batch = samples.recv() => match batch {
-                Some(batch) => match &live {
-                    None => out.extend(batch.iter().filter_map(|s| mapper.map(s))),
-                    // The live view: a few relaxed atomic stores per sample, no lock.
-                    Some(live) => {
-                        let now_ms = chrono::Utc::now().timestamp_millis();
-                        for s in &batch {
-                            let non_finite = mapper.counters().non_finite;
-                            let reading = mapper.map(s);
-                            let skipped = mapper.counters().non_finite != non_finite;
-                            live.observe(s.tag, reading.as_ref(), skipped, now_ms);
-                            out.extend(reading);
+            batch = samples.recv() => {
+                // The adapter has stopped: nothing more will come.
+                let Some(batch) = batch else { break };
+                super::supervise::fault_point("mapping");
+                if plain {
+                    mapper.apply(&batch, &mut out);
+                } else {
+                    observe(&mut mapper, &mut watch, &batch, &mut out);
+                }
+            }
+            // Only with quality on: silence is a loss too.
+            _ = tick.tick(), if watch.quality.is_some() => {
+                if let Some(q) = &mut watch.quality {
+                    let now = chrono::Utc::now();
+                    for (tag, cause) in q.check(Instant::now(), now, (watch.connected)(), &mut out) {
+                        // Nothing old is repeated: no heartbeat, and the next value is sent.
+                        mapper.forget(tag);
+                        if let Some(live) = &watch.live {
+                            live.bad(tag, cause);
                         }
                     }
-                },
-                // The adapter has stopped: nothing more will come.
-                None => break,
-            },
-            _ = tick.tick() => mapper.heartbeats(chrono::Utc::now(), &mut out),
+                }
+            }
         }
         stats.store(&mapper.counters());
         if !out.is_empty() && readings.send((name.clone(), out)).await.is_err() {
@@ -66,5 +84,58 @@ pub(crate) async fn map_task(
         t.suppressed += c.suppressed;
         t.non_finite += c.non_finite;
         t.unknown_tag += c.unknown_tag;
+    }
+}
+
+/// One batch with the live view and/or quality on: the live view gets a few relaxed atomic
+/// stores per sample (no lock); quality learns which tags answer and turns the source's "lost"
+/// events into one bad reading per tag and gap.
+fn observe(mapper: &mut Mapper, watch: &mut Watch, batch: &SampleBatch, out: &mut Vec<Reading>) {
+    let now = Instant::now();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for item in batch.items() {
+        match item {
+            Item::Sample(s) => {
+                let non_finite = mapper.counters().non_finite;
+                let reading = mapper.map(s);
+                let skipped = mapper.counters().non_finite != non_finite;
+                if let Some(q) = &mut watch.quality {
+                    if !skipped {
+                        q.saw(s.tag, s.timestamp, now);
+                    }
+                    if reading.is_some() {
+                        q.good(s.tag);
+                    }
+                }
+                if let Some(live) = &watch.live {
+                    live.observe(s.tag, reading.as_ref(), skipped, now_ms);
+                }
+                out.extend(reading);
+            }
+            Item::Event(event) => {
+                mapper.event(event, out);
+                let (Some(q), SourceEvent::Lost { scope, at, cause }) = (&mut watch.quality, event)
+                else {
+                    continue;
+                };
+                let cause = cause.to_string();
+                let tags = match scope {
+                    crate::sample::Scope::Source => q.lost_all(*at, &cause, out),
+                    crate::sample::Scope::Tag(tag) => {
+                        if q.lost(*tag, *at, &cause, out) {
+                            vec![*tag]
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                };
+                for tag in tags {
+                    mapper.forget(tag);
+                    if let Some(live) = &watch.live {
+                        live.bad(tag, &cause);
+                    }
+                }
+            }
+        }
     }
 }

@@ -13,9 +13,11 @@
 pub mod delivery;
 pub mod gateway;
 pub mod journal;
+pub mod last_sent;
 pub mod map_task;
 pub mod reload;
 pub mod status;
+pub mod supervise;
 pub mod tag_maps;
 
 use std::net::SocketAddr;
@@ -52,6 +54,8 @@ pub enum Output {
         partition: PartitionKeySpec,
         /// After shutdown starts, how long the sink may keep delivering.
         grace: Duration,
+        /// The last reading handed to the journal per sensor, so none is sent twice.
+        last_sent: Arc<last_sent::LastSent>,
     },
 }
 
@@ -68,6 +72,8 @@ pub struct RunOptions {
     pub reload: Option<reload::Reload>,
     /// Serve the live view (`/` and `/api/live`) beside `/metrics`.
     pub live_view: bool,
+    /// Quality readings (gateway.yaml `quality: true`).
+    pub quality: bool,
 }
 
 impl std::fmt::Debug for reload::Reload {
@@ -87,6 +93,7 @@ impl Default for RunOptions {
             summary_every: Duration::from_secs(60),
             reload: None,
             live_view: true,
+            quality: false,
         }
     }
 }
@@ -102,6 +109,8 @@ pub enum RuntimeError {
     },
     #[error("no source could be started; see the errors above")]
     NoSource,
+    #[error("the gateway stopped because its {0} task panicked; see the error above")]
+    Panicked(String),
 }
 
 /// What a finished run did.
@@ -132,6 +141,8 @@ pub async fn run(
         None => None,
     };
     let tracker = TaskTracker::new();
+    // A panicking task shuts the run down (and run returns an error): never half-alive.
+    let supervisor = supervise::Supervisor::new(shutdown.clone());
     let mut status = GatewayStatus::default();
     let (readings_tx, readings_rx) = mpsc::channel::<TaggedReadings>(READING_QUEUE);
     let totals = Arc::new(std::sync::Mutex::new(MappingCounters::default()));
@@ -146,7 +157,9 @@ pub async fn run(
         status.maps.clone(),
         status.modbus.clone(),
     )
-    .with_live(live.clone());
+    .with_live(live.clone())
+    .with_supervisor(supervisor.clone())
+    .with_quality(options.quality);
     maps.apply(plans);
     let started = maps.len();
     if maps.is_empty() && options.reload.is_none() {
@@ -154,7 +167,10 @@ pub async fn run(
     }
     // The reload task owns the running tag maps; it ends at shutdown, dropping the last
     // readings sender the output waits for.
-    let reloader = tokio::spawn(reload::run(options.reload.clone(), maps, shutdown.clone()));
+    let reloader = supervisor.spawn_untracked(
+        "reload",
+        reload::run(options.reload.clone(), maps, shutdown.clone()),
+    );
     tracing::info!(message = "Gateway running.", tag_maps = started);
     if let Output::EventHub { sink, journal, .. } = &output {
         status.sink = Some(SinkView {
@@ -183,18 +199,22 @@ pub async fn run(
         if let Some(live) = &live {
             let status = status.clone();
             live.set_gateway(Box::new(move || status.hub_and_spool()));
-            ops.spawn(live.clone().record_history(ops_cancel.clone()));
+            supervisor.spawn(
+                &ops,
+                "telemetry",
+                live.clone().record_history(ops_cancel.clone()),
+            );
             tracing::info!(message = "Serving the live view at / and /api/live.", addr = ?listener.local_addr().ok());
         }
-        ops.spawn(crate::telemetry::http::serve(
-            listener,
-            metrics,
-            readiness,
-            live,
-            ops_cancel.clone(),
-        ));
+        supervisor.spawn(
+            &ops,
+            "telemetry",
+            crate::telemetry::http::serve(listener, metrics, readiness, live, ops_cancel.clone()),
+        );
     }
-    ops.spawn(
+    supervisor.spawn(
+        &ops,
+        "telemetry",
         status
             .clone()
             .log_summaries(options.summary_every, ops_cancel.clone()),
@@ -212,7 +232,10 @@ pub async fn run(
             journal,
             partition,
             grace,
+            last_sent,
         } => {
+            let checkpoints_stop = CancellationToken::new();
+            let checkpoints = tokio::spawn(last_sent.clone().checkpoints(checkpoints_stop.clone()));
             let sink_cancel = CancellationToken::new();
             // The sink keeps delivering for `grace` after shutdown starts, then settles and stops.
             let timer = tokio::spawn({
@@ -224,8 +247,20 @@ pub async fn run(
                 }
             });
             let stats = sink.stats.clone();
-            let last = delivery::run(readings_rx, journal, *sink, partition, sink_cancel).await;
+            let last = delivery::run(
+                readings_rx,
+                journal,
+                last_sent,
+                *sink,
+                partition,
+                sink_cancel,
+                supervisor.clone(),
+            )
+            .await;
             timer.abort();
+            // The writer is done: the last save covers everything handed to the journal.
+            checkpoints_stop.cancel();
+            let _ = checkpoints.await;
             let accepted = stats
                 .events_accepted
                 .load(std::sync::atomic::Ordering::Relaxed);
@@ -237,6 +272,9 @@ pub async fn run(
     tracker.wait().await;
     ops_cancel.cancel();
     ops.wait().await;
+    if let Some(component) = supervisor.failed() {
+        return Err(RuntimeError::Panicked(component));
+    }
     let mapping = totals.lock().map(|t| *t).unwrap_or_default();
     Ok(RunSummary {
         mapping,

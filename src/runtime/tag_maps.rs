@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::delivery::TaggedReadings;
-use super::map_task::{map_task, SAMPLE_QUEUE};
+use super::map_task::{map_task, Watch, SAMPLE_QUEUE};
 use super::status::{MapEntry, MapStats, RunningMaps};
+use crate::mapping::quality::QualityState;
 use crate::mapping::{Mapper, MappingCounters, TagMapPlan};
 use crate::sample::SampleBatch;
 use crate::source;
@@ -47,6 +48,10 @@ pub struct TagMaps {
     modbus: crate::source::modbus::ModbusStats,
     /// The live view, when served.
     live: Option<Arc<LiveView>>,
+    /// Watches the mapping tasks: a panic stops the gateway.
+    supervisor: Option<super::supervise::Supervisor>,
+    /// Quality readings on (gateway.yaml `quality: true`).
+    quality: bool,
 }
 
 impl TagMaps {
@@ -67,7 +72,21 @@ impl TagMaps {
             status,
             modbus,
             live: None,
+            supervisor: None,
+            quality: false,
         }
+    }
+
+    /// Quality readings for every tag map started from now on.
+    pub fn with_quality(mut self, quality: bool) -> Self {
+        self.quality = quality;
+        self
+    }
+
+    /// Mapping tasks are spawned under `supervisor`.
+    pub fn with_supervisor(mut self, supervisor: super::supervise::Supervisor) -> Self {
+        self.supervisor = Some(supervisor);
+        self
     }
 
     /// Feeds the live view from every tag map started from now on.
@@ -123,6 +142,15 @@ impl TagMaps {
     }
 
     fn start(&mut self, plan: &TagMapPlan, content: u64) {
+        let quality_plan;
+        let plan = if self.quality {
+            let mut p = plan.clone();
+            crate::mapping::quality::enable(&mut p);
+            quality_plan = p;
+            &quality_plan
+        } else {
+            plan
+        };
         let (tx, rx) = mpsc::channel::<SampleBatch>(SAMPLE_QUEUE);
         let cancel = self.shutdown.child_token();
         let counters = source::spawn(plan, tx, cancel.clone(), &self.tracker);
@@ -136,6 +164,10 @@ impl TagMaps {
         if let source::SourceCounters::Modbus(c) = &counters {
             self.modbus.add(&name, c);
         }
+        let connected: Box<dyn Fn() -> bool + Send + Sync> = {
+            let source = counters.clone();
+            Box::new(move || source.connected())
+        };
         let live = self.live.as_ref().map(|view| {
             let source = counters.clone();
             let map = Arc::new(LiveMap::for_plan(
@@ -154,15 +186,39 @@ impl TagMaps {
                 source: counters,
             });
         }
-        self.tracker.spawn(map_task(
+        let supervisor = self.supervisor.clone();
+        let source_cancel = cancel.clone();
+        let has_tags = !plan.tags.is_empty();
+        let path = plan.path.display().to_string();
+        let task = map_task(
             name,
             Mapper::new(plan),
             rx,
             self.readings.clone(),
             self.totals.clone(),
             stats,
-            live,
-        ));
+            Watch {
+                live,
+                quality: QualityState::new(plan),
+                connected,
+            },
+        );
+        // An adapter that drops its sender without being told to has died (a panic in one
+        // of its tasks): the gateway must not run on without it.
+        let task = async move {
+            task.await;
+            if has_tags && !source_cancel.is_cancelled() {
+                if let Some(supervisor) = supervisor {
+                    supervisor.fail("source", &format!("the source of {path} stopped by itself"));
+                }
+            }
+        };
+        match &self.supervisor {
+            Some(supervisor) => supervisor.spawn(&self.tracker, "mapping", task),
+            None => {
+                self.tracker.spawn(task);
+            }
+        }
         self.running
             .insert(plan.path.clone(), Running { cancel, content });
     }

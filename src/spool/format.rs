@@ -1,5 +1,5 @@
-//! The spool's bytes on disk, with no I/O: segment headers, records, the ack file, and the
-//! scan that finds where a segment stops being valid.
+//! The spool's bytes on disk, with no I/O: segment file names, segment headers, records, the
+//! ack file, and the scan that finds where a segment stops being valid.
 //!
 //! All integers are little-endian. The layouts are in the module doc of [`crate::spool`].
 //!
@@ -10,6 +10,31 @@
 //!   byte costs one record, not the rest of the segment).
 //! - The ack file is all or nothing: a wrong length, magic or CRC makes it unreadable, and the
 //!   caller falls back to replaying everything (duplicates, never loss).
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `dir/<first, 20 digits>.seg`.
+pub(crate) fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
+/// The first sequence number in a segment file name.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// `TBSPOOL1`: the first bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TBSPOOL1";

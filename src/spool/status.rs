@@ -10,8 +10,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use super::format::{self, SEGMENT_HEADER};
-use super::store::{now_ms, parse_segment_name, segment_path};
+use super::format::{self, now_ms, parse_segment_name, segment_path, SEGMENT_HEADER};
 use super::SpoolError;
 
 /// How much is waiting in the spool.

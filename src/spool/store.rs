@@ -12,11 +12,11 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::format::{
-    self, decode_record, encode_ack, encode_record, peek_header, segment_header, AckState, Decoded,
-    MAX_RECORD, RECORD_HEADER, SEGMENT_HEADER,
+    self, decode_record, encode_ack, encode_record, now_ms, parse_segment_name, peek_header,
+    segment_header, segment_path, AckState, Decoded, MAX_RECORD, RECORD_HEADER, SEGMENT_HEADER,
 };
 use super::status::SpoolStatus;
 use super::{
@@ -52,27 +52,6 @@ impl Segment {
             _ => 0,
         }
     }
-}
-
-/// `dir/<first, 20 digits>.seg`.
-pub(crate) fn segment_path(dir: &Path, first: u64) -> PathBuf {
-    dir.join(format!("{first:020}.seg"))
-}
-
-/// The first sequence number in a segment file name.
-pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".seg")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(unix)]

@@ -16,6 +16,9 @@ mod eventhub_sink;
 /// deploy/: the systemd unit and the install script.
 mod deploy;
 
+/// The Debian package, installed, upgraded, removed and purged in a throwaway root.
+mod deb;
+
 /// README, ARCHITECTURE.md and docs/: links resolve, named paths exist.
 mod docs;
 
@@ -39,3 +42,16 @@ mod spool;
 
 /// Operations: /metrics and /readyz during a run; live reload of tag maps.
 mod operations;
+
+/// No reading twice: OPC UA server restart, tag-map reload, graceful restart and kill -9 of
+/// the gateway binary, counted at the hub.
+mod duplicates;
+
+/// A panicking component stops the whole gateway (exit non-zero) and loses nothing spooled.
+mod supervision;
+
+/// The live view: /api/live, the page in headless Chromium, `tagbridge watch` in tmux.
+mod live_view;
+
+/// Quality readings: off is the seed format byte for byte; on, one bad reading per gap.
+mod quality;

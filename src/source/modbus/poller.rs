@@ -293,7 +293,7 @@ impl Poller {
         if self.groups[gi].dirty {
             self.replan(gi);
         }
-        let mut batch = Vec::with_capacity(self.groups[gi].tags.len());
+        let mut batch = SampleBatch::with_capacity(self.groups[gi].tags.len());
         let requests = std::mem::take(&mut self.groups[gi].requests);
         let mut aborted = false;
         for req in &requests {

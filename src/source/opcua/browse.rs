@@ -40,7 +40,7 @@ pub struct Found {
     pub node: NodeId,
     /// The data type's name, e.g. `Double` or `SimEnum1`.
     pub data_type: String,
-    /// An array (see [`is_array`]).
+    /// An array (see `is_array`).
     pub array: bool,
     /// The data type is a structure (or another non-scalar the source cannot read).
     pub structure: bool,

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use super::convert::{self, EnumNames, Quality, TimestampSource, UncertainPolicy};
 use super::OpcUaCounters;
 use crate::mapping::{OpcUaPlan, TagMapPlan};
-use crate::sample::Sample;
+use crate::sample::{Cause, Sample, SampleBatch, Scope, SourceEvent};
 
 /// Per-tag flags, so each problem is logged once per episode.
 const FLAG_BAD: u8 = 1;
@@ -36,9 +36,10 @@ pub(super) struct Ctx {
     pub uncertain: UncertainPolicy,
 }
 
-/// Samples waiting for the forwarding task. Bounded: when full, the oldest are dropped.
+/// Samples (and status events) waiting for the forwarding task. Bounded: when full, the oldest
+/// samples are dropped.
 pub(super) struct Queue {
-    samples: Mutex<Vec<Sample>>,
+    samples: Mutex<SampleBatch>,
     pub(super) notify: Notify,
     capacity: usize,
 }
@@ -46,7 +47,7 @@ pub(super) struct Queue {
 impl Queue {
     pub(super) fn new(capacity: usize) -> Queue {
         Queue {
-            samples: Mutex::new(Vec::new()),
+            samples: Mutex::new(SampleBatch::default()),
             notify: Notify::new(),
             capacity,
         }
@@ -67,6 +68,9 @@ impl Queue {
                 let excess = total - self.capacity;
                 let from_old = excess.min(samples.len());
                 samples.drain(..from_old);
+                for (before, _) in &mut samples.events {
+                    *before = before.saturating_sub(from_old);
+                }
                 let from_new = excess - from_old;
                 batch.drain(..from_new);
                 dropped = excess;
@@ -77,7 +81,25 @@ impl Queue {
         dropped
     }
 
-    pub(super) fn take(&self) -> Vec<Sample> {
+    /// Appends a status event after the samples queued so far. A confirmation replaces one
+    /// queued right before it (only the newest matters), so events stay few.
+    pub(super) fn event(&self, event: SourceEvent) {
+        {
+            let mut queued = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            let n = queued.samples.len();
+            if let (SourceEvent::Confirmed { .. }, Some((before, SourceEvent::Confirmed { .. }))) =
+                (&event, queued.events.last())
+            {
+                if *before == n {
+                    queued.events.pop();
+                }
+            }
+            queued.event(event);
+        }
+        self.notify.notify_one();
+    }
+
+    pub(super) fn take(&self) -> SampleBatch {
         std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -133,6 +155,7 @@ impl OnSubscriptionNotificationCore for Notifier {
         notification: NotificationMessage,
         _items: MonitoredItemMap<'_>,
     ) {
+        let confirmed_at = Utc::now();
         // Keep-alives carry the next number without consuming it: only data messages count.
         if notification
             .notification_data
@@ -142,6 +165,11 @@ impl OnSubscriptionNotificationCore for Notifier {
             self.track(notification.sequence_number);
         }
         self.deliver.deliver(notification);
+        // A publish or keep-alive response: the subscription is alive, its values still hold.
+        self.deliver
+            .ctx
+            .queue
+            .event(SourceEvent::Confirmed { at: confirmed_at });
     }
 }
 
@@ -160,6 +188,8 @@ impl Deliver {
         let now = Utc::now();
         let ctx = &self.ctx;
         let mut batch = Vec::new();
+        // Tags whose value is not usable (Bad, or Uncertain when skipped): no heartbeat for them.
+        let mut lost: Vec<(usize, StatusCode)> = Vec::new();
         let (mut bad, mut uncertain, mut unsupported) = (0u64, 0u64, 0u64);
         for object in data {
             let Some(change) = object.into_inner_as::<DataChangeNotification>() else {
@@ -178,6 +208,7 @@ impl Deliver {
                 match convert::quality(value.status) {
                     Quality::Bad => {
                         bad += 1;
+                        lost.push((tag, value.status.unwrap_or(StatusCode::Bad)));
                         let status = value.status.unwrap_or(StatusCode::Bad);
                         if is_gone(status) {
                             let before = flags.fetch_or(FLAG_BAD | FLAG_GONE, Ordering::Relaxed);
@@ -207,6 +238,7 @@ impl Deliver {
                     Quality::Uncertain => {
                         uncertain += 1;
                         if ctx.uncertain == UncertainPolicy::Skip {
+                            lost.push((tag, value.status.unwrap_or(StatusCode::Uncertain)));
                             continue;
                         }
                     }
@@ -265,6 +297,13 @@ impl Deliver {
         }
         c.readings.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let dropped = ctx.queue.push(batch);
+        for (tag, status) in lost {
+            ctx.queue.event(SourceEvent::Lost {
+                scope: Scope::Tag(tag),
+                at: now,
+                cause: Cause::OpcUaStatus(status.to_string().into()),
+            });
+        }
         if dropped > 0
             && c.overflow_dropped
                 .fetch_add(dropped as u64, Ordering::Relaxed)

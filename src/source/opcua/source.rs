@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::notify::{Ctx, Queue};
 use super::{connect, subscribe, OpcUaCounters, OpcUaError};
 use crate::mapping::{OpcUaPlan, TagMapPlan};
-use crate::sample::SampleBatch;
+use crate::sample::{Cause, SampleBatch, Scope, SourceEvent};
 
 pub(super) fn start(
     plan: Arc<TagMapPlan>,
@@ -285,6 +285,7 @@ async fn drive(
                     ctx.counters.connected.store(false, Ordering::Relaxed);
                     ctx.counters.set_reason(Some(format!("connection lost ({status}); reconnecting")));
                     disconnected = true;
+                    ctx.queue.event(SourceEvent::Lost { scope: Scope::Source, at: chrono::Utc::now(), cause: Cause::ConnectionLost });
                     tracing::warn!(message = "OPC UA connection lost; reconnecting.", endpoint = %ctx.source.endpoint, %status);
                 }
                 Some(Ok(SessionPollResult::ReconnectFailed(status))) => {

@@ -42,6 +42,8 @@ pub struct ChainOptions {
     pub sink: SinkOptions,
     /// Serve /metrics and /readyz on an ephemeral port.
     pub metrics: bool,
+    /// gateway.yaml `quality: true`.
+    pub quality: bool,
     /// Reach the hub through this HTTP CONNECT proxy (AMQP over WebSockets).
     pub proxy: Option<tagbridge::sink::eventhub::proxy::Proxy>,
 }
@@ -61,6 +63,7 @@ impl Default for ChainOptions {
                 ..Default::default()
             },
             metrics: false,
+            quality: false,
         }
     }
 }
@@ -150,11 +153,13 @@ pub async fn start(options: ChainOptions) -> Chain {
              sink:\n  eventhub:\n{credential}    ca_file: {ca}\n    transport: {transport}\n\
              \x20   linger: {linger}ms\n    max_in_flight: {in_flight}\n    events: {events}\n    shutdown_grace: 10s\n\
              spool:\n  dir: spool\n\
-             telemetry:\n  metrics: {metrics}\n",
+             telemetry:\n  metrics: {metrics}\n\
+             quality: {quality}\n",
             ca = hub.ca_cert_path().display(),
             linger = options.sink.linger.as_millis().max(1),
             in_flight = options.sink.max_in_flight.max(1),
             metrics = if options.metrics { "127.0.0.1:0" } else { "\"off\"" },
+            quality = options.quality,
         ),
     )
     .expect("write gateway.yaml");
