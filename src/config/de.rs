@@ -582,7 +582,17 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
                     None => return Err(self.mismatch(&format!("one of: {}", variants.join(", ")))),
                 }
             }
-            _ => return Err(self.mismatch(&format!("one of: {}", variants.join(", ")))),
+            _ => {
+                let error = self.mismatch(&format!("one of: {}", variants.join(", ")));
+                return Err(match (error, enum_example(_name)) {
+                    (Error::Pending { pos, message, .. }, Some(example)) => Error::Pending {
+                        pos,
+                        message,
+                        hint: Some(example.to_string()),
+                    },
+                    (error, _) => error,
+                });
+            }
         };
         if !variants.contains(&variant) {
             let key_pos = match &self.node.kind {
@@ -607,6 +617,18 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_unit()
+    }
+}
+
+/// The correct nested form of an enum whose shape is easy to get wrong, shown when a value
+/// has the wrong shape (e.g. `user: {username: op, password: …}`).
+fn enum_example(name: &str) -> Option<&'static str> {
+    match name {
+        "OpcUaUser" => Some(
+            "write `user: {username: {username: op, password_file: /etc/tagbridge/opcua-password}}` \
+             (or `password_env: VAR`), `user: {certificate: {cert: user.der, key: user.pem}}`, or `user: anonymous`",
+        ),
+        _ => None,
     }
 }
 

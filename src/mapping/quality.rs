@@ -182,6 +182,16 @@ impl QualityState {
         lost
     }
 
+    /// Tags of the tag map.
+    pub fn len(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// No tags.
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+
     /// Whether `tag` is in a gap now.
     pub fn is_bad(&self, tag: usize) -> bool {
         self.tags.get(tag).is_some_and(|t| t.bad)

@@ -114,11 +114,22 @@ fn observe(mapper: &mut Mapper, watch: &mut Watch, batch: &SampleBatch, out: &mu
             }
             Item::Event(event) => {
                 mapper.event(event, out);
-                let (Some(q), SourceEvent::Lost { scope, at, cause }) = (&mut watch.quality, event)
-                else {
+                let SourceEvent::Lost { scope, at, cause } = event else {
                     continue;
                 };
                 let cause = cause.to_string();
+                // The live view shows the cause whether or not quality readings are on.
+                if let Some(live) = &watch.live {
+                    match scope {
+                        crate::sample::Scope::Source => {
+                            (0..live.tags.len()).for_each(|tag| live.bad(tag, &cause))
+                        }
+                        crate::sample::Scope::Tag(tag) => live.bad(*tag, &cause),
+                    }
+                }
+                let Some(q) = &mut watch.quality else {
+                    continue;
+                };
                 let tags = match scope {
                     crate::sample::Scope::Source => q.lost_all(*at, &cause, out),
                     crate::sample::Scope::Tag(tag) => {
@@ -131,9 +142,6 @@ fn observe(mapper: &mut Mapper, watch: &mut Watch, batch: &SampleBatch, out: &mu
                 };
                 for tag in tags {
                     mapper.forget(tag);
-                    if let Some(live) = &watch.live {
-                        live.bad(tag, &cause);
-                    }
                 }
             }
         }

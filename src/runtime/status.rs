@@ -186,6 +186,14 @@ impl GatewayStatus {
             );
             let journal = view.journal.clone();
             metrics.gauge(
+                "tagbridge_spool_quarantined_files",
+                "Files in the spool directory set aside because the spool could not have written them.",
+                move |p: &mut Points| {
+                    single(journal.spool_status().unwrap_or_default().quarantined as f64)(p)
+                },
+            );
+            let journal = view.journal.clone();
+            metrics.gauge(
                 "tagbridge_spool_oldest_age_seconds",
                 "Age of the oldest unacknowledged reading (0 when none).",
                 move |p: &mut Points| {
@@ -295,6 +303,27 @@ mod tests {
         let (ready, detail) = status.readiness();
         assert!(!ready);
         assert_eq!(detail["sources"]["ok"], false);
+    }
+
+    #[test]
+    fn readiness_says_why_a_source_is_down() {
+        let opcua = Arc::new(crate::source::opcua::OpcUaCounters::default());
+        opcua.set_reason(Some(
+            "refused the login of user `op` (BadUserAccessDenied)".into(),
+        ));
+        let status = GatewayStatus {
+            maps: Arc::new(RwLock::new(vec![MapEntry {
+                name: "line1".into(),
+                stats: Arc::default(),
+                source: SourceCounters::OpcUa(opcua),
+            }])),
+            ..Default::default()
+        };
+        let (ready, detail) = status.readiness();
+        assert!(!ready);
+        assert!(detail["sources"]["reasons"]["line1"]
+            .as_str()
+            .is_some_and(|r| r.contains("BadUserAccessDenied")));
     }
 
     #[test]

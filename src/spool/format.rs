@@ -36,6 +36,12 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The highest sequence number the spool hands out. Numbering starts at 1 and goes up by one a
+/// record (plus a reserved block a restart); at a million records a second it takes over
+/// 100 000 years to get here. A file name or ack value above it was not written by the spool
+/// (a stray or hostile file): it is refused rather than let the numbering wrap.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// `TBSPOOL1`: the first bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TBSPOOL1";
 /// Magic + first sequence number.
@@ -172,12 +178,22 @@ pub struct Scan {
 /// Scans a whole segment file's bytes (header included); the first record must have sequence
 /// number `first`, each next one the following number.
 pub fn scan(buf: &[u8], first: u64) -> Scan {
+    let mut s = scan_from(buf, SEGMENT_HEADER.min(buf.len()), first);
+    if s.problem.is_some() {
+        s.resync = resync(buf, s.valid_len + 1, first.saturating_add(s.records));
+    }
+    s
+}
+
+/// Scans from `at` (a record boundary) while records follow with consecutive sequence numbers
+/// from `expected`. `valid_len` is where the run ends; `resync` is not looked for.
+fn scan_from(buf: &[u8], at: usize, expected: u64) -> Scan {
     let mut s = Scan {
-        valid_len: SEGMENT_HEADER.min(buf.len()),
+        valid_len: at,
         ..Scan::default()
     };
-    let mut expected = first;
-    let mut at = SEGMENT_HEADER;
+    let mut expected = expected;
+    let mut at = at;
     while at < buf.len() {
         match decode_record(&buf[at..]) {
             Decoded::Record(r) if r.seq == expected => {
@@ -187,7 +203,7 @@ pub fn scan(buf: &[u8], first: u64) -> Scan {
                 }
                 s.records += 1;
                 s.newest_ms = r.time_ms;
-                expected += 1;
+                expected = expected.saturating_add(1);
                 at += r.size;
                 s.valid_len = at;
             }
@@ -205,10 +221,69 @@ pub fn scan(buf: &[u8], first: u64) -> Scan {
             }
         }
     }
-    if s.problem.is_some() {
-        s.resync = resync(buf, at + 1, expected);
-    }
     s
+}
+
+/// A stretch of valid records with consecutive sequence numbers, found by [`scan_all`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Run {
+    /// Byte offset of its first record.
+    pub start: usize,
+    /// Byte offset just after its last record.
+    pub end: usize,
+    pub first_seq: u64,
+    pub records: u64,
+    pub oldest_ms: u64,
+    pub newest_ms: u64,
+}
+
+/// A damaged stretch found by [`scan_all`]: the bytes `at..next` are lost (`next` is the start
+/// of the following run, or the end of the buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    pub at: usize,
+    pub next: usize,
+    pub why: &'static str,
+}
+
+/// Scans a whole segment in one pass, O(its size): the valid part from the start (the first
+/// run, possibly empty), then every later run of valid records after damage, each with
+/// sequence numbers above the run before it.
+pub fn scan_all(buf: &[u8], first: u64) -> (Vec<Run>, Vec<Damage>) {
+    let mut runs = Vec::new();
+    let mut damage = Vec::new();
+    let mut at = SEGMENT_HEADER.min(buf.len());
+    let mut expected = first;
+    loop {
+        let s = scan_from(buf, at, expected);
+        runs.push(Run {
+            start: at,
+            end: s.valid_len,
+            first_seq: s.first_seq.unwrap_or(expected),
+            records: s.records,
+            oldest_ms: s.oldest_ms,
+            newest_ms: s.newest_ms,
+        });
+        expected = expected.saturating_add(s.records);
+        let Some(why) = s.problem else {
+            break;
+        };
+        let next = resync(buf, s.valid_len + 1, expected);
+        damage.push(Damage {
+            at: s.valid_len,
+            next: next.unwrap_or(buf.len()),
+            why,
+        });
+        let Some(next) = next else {
+            break;
+        };
+        let Some((_, seq, _)) = peek_header(&buf[next..]) else {
+            break;
+        };
+        at = next;
+        expected = seq;
+    }
+    (runs, damage)
 }
 
 /// The first offset from `from` where a valid record with a sequence number at or after
@@ -216,7 +291,7 @@ pub fn scan(buf: &[u8], first: u64) -> Scan {
 fn resync(buf: &[u8], from: usize, expected: u64) -> Option<usize> {
     let end = buf.len().checked_sub(RECORD_HEADER)?;
     // A record is at least RECORD_HEADER bytes, so at most this many can follow.
-    let horizon = expected + (buf.len() / RECORD_HEADER) as u64 + 1;
+    let horizon = expected.saturating_add((buf.len() / RECORD_HEADER) as u64 + 1);
     (from..=end).find(|&at| {
         let Some((len, seq, _)) = peek_header(&buf[at..]) else {
             return false;

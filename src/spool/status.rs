@@ -10,7 +10,8 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use super::format::{self, now_ms, parse_segment_name, segment_path, SEGMENT_HEADER};
+use super::format::{self, now_ms, parse_segment_name, segment_path, MAX_SEQ, SEGMENT_HEADER};
+use super::store::{ack_in_range, QUARANTINED};
 use super::SpoolError;
 
 /// How much is waiting in the spool.
@@ -29,28 +30,49 @@ pub struct SpoolStatus {
     pub acked: u64,
     /// The sequence number the next record gets.
     pub next_seq: u64,
+    /// Files set aside (renamed `*.quarantined`) because the spool could not have written
+    /// them: a segment name or ack value beyond [`MAX_SEQ`].
+    pub quarantined: u64,
 }
 
 /// Reads the status of the spool in `dir` without opening it.
 pub fn inspect(dir: &Path) -> Result<SpoolStatus, SpoolError> {
     let mut firsts = Vec::new();
+    let mut quarantined = 0;
     for entry in fs::read_dir(dir).map_err(SpoolError::io("list", dir))? {
         let entry = entry.map_err(SpoolError::io("list", dir))?;
-        if let Some(first) = parse_segment_name(&entry.file_name().to_string_lossy()) {
-            firsts.push(first);
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(QUARANTINED) {
+            quarantined += 1;
+        } else if let Some(first) = parse_segment_name(&name) {
+            // Beyond what the spool writes: the next open quarantines it.
+            if first <= MAX_SEQ {
+                firsts.push(first);
+            } else {
+                quarantined += 1;
+            }
         }
     }
     firsts.sort_unstable();
     let ack_path = dir.join("ack");
-    let state = match fs::read(&ack_path) {
+    let mut state = match fs::read(&ack_path) {
         Ok(b) => format::decode_ack(&b).unwrap_or_default(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => format::AckState::default(),
         Err(e) => return Err(SpoolError::io("read", &ack_path)(e)),
     };
+    if !ack_in_range(&state) {
+        quarantined += 1;
+        state = format::AckState {
+            dropped: state.dropped,
+            ..format::AckState::default()
+        };
+    }
     let mut status = SpoolStatus {
+        quarantined,
         acked: state.acked,
         dropped: state.dropped,
-        next_seq: state.acked + 1,
+        next_seq: state.acked.saturating_add(1),
         ..SpoolStatus::default()
     };
     let mut oldest_ms = None;
@@ -68,7 +90,7 @@ pub fn inspect(dir: &Path) -> Result<SpoolStatus, SpoolError> {
         // Every record of this segment is below the next segment's first: all acknowledged.
         if firsts
             .get(i + 1)
-            .is_some_and(|&next| next <= state.acked + 1)
+            .is_some_and(|&next| next <= state.acked.saturating_add(1))
         {
             continue;
         }

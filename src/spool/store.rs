@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use super::format::{
     self, decode_record, encode_ack, encode_record, now_ms, parse_segment_name, peek_header,
-    segment_header, segment_path, AckState, Decoded, MAX_RECORD, RECORD_HEADER, SEGMENT_HEADER,
+    segment_header, segment_path, AckState, Decoded, MAX_RECORD, MAX_SEQ, RECORD_HEADER,
+    SEGMENT_HEADER,
 };
 use super::status::SpoolStatus;
 use super::{
@@ -126,6 +127,8 @@ pub struct Spool {
     /// offset, append time).
     oldest_cache: Option<(u64, u64, u64, u64)>,
     buf: Vec<u8>,
+    /// Files set aside at open (see [`quarantine`]).
+    quarantined: u64,
     /// Test hook: every write fails with this error (a full disk).
     #[cfg(test)]
     pub(crate) fail_writes: Option<io::ErrorKind>,
@@ -157,6 +160,7 @@ impl Spool {
             Err(fs::TryLockError::Error(e)) => return Err(SpoolError::io("lock", &lock_path)(e)),
         }
         let mut report = RecoveryReport::default();
+        let mut quarantined = 0;
         let mut firsts = BTreeSet::new();
         for entry in fs::read_dir(&dir).map_err(SpoolError::io("list", &dir))? {
             let entry = entry.map_err(SpoolError::io("list", &dir))?;
@@ -165,8 +169,16 @@ impl Spool {
             if name.ends_with(".tmp") {
                 // Left by a crash between writing and renaming; the rename never happened.
                 let _ = fs::remove_file(entry.path());
+            } else if name.ends_with(QUARANTINED) {
+                quarantined += 1;
             } else if let Some(first) = parse_segment_name(&name) {
-                firsts.insert(first);
+                if first <= MAX_SEQ {
+                    firsts.insert(first);
+                } else {
+                    let why = format!("names sequence number {first}, beyond {MAX_SEQ}");
+                    quarantine(&entry.path(), &why, &mut report)?;
+                    quarantined += 1;
+                }
             }
         }
         let ack_path = dir.join("ack");
@@ -188,14 +200,30 @@ impl Spool {
                 AckState::default()
             }
         };
+        if !ack_in_range(&state) {
+            let why = format!(
+                "acknowledged up to {} and reserved up to {}, beyond {MAX_SEQ}; every record on \
+                 disk will be sent again",
+                state.acked, state.reserved
+            );
+            quarantine(&ack_path, &why, &mut report)?;
+            quarantined += 1;
+            state = AckState {
+                dropped: state.dropped,
+                ..AckState::default()
+            };
+        }
 
         let mut segments = VecDeque::new();
+        let durable = config.fsync != FsyncPolicy::Never;
         while let Some(first) = firsts.pop_first() {
-            match recover_segment(&dir, first, &mut firsts, &mut report) {
-                Ok(seg) => segments.push_back(seg),
+            match recover_segment(&dir, first, &firsts, durable, &mut report) {
+                Ok(segs) => segments.extend(segs),
                 Err(e) => report.problems.push(format!("{e}; file left as it is")),
             }
         }
+        // Runs rescued from a damaged segment come after it; keep the order of numbering.
+        segments.make_contiguous().sort_by_key(|s| s.first);
 
         let mut next_seq = state.reserved.max(state.acked + 1).max(1);
         for s in &segments {
@@ -219,7 +247,7 @@ impl Spool {
             oldest_ms: 0,
             newest_ms: 0,
         });
-        state.reserved = next_seq + RESERVE_BLOCK;
+        state.reserved = next_seq.saturating_add(RESERVE_BLOCK);
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
         let mut spool = Spool {
             dir,
@@ -240,6 +268,7 @@ impl Spool {
             last_sync: Instant::now(),
             oldest_cache: None,
             buf: Vec::new(),
+            quarantined,
             #[cfg(test)]
             fail_writes: None,
             #[cfg(test)]
@@ -854,6 +883,7 @@ impl Spool {
             segments: self.segments.len(),
             acked,
             next_seq: self.next_seq,
+            quarantined: self.quarantined,
         }
     }
 }
@@ -867,6 +897,36 @@ impl Drop for Spool {
             let _ = self.write_ack(false);
         }
     }
+}
+
+/// Suffix of a file set aside by [`quarantine`].
+pub(crate) const QUARANTINED: &str = ".quarantined";
+
+/// Whether an ack state is one the spool could have written (see [`MAX_SEQ`]).
+pub(crate) fn ack_in_range(state: &AckState) -> bool {
+    state.acked <= MAX_SEQ && state.reserved <= MAX_SEQ.saturating_add(RESERVE_BLOCK)
+}
+
+/// Sets aside a file the spool could not have written, renaming it `<name>.quarantined` (kept
+/// for whoever investigates, never read again), and says so loudly: an error log and a problem
+/// in the report; [`SpoolStatus::quarantined`] counts such files.
+fn quarantine(path: &Path, why: &str, report: &mut RecoveryReport) -> Result<(), SpoolError> {
+    let mut target = path.as_os_str().to_owned();
+    target.push(QUARANTINED);
+    let target = PathBuf::from(target);
+    fs::rename(path, &target).map_err(SpoolError::io("rename", path))?;
+    tracing::error!(
+        message = "Spool file quarantined: the spool could not have written it.",
+        file = %path.display(),
+        moved_to = %target.display(),
+        reason = %why
+    );
+    report.problems.push(format!(
+        "{}: {why}; quarantined as {}",
+        path.display(),
+        target.display()
+    ));
+    Ok(())
 }
 
 /// Creates a segment file holding only its header.
@@ -884,15 +944,17 @@ fn create_segment(path: &Path, first: u64) -> Result<File, SpoolError> {
     Ok(file)
 }
 
-/// Checks one segment file, repairs it and reports what was wrong. Valid records found after
-/// damage are moved to a new segment named by their first sequence number (added to `firsts`
-/// so that it is checked in turn).
+/// Checks one segment file, repairs it and reports what was wrong, in one pass over it: each
+/// run of valid records found after damage is written once to a new segment named by its first
+/// sequence number (returned after the repaired segment, already checked), then the file is
+/// cut after its valid start. Files are fsynced only if `durable`, and each once.
 fn recover_segment(
     dir: &Path,
     first: u64,
-    firsts: &mut BTreeSet<u64>,
+    firsts: &BTreeSet<u64>,
+    durable: bool,
     report: &mut RecoveryReport,
-) -> Result<Segment, SpoolError> {
+) -> Result<Vec<Segment>, SpoolError> {
     let path = segment_path(dir, first);
     let buf = fs::read(&path).map_err(SpoolError::io("read", &path))?;
     let file = File::options()
@@ -908,53 +970,86 @@ fn recover_segment(
         ));
         changed = true;
     }
-    let scan = format::scan(&buf, first);
-    let valid = scan.valid_len.max(SEGMENT_HEADER);
-    if let Some(why) = scan.problem {
-        let mut cut = buf.len().saturating_sub(valid);
-        let mut moved = String::new();
-        if let Some(at) = scan.resync {
-            if let Some((_, rescued, _)) = peek_header(&buf[at..]) {
-                let target = segment_path(dir, rescued);
-                // An earlier recovery may have moved them already and been cut off before
-                // truncating this file.
-                if !firsts.contains(&rescued) && !target.exists() {
-                    let mut bytes = segment_header(rescued).to_vec();
-                    bytes.extend_from_slice(&buf[at..]);
-                    let tmp = target.with_extension("seg.tmp");
-                    fs::write(&tmp, &bytes)
-                        .and_then(|_| File::open(&tmp)?.sync_all())
-                        .and_then(|_| fs::rename(&tmp, &target))
-                        .and_then(|_| sync_dir(dir))
-                        .map_err(SpoolError::io("write", &target))?;
-                    firsts.insert(rescued);
-                }
-                cut = at - valid;
-                moved = format!(
-                    "; the records after it, from {rescued} on, moved to {}",
-                    target.display()
-                );
+    let (runs, damage) = format::scan_all(&buf, first);
+    let head = runs.first().copied().unwrap_or_default();
+    let valid = head.end.max(SEGMENT_HEADER);
+    let mut segments = vec![Segment {
+        first,
+        count: head.records,
+        bytes: valid as u64,
+        oldest_ms: head.oldest_ms,
+        newest_ms: head.newest_ms,
+    }];
+    if let Some(first_damage) = damage.first() {
+        let mut written = Vec::new();
+        let mut moved = Vec::new();
+        for run in runs.iter().skip(1) {
+            let target = segment_path(dir, run.first_seq);
+            moved.push((run.first_seq, target.clone()));
+            // An earlier recovery may have moved them already and been cut off before
+            // truncating this file: that file is checked in turn.
+            if firsts.contains(&run.first_seq) || target.exists() {
+                continue;
+            }
+            let mut bytes = Vec::with_capacity(SEGMENT_HEADER + run.end - run.start);
+            bytes.extend_from_slice(&segment_header(run.first_seq));
+            bytes.extend_from_slice(&buf[run.start..run.end]);
+            let tmp = target.with_extension("seg.tmp");
+            fs::write(&tmp, &bytes).map_err(SpoolError::io("write", &tmp))?;
+            written.push((tmp, target));
+            segments.push(Segment {
+                first: run.first_seq,
+                count: run.records,
+                bytes: bytes.len() as u64,
+                oldest_ms: run.oldest_ms,
+                newest_ms: run.newest_ms,
+            });
+        }
+        if durable {
+            for (tmp, _) in &written {
+                File::open(tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(SpoolError::io("fsync", tmp))?;
             }
         }
+        for (tmp, target) in &written {
+            fs::rename(tmp, target).map_err(SpoolError::io("rename", tmp))?;
+        }
+        if durable && !written.is_empty() {
+            sync_dir(dir).map_err(SpoolError::io("fsync", dir))?;
+        }
+        let cut: usize = damage.iter().map(|d| d.next - d.at).sum();
         report.bytes_truncated += cut as u64;
+        let moved_text = match moved.as_slice() {
+            [] => String::new(),
+            [(seq, target)] => format!(
+                "; the records after it, from {seq} on, moved to {}",
+                target.display()
+            ),
+            [(seq, target), ..] => format!(
+                "; the {} runs of records between them, from {seq} on, moved to new segments \
+                 from {} on",
+                moved.len(),
+                target.display()
+            ),
+        };
+        let spots = match damage.len() {
+            1 => String::new(),
+            n => format!("{n} damaged spots, the first: "),
+        };
         report.problems.push(format!(
-            "{}: {why} at byte {valid}; {cut} bytes cut{moved}",
-            path.display()
+            "{}: {spots}{} at byte {valid}; {cut} bytes cut{moved_text}",
+            path.display(),
+            first_damage.why
         ));
         file.set_len(valid as u64)
             .map_err(SpoolError::io("truncate", &path))?;
         changed = true;
     }
-    if changed {
+    if changed && durable {
         file.sync_all().map_err(SpoolError::io("fsync", &path))?;
     }
-    Ok(Segment {
-        first,
-        count: scan.records,
-        bytes: valid as u64,
-        oldest_ms: scan.oldest_ms,
-        newest_ms: scan.newest_ms,
-    })
+    Ok(segments)
 }
 
 #[cfg(test)]

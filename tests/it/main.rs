@@ -50,6 +50,9 @@ mod duplicates;
 /// A panicking component stops the whole gateway (exit non-zero) and loses nothing spooled.
 mod supervision;
 
+/// Heartbeats only repeat a value the device still confirms.
+mod heartbeats;
+
 /// The live view: /api/live, the page in headless Chromium, `tagbridge watch` in tmux.
 mod live_view;
 

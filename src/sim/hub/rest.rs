@@ -88,6 +88,32 @@ pub(crate) async fn serve(
     }
 }
 
+/// Bodies over the limit are read to their end (up to [`DRAIN_LIMIT`]) and discarded, so the
+/// client, still uploading, receives the 413 instead of a reset connection.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The body if it fits in `limit` bytes; `Err` (after draining) if it does not.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ()> {
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return Err(()) };
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen <= limit {
+                kept.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                return Err(());
+            }
+        }
+    }
+    if seen > limit {
+        Err(())
+    } else {
+        Ok(Bytes::from(kept))
+    }
+}
+
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -183,9 +209,9 @@ async fn send(
     let content_type = header("content-type");
     let broker = header("brokerproperties");
     let limit = shared.max_message_size;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let body = match read_body(req.into_body(), limit).await {
+        Ok(b) => b,
+        Err(()) => {
             Counters::inc(&shared.counters.oversize);
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,

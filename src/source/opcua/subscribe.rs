@@ -737,6 +737,20 @@ mod tests {
     }
 
     #[test]
+    fn a_flat_user_gets_the_nested_form_as_hint() {
+        let file = crate::config::parse_str::<crate::config::tagmap::TagMapFile>(
+            "source:\n  opcua:\n    endpoint: \"opc.tcp://h:4840/\"\n    user: {username: op, password: x}\ntags:\n  - {sensor_id: a, node: \"ns=2;s=A\"}\n",
+        );
+        let problem = file.problems.first().expect("a problem");
+        assert_eq!((problem.pos.line, problem.pos.col), (4, 11), "{problem:?}");
+        let hint = problem.hint.as_deref().unwrap_or_default();
+        assert!(
+            hint.contains("user: {username: {username: op, password_file:"),
+            "{problem:?}"
+        );
+    }
+
+    #[test]
     fn queue_sizes_cover_one_publishing_interval() {
         let s = Duration::from_secs;
         let ms = Duration::from_millis;

@@ -525,3 +525,110 @@ proptest! {
         prop_assert!(kept.windows(2).all(|w| w[0].0 < w[1].0));
     }
 }
+
+#[test]
+fn a_segment_named_near_u64_max_is_quarantined_not_a_wrap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(1 << 20, 1 << 16);
+    let (mut s, _) = open(tmp.path(), &cfg);
+    s.append(&recs(0..3));
+    drop(s);
+    // Not something the spool could have written: numbering would wrap at the next record.
+    let hostile = tmp.path().join(format!("{:020}.seg", u64::MAX));
+    fs::write(&hostile, format::segment_header(u64::MAX)).unwrap();
+    let (mut s, report) = open(tmp.path(), &cfg);
+    assert!(report.next_seq < 1 << 40, "{report:?}");
+    assert!(
+        report.problems.iter().any(|p| p.contains("quarantined")),
+        "{:?}",
+        report.problems
+    );
+    assert!(!hostile.exists());
+    assert!(tmp
+        .path()
+        .join(format!("{:020}.seg.quarantined", u64::MAX))
+        .exists());
+    s.append(&recs(3..6));
+    let got = payloads(&s.read(100).unwrap());
+    let expect: Vec<String> = (0..6).map(|i| format!("reading-{i}")).collect();
+    assert_eq!(got, expect);
+    assert_eq!(s.status().quarantined, 1);
+    drop(s);
+    let (mut s, _) = open(tmp.path(), &cfg);
+    assert_eq!(payloads(&s.read(100).unwrap()), expect);
+    assert_eq!(crate::spool::inspect(tmp.path()).unwrap().depth, 6);
+}
+
+#[test]
+fn an_ack_value_near_u64_max_is_refused_and_everything_replayed() {
+    let cfg = config(1 << 20, 1 << 16);
+    for acked in [u64::MAX, u64::MAX - 3, format::MAX_SEQ + 1] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(tmp.path(), &cfg);
+        s.append(&recs(0..4));
+        drop(s);
+        let state = AckState {
+            acked,
+            reserved: 10,
+            dropped: 7,
+        };
+        fs::write(tmp.path().join("ack"), format::encode_ack(&state)).unwrap();
+        let st = crate::spool::inspect(tmp.path()).unwrap();
+        assert_eq!(st.depth, 4, "{st:?}");
+        assert_eq!(st.quarantined, 1, "{st:?}");
+        let (mut s, report) = open(tmp.path(), &cfg);
+        assert!(
+            report.problems.iter().any(|p| p.contains("quarantined")),
+            "{:?}",
+            report.problems
+        );
+        assert!(report.next_seq < 1 << 40, "{report:?}");
+        assert_eq!(s.dropped(), 7);
+        assert_eq!(s.read(10).unwrap().len(), 4);
+        s.append(&recs(10..11));
+        assert_eq!(s.read(10).unwrap().len(), 1);
+        drop(s);
+        let (mut s, _) = open(tmp.path(), &cfg);
+        assert_eq!(s.read(10).unwrap().len(), 5);
+    }
+}
+
+#[test]
+fn every_second_record_damaged_is_recovered_in_one_pass_keeping_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(1 << 20, 1 << 16);
+    let (mut s, _) = open(tmp.path(), &cfg);
+    s.append(&recs(0..40));
+    drop(s);
+    let seg = segment_files(tmp.path()).remove(0);
+    let mut bytes = fs::read(&seg).unwrap();
+    // "reading-N" is 9 bytes for N < 10, then 10.
+    let mut at = SEGMENT_HEADER;
+    for i in 0..40 {
+        let len = format!("reading-{i}").len();
+        if i % 2 == 1 {
+            bytes[at + RECORD_HEADER + 1] ^= 0x01;
+        }
+        at += RECORD_HEADER + len;
+    }
+    fs::write(&seg, &bytes).unwrap();
+    let (mut s, report) = open(tmp.path(), &cfg);
+    // One line for the file, not one per damaged spot.
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("20 damaged spots"),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(report.records, 20, "{report:?}");
+    let got = payloads(&s.read(100).unwrap());
+    let expect: Vec<String> = (0..40)
+        .filter(|i| i % 2 == 0)
+        .map(|i| format!("reading-{i}"))
+        .collect();
+    assert_eq!(got, expect);
+    drop(s);
+    let (mut s, report) = open(tmp.path(), &cfg);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(payloads(&s.read(100).unwrap()), expect);
+}
