@@ -35,19 +35,19 @@ struct Target {
 const TARGETS: &[Target] = &[
     Target {
         name: "yaml_tree",
-        run: tagbridge::config::fuzz::yaml_tree,
+        run: tagbridge::mapping::fuzz::yaml_tree,
         seeds: &["tag-maps", "tests/fixtures/broken", "examples/gateway.yaml"],
         yaml: true,
     },
     Target {
         name: "tag_map",
-        run: tagbridge::config::fuzz::tag_map,
+        run: tagbridge::mapping::fuzz::tag_map,
         seeds: &["tag-maps", "tests/fixtures/broken"],
         yaml: true,
     },
     Target {
         name: "gateway",
-        run: tagbridge::config::fuzz::gateway,
+        run: tagbridge::mapping::fuzz::gateway,
         seeds: &["examples/gateway.yaml", "tests/fixtures/gateway-broken"],
         yaml: true,
     },
@@ -211,11 +211,11 @@ fn next_input(rng: &mut impl Rng, target: &Target, seeds: &[Vec<u8>]) -> Vec<u8>
     match rng.gen_range(0..3) {
         0 if target.yaml => {
             let budget = rng.gen_range(16..20_000);
-            tagbridge::config::fuzz::hostile_yaml(rng, budget).into_bytes()
+            tagbridge::mapping::fuzz::hostile_yaml(rng, budget).into_bytes()
         }
         1 if !seeds.is_empty() => {
             let mut data = seeds[rng.gen_range(0..seeds.len())].clone();
-            tagbridge::config::fuzz::mutate(rng, &mut data);
+            tagbridge::mapping::fuzz::mutate(rng, &mut data);
             data
         }
         _ => (0..rng.gen_range(0..2048)).map(|_| rng.gen()).collect(),

@@ -66,6 +66,9 @@ pub fn run(args: DemoArgs, format: LogFormat) -> ExitCode {
     }
 }
 
+/// The demo: simulated PLC, emulator and gateway in one process, printing what the hub got.
+/// Long on purpose: a script read top to bottom (start, write the files, run, report, stop),
+/// as the README tells it.
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let work = tempfile_dir()?;
     // 1. The simulated PLC, generated from the shipped tag maps, on ephemeral ports.

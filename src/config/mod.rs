@@ -8,7 +8,6 @@
 pub mod de;
 pub mod diagnostic;
 pub mod duration;
-pub mod fuzz;
 pub mod gateway;
 pub mod plan;
 pub mod schema;

@@ -246,6 +246,9 @@ fn count_nodes(node: &Node) -> usize {
 }
 
 impl Builder<'_> {
+    /// One node from its first event: a scalar, an alias, or a list or mapping read to its end.
+    /// Long on purpose: one match over the parser's event kinds, each arm short, sharing the
+    /// depth and alias budgets that bound hostile input.
     fn node<'a>(
         &mut self,
         parser: &mut Parser<'a, saphyr_parser::StrInput<'a>>,

@@ -2,6 +2,7 @@
 //! into a [`crate::reading::Reading`] (rename, states, scale, deadband, heartbeat).
 
 pub mod compile;
+pub mod fuzz;
 pub mod plan;
 pub mod quality;
 pub mod stage;

@@ -125,6 +125,10 @@ pub struct RunSummary {
 }
 
 /// Runs until `shutdown` is cancelled (or every source has ended), then drains and returns.
+///
+/// Long on purpose: it is the one place that wires a run together in start-up order (metrics
+/// bind, tag maps, reload, supervision, operations tasks, the output, then shutdown in
+/// reverse); split up, the ordering that shutdown relies on would be spread over files.
 pub async fn run(
     plans: Vec<TagMapPlan>,
     output: Output,

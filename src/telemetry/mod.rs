@@ -13,9 +13,7 @@ use crate::config::gateway::LogFormat;
 /// harmless (the second call does nothing), which keeps tests that start a gateway simple.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // The OPC UA library's own lines only at debug: the source reports what matters.
-        let quiet = crate::source::opcua::library_log_directives(level);
-        quiet
+        library_directives(level)
             .iter()
             .filter_map(|d| d.parse().ok())
             .fold(EnvFilter::new(level), |f, d| f.add_directive(d))
@@ -29,4 +27,24 @@ pub fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Log directives that quiet async-opcua below `debug`. Its messages repeat what the OPC UA
+/// source reports itself, with a reason and a next step (and some are not problems at all:
+/// `BadNoSubscription` before the first subscription, "Endpoint config contains no endpoints"
+/// for every client), so a clean start logs no WARN and no ERROR. At `debug` and `trace` they
+/// are all shown.
+fn library_directives(level: &str) -> &'static [&'static str] {
+    let verbose = ["debug", "trace"].iter().any(|l| level.contains(l));
+    if verbose {
+        &[]
+    } else {
+        &[
+            "opcua_client=off",
+            "opcua_core=off",
+            "opcua_crypto=off",
+            "opcua_types=off",
+            "opcua_nodes=off",
+        ]
+    }
 }

@@ -214,6 +214,9 @@ impl<'f> TagsCompiler<'f> {
     }
 
     /// Checks and plans one tag; `broken` holds positions whose values failed while parsing.
+    ///
+    /// Long on purpose: every tag key is checked here in file order, so all of a tag's
+    /// mistakes are reported together at their own positions.
     pub(crate) fn add(&mut self, spanned: &Spanned<TagSpec>, broken: &[Pos]) {
         self.seen += 1;
         if broken.iter().any(|p| spanned.contains(*p)) {

@@ -85,6 +85,9 @@ impl Compiler<'_> {
         }
     }
 
+    /// A tag's Modbus address from `table`/`address` or `modicon`, with its type, word order,
+    /// bit and length checked against the table. Long on purpose: every addressing rule of
+    /// ARCHITECTURE.md's "Modbus addressing" in one function, each with its own message.
     pub(super) fn modbus_address(
         &mut self,
         tag: &Spanned<TagSpec>,

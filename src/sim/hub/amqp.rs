@@ -240,6 +240,9 @@ where
     }
 }
 
+/// Serves one AMQP session: attaches links to the hub, `$cbs` and `$management` as they come.
+/// Long on purpose: one `select!` over the session's events, each arm a call into
+/// `events.rs` or `nodes.rs`.
 async fn serve_session(mut session: ListenerSessionHandle, ctx: Arc<ConnCtx>) {
     loop {
         let attach = tokio::select! {

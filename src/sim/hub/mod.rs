@@ -171,6 +171,8 @@ pub struct Hub;
 
 impl Hub {
     /// Binds every listener and starts serving.
+    /// Long on purpose: one listener per transport (AMQP, AMQPS, WebSockets, HTTPS), bound
+    /// and started in turn with the shared state they serve.
     pub async fn start(config: HubConfig) -> Result<HubHandle, HubError> {
         if config.hub.is_empty() || config.hub.contains('/') {
             return Err(HubError::Config(format!(

@@ -153,26 +153,6 @@ pub struct UntrustedServer {
     pub tag_map: PathBuf,
 }
 
-/// Log directives that quiet async-opcua below `debug`. Its messages repeat what the source
-/// reports itself, with a reason and a next step (and some are not problems at all:
-/// `BadNoSubscription` before the first subscription, "Endpoint config contains no endpoints"
-/// for every client), so a clean start logs no WARN and no ERROR. At `debug` and `trace`
-/// they are all shown.
-pub fn library_log_directives(level: &str) -> &'static [&'static str] {
-    let verbose = ["debug", "trace"].iter().any(|l| level.contains(l));
-    if verbose {
-        &[]
-    } else {
-        &[
-            "opcua_client=off",
-            "opcua_core=off",
-            "opcua_crypto=off",
-            "opcua_types=off",
-            "opcua_nodes=off",
-        ]
-    }
-}
-
 /// How often a refused login is tried again: servers lock accounts after a few failures.
 pub const LOGIN_RETRY: Duration = Duration::from_secs(60);
 

@@ -181,6 +181,9 @@ pub(super) struct Deliver {
 }
 
 impl Deliver {
+    /// Turns one notification message into samples and status events for the mapping stage.
+    /// Long on purpose: one pass over the items with the per-status rules (Good, Uncertain,
+    /// Bad, gone) side by side, so the policy documented in docs/sources.md reads in one place.
     pub fn deliver(&self, notification: NotificationMessage) {
         let Some(data) = notification.notification_data else {
             return;

@@ -224,6 +224,8 @@ struct SessionCtx<'a> {
 /// Polls the session event loop: logs connection changes, kicks a publish after every
 /// reconnect, watches for a renewed server certificate while disconnected, ends the session
 /// when the server refuses it, and closes the session on cancellation.
+///
+/// Long on purpose: one `select!` over the session's events and the certificate watch.
 async fn drive(
     s: SessionCtx<'_>,
     session: Arc<Session>,

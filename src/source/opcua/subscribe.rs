@@ -208,6 +208,8 @@ impl Manager {
 
     /// Tries to create every pending item. Returns true when a request failed for connection
     /// reasons (try again soon).
+    /// Long on purpose: chunking by the server's limits, opening the next subscription when one
+    /// is full, and sorting each item's result are one loop over the pending items.
     async fn create_pending(&mut self) -> bool {
         let mut queue: VecDeque<usize> = std::mem::take(&mut self.pending).into_iter().collect();
         let max = self.ctx.source.max_items_per_subscription as usize;
@@ -497,6 +499,9 @@ async fn limits(session: &Session) -> (usize, usize) {
 /// State names for tags whose data type is an enumeration (EnumStrings or EnumValues of the
 /// data type), read once per session. Tags with their own `states:` keep numbers. Failures
 /// leave numbers too: they are logged, not fatal.
+///
+/// Long on purpose: the three places OPC UA keeps enumeration names (EnumStrings, EnumValues,
+/// EnumDefinition) are read in one batched round of requests, in the order the spec prefers.
 async fn enum_names(
     ctx: &Ctx,
     session: &Session,

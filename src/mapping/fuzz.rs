@@ -1,4 +1,6 @@
-//! Fuzz targets for the configuration loader, and a generator of hostile YAML.
+//! Fuzz targets for the configuration loader (YAML tree, tag maps through compile, gateway.yaml),
+//! and a generator of hostile YAML. It lives in `mapping` because a tag map is only whole once
+//! compiled, and `config` does not import the compiler.
 //!
 //! Each target takes arbitrary bytes and must never panic, hang or grow without bound; when the
 //! input is refused, every problem has a position inside the input. `examples/fuzz.rs` runs the
@@ -14,12 +16,12 @@ use std::path::Path;
 
 use rand::Rng;
 
-use super::diagnostic::Problem;
+use crate::config::diagnostic::Problem;
 
 /// The YAML reader alone: bytes as text, then the positioned tree.
 pub fn yaml_tree(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    match super::yaml::parse(&text) {
+    match crate::config::yaml::parse(&text) {
         Ok((_, problems)) => assert_inside(&text, &problems),
         Err(problem) => assert_inside(&text, std::slice::from_ref(&problem)),
     }
@@ -28,11 +30,11 @@ pub fn yaml_tree(data: &[u8]) {
 /// A tag map, as `check` reads it: parse, then compile into a plan.
 pub fn tag_map(data: &[u8]) {
     let text = String::from_utf8_lossy(data).into_owned();
-    let parsed = super::parse_tag_map(text.clone());
+    let parsed = crate::config::parse_tag_map(text.clone());
     assert_inside(&text, &parsed.problems);
     if let Some(file) = parsed.value {
         let (_, problems) =
-            crate::mapping::compile_owned(file, Path::new("/fuzz/map.yaml"), &parsed.dropped);
+            super::compile_owned(file, Path::new("/fuzz/map.yaml"), &parsed.dropped);
         assert_inside(&text, &problems);
     }
 }
@@ -41,11 +43,11 @@ pub fn tag_map(data: &[u8]) {
 /// exist, so nothing on this machine is read).
 pub fn gateway(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let parsed = super::parse_str::<super::GatewayConfig>(&text);
+    let parsed = crate::config::parse_str::<crate::config::GatewayConfig>(&text);
     assert_inside(&text, &parsed.problems);
     if let Some(config) = parsed.value {
         let (_, problems) =
-            super::plan::compile(&config, Path::new("/nonexistent-fuzz/gateway.yaml"));
+            crate::config::plan::compile(&config, Path::new("/nonexistent-fuzz/gateway.yaml"));
         assert_inside(&text, &problems);
     }
 }
@@ -55,7 +57,7 @@ pub fn gateway(data: &[u8]) {
 /// # Panics
 /// When a position is outside the text: that is the bug a fuzz target reports.
 fn assert_inside(text: &str, problems: &[Problem]) {
-    let lines = super::diagnostic::yaml_lines(text).len() as u32;
+    let lines = crate::config::diagnostic::yaml_lines(text).len() as u32;
     for p in problems {
         assert!(
             p.pos.line <= lines.max(1),
