@@ -1,6 +1,7 @@
 //! The Modbus source against a hostile device: a hand-written Modbus TCP server on loopback that
 //! answers with wrong transaction ids, lying byte counts, truncated frames, one byte at a time,
-//! over-long coil replies, exception 0xFF, accept-and-close and silence. `tagbridge run` (the
+//! over-long coil replies, data beyond the byte count, exception 0xFF, accept-and-close and
+//! silence. `tagbridge run` (the
 //! real binary, readings on stdout) reads it next to a healthy device. Whatever the hostile
 //! device does: no panic, no bogus value delivered, the healthy device keeps flowing, the
 //! hostile one is read again once it behaves, and a failure streak is logged once with its cause
@@ -30,10 +31,12 @@ enum Mode {
     ByteAtATime,
     LongCoilReply,
     ExceptionFf,
+    /// The byte count matches the read, the frame carries more data than it announces.
+    TrailingData,
 }
 
 impl Mode {
-    const ALL: [Mode; 9] = [
+    const ALL: [Mode; 10] = [
         Mode::Good,
         Mode::AcceptAndClose,
         Mode::Silence,
@@ -43,6 +46,7 @@ impl Mode {
         Mode::ByteAtATime,
         Mode::LongCoilReply,
         Mode::ExceptionFf,
+        Mode::TrailingData,
     ];
 }
 
@@ -101,7 +105,11 @@ async fn serve(mut stream: TcpStream, mode: Arc<AtomicU8>, counter: Arc<AtomicU1
         // shows: registers 0xDEAD, coils 1.
         let malformed = matches!(
             mode,
-            Mode::WrongTransactionId | Mode::LyingByteCount | Mode::Truncated | Mode::LongCoilReply
+            Mode::WrongTransactionId
+                | Mode::LyingByteCount
+                | Mode::Truncated
+                | Mode::LongCoilReply
+                | Mode::TrailingData
         );
         let mut body = vec![function];
         match (function, mode) {
@@ -118,6 +126,9 @@ async fn serve(mut stream: TcpStream, mode: Arc<AtomicU8>, counter: Arc<AtomicU1
                 body.push(claimed as u8);
                 let bits = if malformed { 0xFF } else { 0x00 };
                 body.extend(std::iter::repeat_n(bits, bytes + extra));
+                if mode == Mode::TrailingData {
+                    body.push(0xFF);
+                }
             }
             (0x03, _) => {
                 let value = if malformed && mode != Mode::LongCoilReply {
@@ -130,6 +141,9 @@ async fn serve(mut stream: TcpStream, mode: Arc<AtomicU8>, counter: Arc<AtomicU1
                 body.push(claimed as u8);
                 for _ in 0..count {
                     body.extend_from_slice(&value.to_be_bytes());
+                }
+                if mode == Mode::TrailingData {
+                    body.extend_from_slice(&BOGUS.to_be_bytes());
                 }
             }
             _ => body = vec![function | 0x80, 0x01],

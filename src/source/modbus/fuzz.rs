@@ -2,7 +2,8 @@
 //! arbitrary bytes, and [`super::link::Link::read`] must neither panic nor hang nor hand back
 //! anything but exactly the items asked for; every other answer is an exception or a link error.
 //! `examples/fuzz.rs --target modbus_response` runs it for minutes; the unit test below runs a
-//! few hundred generated and mutated answers in `cargo test`.
+//! few hundred generated and mutated answers in `cargo test`. Items must come from a frame whose
+//! MBAP length, byte count and data agree, and must be that data, bit for bit.
 //!
 //! Input layout: byte 0 chooses the table (bits 0–1), whether the server copies the request's
 //! transaction id into the first two answer bytes (bit 2, so mutated frames get past the id
@@ -20,6 +21,20 @@ use super::link::{self, Items};
 
 /// How long one read may take before the answer counts as silence.
 const TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The oracle: whether an answer frame's parts agree about its length. Modbus Messaging on
+/// TCP/IP V1.0b, 3.1.3: the MBAP length is the unit byte plus the PDU; Modbus Application
+/// Protocol V1.1b3, 6.1 to 6.4: a read answer's PDU is its function, its byte count and exactly
+/// that many bytes.
+fn check_frame(frame: &[u8]) -> Result<(), String> {
+    let pdu = frame.get(7..).unwrap_or_default();
+    match pdu {
+        [0x01..=0x04, count, data @ ..] if data.len() == usize::from(*count) => Ok(()),
+        _ => Err(format!(
+            "PDU {pdu:02X?} is not a read answer of its byte count"
+        )),
+    }
+}
 
 /// Runs one read against a server that answers with `data[2..]`; panics only on a bug.
 ///
@@ -45,6 +60,9 @@ pub fn response(data: &[u8]) {
             .await
             .expect("a loopback port");
         let addr = listener.local_addr().expect("its address");
+        // What the server sent, for the checks below.
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = std::sync::Arc::clone(&sent);
         let server = tokio::spawn(async move {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
@@ -56,6 +74,9 @@ pub fn response(data: &[u8]) {
             let mut answer = answer;
             if flags & 4 != 0 && answer.len() >= 2 {
                 answer[..2].copy_from_slice(&request[..2]);
+            }
+            if let Ok(mut record) = record.lock() {
+                record.clone_from(&answer);
             }
             if flags & 8 != 0 {
                 for b in &answer {
@@ -72,12 +93,36 @@ pub fn response(data: &[u8]) {
         let mut link = link::connect(&ModbusTransport::Tcp(addr.to_string()), TIMEOUT)
             .await
             .expect("connect to the loopback server");
-        if let Ok(Ok(items)) = link.read(1, table, 0, count, TIMEOUT).await {
-            match (table.is_bits(), items) {
+        let result = link.read(1, table, 0, count, TIMEOUT).await;
+        let sent = sent.lock().map(|s| s.clone()).unwrap_or_default();
+        if let Ok(Ok(items)) = result {
+            match (table.is_bits(), &items) {
                 (true, Items::Bits(bits)) => assert_eq!(bits.len(), usize::from(count)),
                 (false, Items::Words(words)) => assert_eq!(words.len(), usize::from(count)),
                 (_, other) => panic!("asked for {count} of {table:?}, got {other:?}"),
             }
+            // Items only come from a frame whose lengths agree, and they are its data.
+            let header = sent.get(..7).expect("a whole MBAP header was sent");
+            let length = usize::from(u16::from_be_bytes([header[4], header[5]]));
+            let frame = sent.get(..6 + length).expect("a whole frame was sent");
+            if let Err(why) = check_frame(frame) {
+                panic!("items {items:?} from a malformed frame ({why}): {frame:02X?}");
+            }
+            let data = &frame[9..];
+            let expected = match items {
+                Items::Bits(bits) => bits
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| (data[i / 8] >> (i % 8)) & 1 == u8::from(*b)),
+                Items::Words(words) => words
+                    .iter()
+                    .enumerate()
+                    .all(|(i, w)| [data[2 * i], data[2 * i + 1]] == w.to_be_bytes()),
+            };
+            assert!(
+                expected,
+                "values differ from the frame's data: {frame:02X?}"
+            );
         }
         drop(link);
         server.abort();
@@ -110,6 +155,21 @@ mod tests {
         for flags in 0..16u8 {
             let mut data = vec![flags | 4, 4];
             data.extend(good_answer(flags, 5));
+            super::response(&data);
+        }
+    }
+
+    /// A frame whose MBAP length covers more data than its byte count announces (the count
+    /// itself matching the read) is refused, not read up to the byte count.
+    #[test]
+    fn data_beyond_the_byte_count_is_refused() {
+        for flags in 0..4u8 {
+            let mut answer = good_answer(flags, 5);
+            answer.extend([0xDE, 0xAD]);
+            let length = u16::from_be_bytes([answer[4], answer[5]]) + 2;
+            answer[4..6].copy_from_slice(&length.to_be_bytes());
+            let mut data = vec![flags | 4, 4];
+            data.extend(answer);
             super::response(&data);
         }
     }
