@@ -139,6 +139,10 @@ impl Spool {
     /// Opens (creating if needed) the spool in `dir`, recovers it, and starts a new segment.
     /// Fails if another process has it open, or on I/O errors on the directory itself; damage
     /// inside files is repaired and reported, not an error.
+    ///
+    /// Long on purpose: recovery is one sequence (lock, sweep the directory, quarantine what
+    /// the spool could not have written, read the ack file, check every segment, reserve the
+    /// next sequence numbers) whose order is what makes a crash at any step safe.
     pub fn open(
         dir: impl Into<PathBuf>,
         config: SpoolConfig,
@@ -938,6 +942,7 @@ fn create_segment(path: &Path, first: u64) -> Result<File, SpoolError> {
 /// run of valid records found after damage is written once to a new segment named by its first
 /// sequence number (returned after the repaired segment, already checked), then the file is
 /// cut after its valid start. Files are fsynced only if `durable`, and each once.
+/// Long on purpose: the one pass over a damaged file, kept together so it stays one pass.
 fn recover_segment(
     dir: &Path,
     first: u64,
