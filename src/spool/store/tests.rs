@@ -632,3 +632,159 @@ fn every_second_record_damaged_is_recovered_in_one_pass_keeping_the_rest() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(payloads(&s.read(100).unwrap()), expect);
 }
+
+/// One kind of damage done to a closed spool's directory.
+#[derive(Debug, Clone)]
+enum Damage {
+    /// Flip bits of one byte in the records area of a segment (chosen by index, wrapped).
+    Flip { file: usize, at: usize, mask: u8 },
+    /// Cut a segment to a length (wrapped into its records area).
+    Truncate { file: usize, at: usize },
+    /// A file that is not the spool's, named like a segment or not, holding random bytes.
+    Junk { name: String, bytes: Vec<u8> },
+    /// A segment renamed to something that is not a segment name.
+    Rename { file: usize, to: String },
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        (any::<usize>(), any::<usize>(), 1u8..=255).prop_map(|(file, at, mask)| Damage::Flip {
+            file,
+            at,
+            mask
+        }),
+        (any::<usize>(), any::<usize>()).prop_map(|(file, at)| Damage::Truncate { file, at }),
+        (
+            prop_oneof![
+                Just("7.seg".to_string()),
+                Just("18446744073709551615.seg".to_string()),
+                Just("x.seg".to_string()),
+                Just("notes.txt".to_string()),
+                Just("ack.tmp".to_string()),
+            ],
+            prop::collection::vec(any::<u8>(), 0..200),
+        )
+            .prop_map(|(name, bytes)| Damage::Junk { name, bytes }),
+        (
+            any::<usize>(),
+            prop_oneof![Just("old.seg.bak"), Just("copy"), Just("1x.seg")]
+        )
+            .prop_map(|(file, to)| Damage::Rename {
+                file,
+                to: to.to_string()
+            }),
+    ]
+}
+
+/// Where each record sits on disk: (segment file, byte range, payload).
+fn layout(dir: &Path) -> Vec<(std::path::PathBuf, std::ops::Range<usize>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for seg in segment_files(dir) {
+        let bytes = fs::read(&seg).unwrap();
+        let mut at = SEGMENT_HEADER;
+        while let Some(format::Decoded::Record(r)) = bytes.get(at..).map(format::decode_record) {
+            let size = RECORD_HEADER + r.payload.len();
+            out.push((seg.clone(), at..at + size, r.payload.to_vec()));
+            at += size;
+        }
+    }
+    out
+}
+
+/// Cases for the damage property: 64 in `cargo test`; `TAGBRIDGE_FUZZ_CASES=100000 cargo test
+/// --lib spool::store::tests::damage` runs it as long as wanted.
+fn damage_cases() -> u32 {
+    std::env::var("TAGBRIDGE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: damage_cases(), ..ProptestConfig::default() })]
+
+    /// Damage to a closed spool costs exactly the damaged records: the spool opens without a
+    /// panic, delivers only records that were written, in order, and every record whose bytes
+    /// and file were left alone.
+    #[test]
+    fn damage_costs_only_the_damaged_records(
+        n in 1u32..120,
+        pad in 0usize..40,
+        damages in prop::collection::vec(damage(), 1..4),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(1 << 20, 700);
+        let written: Vec<Vec<u8>> = (0..n)
+            .map(|i| format!("r{i:04}:{}", "x".repeat(pad)).into_bytes())
+            .collect();
+        let (mut s, _) = open(tmp.path(), &cfg);
+        for chunk in written.chunks(7) {
+            s.append(chunk);
+        }
+        drop(s);
+        let before = layout(tmp.path());
+        let files = segment_files(tmp.path());
+        // Records that a damage touched: their bytes, or their whole file for a rename.
+        let mut hit: Vec<bool> = vec![false; before.len()];
+        for d in &damages {
+            match d {
+                Damage::Flip { file, at, mask } => {
+                    let f = &files[file % files.len()];
+                    // Gone when an earlier damage renamed it.
+                    let Ok(mut bytes) = fs::read(f) else { continue };
+                    if bytes.len() <= SEGMENT_HEADER { continue; }
+                    let at = SEGMENT_HEADER + at % (bytes.len() - SEGMENT_HEADER);
+                    bytes[at] ^= mask;
+                    fs::write(f, &bytes).unwrap();
+                    for (i, (p, range, _)) in before.iter().enumerate() {
+                        hit[i] |= p == f && range.contains(&at);
+                    }
+                }
+                Damage::Truncate { file, at } => {
+                    let f = &files[file % files.len()];
+                    let Ok(len) = fs::metadata(f).map(|m| m.len() as usize) else { continue };
+                    if len <= SEGMENT_HEADER { continue; }
+                    let at = SEGMENT_HEADER + at % (len - SEGMENT_HEADER);
+                    OpenOptions::new().write(true).open(f).unwrap().set_len(at as u64).unwrap();
+                    for (i, (p, range, _)) in before.iter().enumerate() {
+                        hit[i] |= p == f && range.end > at;
+                    }
+                }
+                Damage::Junk { name, bytes } => {
+                    let path = tmp.path().join(name);
+                    if !path.exists() {
+                        fs::write(path, bytes).unwrap();
+                    }
+                }
+                Damage::Rename { file, to } => {
+                    let f = &files[file % files.len()];
+                    if f.exists() {
+                        fs::rename(f, tmp.path().join(to)).unwrap();
+                        for (i, (p, _, _)) in before.iter().enumerate() {
+                            hit[i] |= p == f;
+                        }
+                    }
+                }
+            }
+        }
+        let (mut s, _) = open(tmp.path(), &cfg);
+        let mut got = Vec::new();
+        loop {
+            let batch = s.read(50).unwrap();
+            if batch.is_empty() { break; }
+            got.extend(batch.into_iter().map(|(_, p)| p));
+        }
+        // Only what was written, in the order it was written.
+        let index = |p: &Vec<u8>| written.iter().position(|w| w == p);
+        let positions: Vec<Option<usize>> = got.iter().map(index).collect();
+        prop_assert!(positions.iter().all(Option::is_some), "a record that was never written came back");
+        let positions: Vec<usize> = positions.into_iter().flatten().collect();
+        prop_assert!(positions.windows(2).all(|w| w[0] < w[1]), "out of order or twice: {positions:?}");
+        // Everything left alone came back.
+        for (i, (_, _, payload)) in before.iter().enumerate() {
+            if !hit[i] {
+                prop_assert!(got.contains(payload), "lost an undamaged record {}", String::from_utf8_lossy(payload));
+            }
+        }
+    }
+}
