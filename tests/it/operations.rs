@@ -300,3 +300,68 @@ fn the_demo_delivers_readings_from_both_sources() {
         "{sensors:?}"
     );
 }
+
+/// Out of file handles, the metrics listener's accept fails over and over (EMFILE). It must
+/// pause and log the streak at most once per interval, not spin: the old loop wrote millions
+/// of lines in seconds at full CPU. The gateway runs with `ulimit -n 64`, and the test holds
+/// open more connections than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_accept_failures_pause_and_log_once_instead_of_spinning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    // A Modbus device that is never there: the gateway runs, the listener is what matters.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    std::fs::create_dir(dir.path().join("maps")).unwrap();
+    std::fs::write(
+        dir.path().join("maps/line.yaml"),
+        tag_map(dead, "emfile:counter", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        format!("tag_maps: maps\nsink:\n  stdout: {{}}\ntelemetry:\n  metrics: 127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+    let mut gateway = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" run -c \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_tagbridge"))
+        .arg(dir.path().join("gateway.yaml"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tagbridge run");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_for(DEADLINE, || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await,
+        "the metrics listener did not come up"
+    );
+    // Hold more idle connections than the gateway has file handles.
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gateway.start_kill().expect("stop the gateway");
+    let output = gateway.wait_with_output().await.expect("gateway output");
+    drop(held);
+    let log = String::from_utf8_lossy(&output.stderr);
+    let failures = log.matches("accept failed").count();
+    assert!(
+        (1..=3).contains(&failures),
+        "{failures} accept-failure lines in 3 s (expected the streak logged once, and an EMFILE at all):\n{}",
+        log.lines().take(40).collect::<Vec<_>>().join("\n")
+    );
+}
