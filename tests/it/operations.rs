@@ -54,6 +54,10 @@ async fn metrics_match_what_was_delivered_and_readyz_follows_the_hub() {
     );
     assert!(metric(&text, "tagbridge_eventhub_batches_sent_total").is_some_and(|b| b >= 1.0));
     assert!(
+        metric(&text, "tagbridge_eventhub_sent_bytes_total").is_some_and(|b| b >= hub_events),
+        "every event sent is at least a byte on the link: {text}"
+    );
+    assert!(
         metric(&text, "tagbridge_modbus_requests_total{tag_map=\"chain\"}")
             .is_some_and(|r| r > 0.0),
         "{text}"

@@ -636,6 +636,11 @@ impl Driver {
         match sent {
             Ok(delivery) => {
                 let now = Instant::now();
+                if let Some(size) = self.window.encoded_size(index) {
+                    self.stats
+                        .bytes_sent
+                        .fetch_add(size as u64, Ordering::Relaxed);
+                }
                 self.window
                     .mark_sent(index, delivery, now, now + SETTLE_TIMEOUT);
                 self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);

@@ -155,6 +155,14 @@ impl Window {
             })
     }
 
+    /// The encoded size of the batch at `index`, for the bytes-sent counter.
+    pub fn encoded_size(&self, index: usize) -> Option<usize> {
+        self.slots
+            .get(index)
+            .and_then(|s| s.batch.as_ref())
+            .map(Batch::encoded_size)
+    }
+
     /// The batch at `index` was handed to the link.
     pub fn mark_sent(
         &mut self,
