@@ -404,18 +404,7 @@ fn the_tag_map_reference_examples_pass_check() {
 /// healthy tag map keeps delivering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_tag_map_is_refused_on_reload_and_the_gateway_keeps_running() {
-    use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
-    let plc = Plc::start(PlcConfig {
-        modbus: Some(ModbusConfig {
-            listen: Some("127.0.0.1:0".into()),
-            points: super::support::chain::points(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("PLC");
-    let modbus = plc.modbus_addr().expect("modbus");
+    let (plc, modbus) = super::support::chain::modbus_plc().await;
     let dir = tempfile::tempdir().unwrap();
     let maps = dir.path().join("maps");
     std::fs::create_dir(&maps).unwrap();

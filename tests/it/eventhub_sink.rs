@@ -814,19 +814,8 @@ mod pressure {
 async fn sighup_uses_a_rotated_key_and_sigterm_with_the_hub_down_is_prompt() {
     use std::time::{Duration, Instant};
     use tagbridge::sim::hub::{Hub, HubConfig};
-    use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
     const KEY: &str = "cm90YXRlZC1rZXktZm9yLXRoZS1zaWdodXAtdGVzdA==";
-    let plc = Plc::start(PlcConfig {
-        modbus: Some(ModbusConfig {
-            listen: Some("127.0.0.1:0".into()),
-            points: super::support::chain::points(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("PLC");
-    let modbus = plc.modbus_addr().expect("modbus");
+    let (plc, modbus) = super::support::chain::modbus_plc().await;
     let hub = Hub::start(HubConfig {
         keys: vec![("send".into(), KEY.into())],
         ..Default::default()

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use tagbridge::sim::hub::{Hub, HubConfig};
-use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
 
 use crate::support::chain::{self, LEVEL};
 use crate::support::wait_until;
@@ -15,17 +14,7 @@ const DEADLINE: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_heartbeat_once_the_device_is_gone() {
-    let plc = Plc::start(PlcConfig {
-        modbus: Some(ModbusConfig {
-            listen: Some("127.0.0.1:0".into()),
-            points: chain::points(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("PLC");
-    let modbus = plc.modbus_addr().expect("modbus");
+    let (plc, modbus) = chain::modbus_plc().await;
     let hub = Hub::start(HubConfig::default()).await.expect("hub");
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use tagbridge::sim::hub::{Hub, HubConfig};
-use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
 
 use crate::support::chain::{self, http_get, metric, values_of, ChainOptions, COUNTER};
 use crate::support::{wait_for, wait_until};
@@ -117,15 +116,7 @@ fn tag_map(modbus: std::net::SocketAddr, counter_id: &str, extra: &str) -> Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_a_tag_map_applies_without_restart_and_a_broken_edit_keeps_the_old_map() {
     // The PLC: the shared counter at HR0 and a constant at HR4 for the tag added later.
-    let mut plc_config = PlcConfig::default();
-    let mut modbus = ModbusConfig {
-        listen: Some("127.0.0.1:0".into()),
-        ..Default::default()
-    };
-    modbus.points = chain::points();
-    plc_config.modbus = Some(modbus);
-    let plc = Plc::start(plc_config).await.expect("PLC");
-    let modbus = plc.modbus_addr().expect("modbus");
+    let (plc, modbus) = chain::modbus_plc().await;
     let hub = Hub::start(HubConfig::default()).await.expect("hub");
 
     let dir = tempfile::tempdir().expect("temp dir");

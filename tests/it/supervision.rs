@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use tagbridge::sim::hub::{Hub, HubConfig, HubHandle};
-use tagbridge::sim::plc::{ModbusConfig, Plc, PlcConfig};
 
 use crate::support::chain::{self, values_of, COUNTER};
 use crate::support::wait_until;
@@ -33,17 +32,7 @@ fn spawn(dir: &std::path::Path, hub: &HubHandle, fault: Option<&str>) -> tokio::
 }
 
 async fn a_panic_stops_the_gateway(fault: &str) {
-    let plc = Plc::start(PlcConfig {
-        modbus: Some(ModbusConfig {
-            listen: Some("127.0.0.1:0".into()),
-            points: chain::points(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("PLC");
-    let modbus = plc.modbus_addr().expect("modbus");
+    let (_plc, modbus) = chain::modbus_plc().await;
     let hub = Hub::start(HubConfig::default()).await.expect("hub");
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(

@@ -81,7 +81,9 @@ pub struct Chain {
     _dir: tempfile::TempDir,
 }
 
-pub async fn start(options: ChainOptions) -> Chain {
+/// The simulated PLC serving [`points`] over Modbus TCP on an ephemeral loopback port, and that
+/// port's address.
+pub async fn modbus_plc() -> (PlcHandle, std::net::SocketAddr) {
     let plc = Plc::start(PlcConfig {
         modbus: Some(ModbusConfig {
             listen: Some("127.0.0.1:0".into()),
@@ -93,6 +95,11 @@ pub async fn start(options: ChainOptions) -> Chain {
     .await
     .expect("simulated PLC starts");
     let modbus = plc.modbus_addr().expect("modbus configured");
+    (plc, modbus)
+}
+
+pub async fn start(options: ChainOptions) -> Chain {
+    let (plc, modbus) = modbus_plc().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let path: PathBuf = dir.path().join("chain.yaml");
     std::fs::write(
