@@ -13,12 +13,16 @@
 //! To add a target: a `pub fn name(data: &[u8])` in the library that panics only on a bug,
 //! and a line in [`TARGETS`] naming it and the inputs it starts from.
 
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bench_support::rss_mb;
 use rand::{Rng, SeedableRng};
 
 /// A fuzz target: its name, the function, and the files its first inputs come from.
@@ -63,6 +67,12 @@ const TARGETS: &[Target] = &[
         seeds: &[],
         yaml: false,
     },
+    Target {
+        name: "hub_ws",
+        run: tagbridge::sim::hub::ws::fuzz_websocket,
+        seeds: &[],
+        yaml: false,
+    },
 ];
 
 struct Options {
@@ -94,8 +104,13 @@ fn main() {
         );
         std::process::exit(2);
     }
-    // Panics are findings, reported below with their input; keep the default hook quiet.
-    std::panic::set_hook(Box::new(|_| {}));
+    // Panics are findings, reported below with their input; keep the default hook quiet. The
+    // hook counts every panic, also those inside tasks a target's runtime spawned, which the
+    // runtime catches itself (a hostile frame that panics a library's connection task is a
+    // finding even though the target returns normally).
+    std::panic::set_hook(Box::new(|_| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+    }));
     let per_target = Duration::from_secs_f64(options.minutes * 60.0 / chosen.len() as f64);
     println!(
         "{:<12} {:>10} {:>10} {:>9} {:>8}",
@@ -151,6 +166,9 @@ fn parse_args() -> Result<Option<Options>, String> {
     Ok(Some(options))
 }
 
+/// Every panic of the process so far, on any thread (see the hook in `main`).
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
 /// Runs one target for `time`; returns (inputs tried, findings).
 fn fuzz(target: &Target, time: Duration, options: &Options) -> (u64, u64) {
     let seeds = seed_inputs(target.seeds);
@@ -195,7 +213,9 @@ fn fuzz(target: &Target, time: Duration, options: &Options) -> (u64, u64) {
             *guard = (data.clone(), Instant::now());
         }
         inputs += 1;
-        if std::panic::catch_unwind(|| (target.run)(&data)).is_err() {
+        let panics_before = PANICS.load(Ordering::Relaxed);
+        let unwound = std::panic::catch_unwind(|| (target.run)(&data)).is_err();
+        if unwound || PANICS.load(Ordering::Relaxed) != panics_before {
             findings += 1;
             let file = save(&options.out, target.name, &findings.to_string(), &data);
             eprintln!("{}: panic; input in {}", target.name, file.display());
@@ -244,16 +264,4 @@ fn save(dir: &Path, target: &str, n: &str, data: &[u8]) -> PathBuf {
         let _ = f.write_all(data);
     }
     path
-}
-
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -4,6 +4,14 @@
 
 #![forbid(unsafe_code)]
 
+// The global allocator, by measurement (docs/benchmarks.md, "Allocator").
+#[cfg(all(feature = "alloc-mimalloc", not(feature = "alloc-jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "alloc-jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 // gateway.yaml and tag maps: parsing with positions, JSON Schemas.
 pub mod config;
 

@@ -89,18 +89,44 @@ impl From<&str> for Value {
 impl Reading {
     /// Appends the reading's JSON encoding to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_json_marked(out);
+    }
+
+    /// Appends the reading's JSON encoding to `out` and returns where its
+    /// `,"timestamp":…,"value":…` members are in `out`: the part that says what was read and
+    /// when, which the "no reading twice" memory fingerprints
+    /// ([`crate::runtime::last_sent`]) without parsing the JSON again.
+    pub fn write_json_marked(&self, out: &mut Vec<u8>) -> std::ops::Range<usize> {
+        out.reserve(self.encoded_len_hint());
         out.extend_from_slice(b"{\"sensor_id\":");
         write_json_str(out, &self.sensor_id);
+        let start = out.len();
         out.extend_from_slice(b",\"timestamp\":\"");
-        out.extend_from_slice(format_timestamp(self.timestamp).as_bytes());
+        write_timestamp(out, self.timestamp);
         out.extend_from_slice(b"\",\"value\":");
         match &self.value {
             Value::Number(n) => write_number(out, *n),
             Value::Text(s) => write_json_str(out, s),
             Value::Null => out.extend_from_slice(b"null"),
         }
+        let end = out.len();
         out.extend_from_slice(self.extra.as_bytes());
         out.push(b'}');
+        start..end
+    }
+
+    /// The encoded length, exact or a little over unless a string needs escapes: enough to
+    /// allocate a reading's buffer once.
+    pub fn encoded_len_hint(&self) -> usize {
+        // {"sensor_id":"…","timestamp":"2025-08-19T08:30:00.000Z","value":…}
+        const FIXED: usize = 13 + 2 + 14 + 24 + 10 + 1;
+        let value = match &self.value {
+            // The longest: -9223372036854775808, -2.2250738585072014e-308.
+            Value::Number(_) => 24,
+            Value::Text(s) => s.len() + 2,
+            Value::Null => 4,
+        };
+        FIXED + self.sensor_id.len() + value + self.extra.len()
     }
 
     pub fn to_json(&self) -> String {
@@ -120,19 +146,70 @@ pub fn sensor_id_of(json: &[u8]) -> Option<String> {
 
 /// The one timestamp format: RFC 3339, UTC, `Z`, milliseconds.
 pub fn format_timestamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    let mut out = Vec::with_capacity(24);
+    write_timestamp(&mut out, t);
+    // Only ASCII digits and punctuation are written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends [`format_timestamp`]'s text to `out` with integer arithmetic (no chrono formatting
+/// machinery, no allocation): this runs once per reading. Years outside 0..=9999 and leap
+/// seconds, which no device sends, take chrono's path, so the text is chrono's for every input.
+pub fn write_timestamp(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    let secs = t.timestamp();
+    let nanos = t.timestamp_subsec_nanos();
+    // 0000-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z
+    const MIN: i64 = -62_167_219_200;
+    const MAX: i64 = 253_402_300_799;
+    if !(MIN..=MAX).contains(&secs) || nanos >= 1_000_000_000 {
+        out.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::Millis, true).as_bytes());
+        return;
+    }
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400) as u32;
+    let (year, month, day) = civil_from_days(days);
+    let millis = nanos / 1_000_000;
+    let mut buf = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    // `year` is within 0..=9999 here (checked above).
+    put(0, 4, year as u32);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, of_day / 3600);
+    put(14, 2, of_day / 60 % 60);
+    put(17, 2, of_day % 60);
+    put(20, 3, millis);
+    out.extend_from_slice(&buf);
+}
+
+/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, valid far beyond the years formatted here).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11]
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 fn write_number(out: &mut Vec<u8>, n: Number) {
     match n {
-        Number::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
-        Number::UInt(u) => out.extend_from_slice(u.to_string().as_bytes()),
+        Number::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+        Number::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes()),
+        // The shortest text that reads back to the same f64, written by the formatter
+        // serde_json uses (so the text is what serde_json writes, without a String per value).
         Number::Float(f) => {
-            // serde_json writes the shortest text that reads back to the same f64.
-            let text = serde_json::Number::from_f64(f.0)
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "0".into());
-            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(zmij::Buffer::new().format_finite(f.0).as_bytes())
         }
     }
 }
@@ -230,6 +307,28 @@ mod tests {
     }
 
     #[test]
+    fn the_length_hint_covers_plain_readings() {
+        for value in [
+            Value::Number(Number::Int(i64::MIN)),
+            Value::Number(Number::UInt(u64::MAX)),
+            Value::Number(Number::float(-2.2250738585072014e-308).unwrap()),
+            Value::Number(Number::float(-1.7976931348623157e308).unwrap()),
+            Value::from("Running"),
+            Value::Null,
+        ] {
+            let mut r = reading(value);
+            r.extra = r#","unit":"mm/s""#.into();
+            let len = r.to_json().len();
+            assert!(
+                len <= r.encoded_len_hint(),
+                "{len} > {}",
+                r.encoded_len_hint()
+            );
+            assert!(r.encoded_len_hint() - len <= 24);
+        }
+    }
+
+    #[test]
     fn extra_fields_follow_the_required_three() {
         let mut r = reading(Value::from("Running"));
         r.extra = r#","unit":"mm/s""#.into();
@@ -256,6 +355,53 @@ mod tests {
         assert_eq!(format_timestamp(t), "2025-08-19T08:30:00.123Z");
         let whole = Utc.timestamp_opt(1_755_592_200, 0).unwrap();
         assert_eq!(format_timestamp(whole), "2025-08-19T08:30:00.000Z");
+    }
+
+    proptest::proptest! {
+        /// The hand-written formatter writes chrono's text for every instant chrono can hold.
+        #[test]
+        fn timestamps_are_chronos_text(secs in -8_334_601_228_800i64..8_210_266_876_799, nanos in 0u32..2_000_000_000) {
+            if let Some(t) = Utc.timestamp_opt(secs, nanos).single() {
+                proptest::prop_assert_eq!(
+                    format_timestamp(t),
+                    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+                );
+            }
+        }
+
+        /// Numbers are written as serde_json writes them.
+        #[test]
+        fn numbers_are_serde_jsons_text(i in proptest::num::i64::ANY, u in proptest::num::u64::ANY, bits in proptest::num::u64::ANY) {
+            proptest::prop_assert_eq!(Value::from(i).to_string(), serde_json::to_string(&i).unwrap());
+            let unsigned = Value::Number(Number::UInt(u));
+            proptest::prop_assert_eq!(unsigned.to_string(), serde_json::to_string(&u).unwrap());
+            if let Some(n) = Number::float(f64::from_bits(bits)) {
+                let text = Value::Number(n).to_string();
+                proptest::prop_assert_eq!(&text, &serde_json::to_string(&f64::from_bits(bits)).unwrap());
+                proptest::prop_assert_eq!(text.parse::<f64>().unwrap().to_bits(), bits);
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_at_the_edges_are_chronos_text() {
+        for (secs, nanos) in [
+            (-62_167_219_200, 0),
+            (-62_167_219_201, 999_999_999),
+            (253_402_300_799, 999_999_999),
+            (253_402_300_800, 0),
+            (0, 0),
+            (-1, 999_000_000),
+            (951_782_400, 0),               // 2000-02-29
+            (4_107_542_400, 0),             // 2100-03-01
+            (1_483_228_799, 1_500_000_000), // a leap second
+        ] {
+            let t = Utc.timestamp_opt(secs, nanos).unwrap();
+            assert_eq!(
+                format_timestamp(t),
+                t.to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
+        }
     }
 
     #[test]

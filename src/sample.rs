@@ -61,11 +61,31 @@ impl std::fmt::Display for Cause {
         match self {
             Cause::ConnectionLost => f.write_str("connection lost"),
             Cause::NoAnswer => f.write_str("no answer"),
-            Cause::ModbusException(code) => write!(f, "Modbus exception {code:#04x}"),
+            Cause::ModbusException(code) => match modbus_exception_name(*code) {
+                Some(name) => write!(f, "{name} (Modbus exception 0x{code:02X})"),
+                None => write!(f, "Modbus exception 0x{code:02X}"),
+            },
             Cause::OpcUaStatus(name) => f.write_str(name),
             Cause::Undecodable => f.write_str("undecodable value"),
         }
     }
+}
+
+/// The name of a Modbus exception code, when the specification defines one (Modbus
+/// Application Protocol V1.1b3, 7).
+pub fn modbus_exception_name(code: u8) -> Option<&'static str> {
+    Some(match code {
+        0x01 => "illegal function",
+        0x02 => "illegal data address",
+        0x03 => "illegal data value",
+        0x04 => "server device failure",
+        0x05 => "acknowledge",
+        0x06 => "server device busy",
+        0x08 => "memory parity error",
+        0x0A => "gateway path unavailable",
+        0x0B => "gateway target device failed to respond",
+        _ => return None,
+    })
 }
 
 /// Status news from a source, between its samples.
@@ -80,6 +100,31 @@ pub enum SourceEvent {
         at: DateTime<Utc>,
         cause: Cause,
     },
+    /// The sample right after this event, of `tag` stamped `timestamp`, is a value the device
+    /// gave but says may be inaccurate (an OPC UA Uncertain status), because of `cause`. Only
+    /// a sample that matches both applies: if the queue dropped it, nothing is marked.
+    Uncertain {
+        tag: usize,
+        timestamp: DateTime<Utc>,
+        cause: Cause,
+    },
+    /// An OPC UA event (an alarm transition, …) of one of the tag map's `events:`; the mapping
+    /// stage makes one reading of it (`mapping::events`).
+    OpcUaEvent(Box<EventSample>),
+}
+
+/// One event as the server reported it: the fields its subscription selected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSample {
+    /// Index into the tag map's event subscriptions (`OpcUaPlan::events`).
+    pub subscription: usize,
+    /// The event's Time (the gateway's clock when the server sent none).
+    pub time: DateTime<Utc>,
+    /// One value per select clause of the subscription; `None` when the event has no such
+    /// field (or it has no reading form).
+    pub fields: Vec<Option<RawValue>>,
+    /// Sent again by ConditionRefresh (a retained condition), not a new transition.
+    pub refresh: bool,
 }
 
 /// What an adapter sends in one channel send (one poll cycle, one publish response): samples
@@ -192,6 +237,8 @@ mod tests {
                 Item::Sample(s) => format!("s{}", s.tag),
                 Item::Event(SourceEvent::Confirmed { .. }) => "c".into(),
                 Item::Event(SourceEvent::Lost { .. }) => "l".into(),
+                Item::Event(SourceEvent::Uncertain { .. }) => "u".into(),
+                Item::Event(SourceEvent::OpcUaEvent(_)) => "e".into(),
             })
             .collect();
         assert_eq!(order, ["c", "s0", "s1", "l", "s2", "c"]);

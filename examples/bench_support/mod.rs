@@ -1,7 +1,10 @@
-//! Measurements the benchmark examples share: this process's CPU time and resident memory.
+//! Measurements the benchmark examples share: CPU time and resident memory of this process
+//! and of the children a bench starts.
 //! Included with `#[path]` (a folder without `main.rs` is not an example of its own); each
 //! example uses what it needs.
 #![allow(dead_code)]
+
+pub mod children;
 
 /// User + system CPU time of this process, in seconds.
 pub fn cpu_seconds() -> f64 {
@@ -17,13 +20,48 @@ pub fn cpu_seconds() -> f64 {
 
 /// Resident memory of this process, in MB (NaN where /proc is missing).
 pub fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    status_kb("self", "VmRSS:").map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Resident memory of process `pid` (a child the bench started), in MB.
+pub fn process_rss_mb(pid: u32) -> f64 {
+    status_kb(&pid.to_string(), "VmRSS:").map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// User + system CPU seconds of process `pid` (`/proc/<pid>/stat`, in clock ticks of 1/100 s).
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3, the state.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// Peak resident memory of this process since it started or since [`reset_peak_rss`], in MB.
+pub fn peak_rss_mb() -> f64 {
+    status_kb("self", "VmHWM:").map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Starts a new peak for [`peak_rss_mb`] (Linux: `5` into `/proc/self/clear_refs`); false where
+/// the kernel does not offer it.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn status_kb(process: &str, field: &str) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

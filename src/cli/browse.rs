@@ -25,6 +25,10 @@ pub struct BrowseArgs {
     /// Write the tag map here instead of standard output.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// `yaml`: a tag map; `csv`: a table to curate in a spreadsheet, then `tagbridge tags
+    /// import --new … --source <endpoint>`.
+    #[arg(long, value_enum, default_value = "yaml")]
+    pub format: super::tags::BrowseFormat,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -47,7 +51,7 @@ fn browse_to_file(args: &BrowseArgs) -> anyhow::Result<()> {
         None => ObjectId::ObjectsFolder.into(),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let found = runtime
+    let (found, notifiers) = runtime
         .block_on(browse::browse_server(&plan, &root, args.depth))
         .map_err(|e| e.for_flags())
         .with_context(|| format!("cannot browse {}", args.endpoint))?;
@@ -64,7 +68,14 @@ fn browse_to_file(args: &BrowseArgs) -> anyhow::Result<()> {
             command = format!("{}{}", name.to_string_lossy(), &command[first.len()..]);
         }
     }
-    let text = browse::render(&plan, &root, &found, &command);
+    let text = match args.format {
+        super::tags::BrowseFormat::Yaml => {
+            let mut text = browse::render(&plan, &root, &found, &command);
+            text.push_str(&crate::source::opcua::notifiers::render(&notifiers));
+            text
+        }
+        super::tags::BrowseFormat::Csv => super::tags::browse_table(&found),
+    };
     match &args.output {
         Some(path) => {
             std::fs::write(path, text)

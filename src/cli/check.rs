@@ -31,15 +31,21 @@ pub fn check(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
                             "note: {path} is a systemd credential that exists only while the service runs; not checked here (`tagbridge send-test` as the service checks it)"
                         );
                     }
-                    prepared.tag_maps
+                    let array = match &prepared.plan.sink {
+                        crate::config::plan::SinkPlan::EventHub(hub) => {
+                            hub.readings_per_event.map(|n| n.get())
+                        }
+                        _ => None,
+                    };
+                    (prepared.tag_maps, array)
                 });
             if paths.is_empty() {
                 prepared
             } else {
                 match (prepared, super::load_tag_maps(paths)) {
-                    (Ok(mut a), Ok(b)) => {
+                    (Ok((mut a, array)), Ok(b)) => {
                         a.extend(b);
-                        Ok(a)
+                        Ok((a, array))
                     }
                     (Err(mut a), Err(b)) => {
                         a.diagnostics.extend(b.diagnostics);
@@ -50,9 +56,9 @@ pub fn check(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
                 }
             }
         }
-        None => super::load_tag_maps(paths),
+        None => super::load_tag_maps(paths).map(|plans| (plans, None)),
     };
-    let plans = match loaded {
+    let (plans, array) = match loaded {
         Ok(plans) => plans,
         Err(report) => {
             eprint!("{}", report.render());
@@ -64,6 +70,14 @@ pub fn check(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
         }
     };
     print!("{}", summary(&plans));
+    let estimates = super::check_estimate::estimate(
+        &plans,
+        array.unwrap_or(super::check_estimate::DEFAULT_ARRAY),
+    );
+    print!(
+        "{}",
+        super::check_estimate::render(&estimates, array.is_some())
+    );
     ExitCode::SUCCESS
 }
 
@@ -72,19 +86,31 @@ pub fn summary(plans: &[TagMapPlan]) -> String {
     let mut out = String::new();
     let (mut tags, mut rate, mut bytes_rate) = (0usize, 0.0f64, 0.0f64);
     for plan in plans {
-        let plan_rate: f64 = plan.tags.iter().map(|t| per_second(t.interval)).sum();
+        // Folded from +0.0: an empty f64 `sum()` is -0.0, printed as "-0.0".
+        let plan_rate: f64 = plan
+            .tags
+            .iter()
+            .map(|t| per_second(t.interval))
+            .fold(0.0, |a, b| a + b);
         let plan_bytes: f64 = plan
             .tags
             .iter()
             .map(|t| per_second(t.interval) * event_bytes(t))
-            .sum();
+            .fold(0.0, |a, b| a + b);
         let disabled = if plan.disabled > 0 {
             format!(" ({} disabled)", plan.disabled)
         } else {
             String::new()
         };
+        // Event readings come as the server sends them: counted, not rated.
+        let events = match &plan.source {
+            SourcePlan::OpcUa(o) if !o.events.is_empty() => {
+                format!(", {} event subscriptions", o.events.len())
+            }
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "{}: {}, {} tags{disabled}, up to {plan_rate:.1} readings/s\n",
+            "{}: {}, {} tags{disabled}{events}, up to {plan_rate:.1} readings/s\n",
             plan.path.display(),
             describe(&plan.source),
             plan.tags.len()
@@ -181,6 +207,24 @@ fn describe(source: &SourcePlan) -> String {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    #[test]
+    fn an_events_only_tag_map_counts_its_subscriptions_and_no_negative_rate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("alarms.yaml");
+        std::fs::write(
+            &path,
+            "source:\n  opcua: {endpoint: \"opc.tcp://h:4840/\", security_policy: none}\n\
+             events:\n  - sensor_id: \"{SourceName}\"\n  - sensor_id: area\n    notifier: ns=2;s=Area\n",
+        )
+        .expect("write");
+        let plans = crate::mapping::load_all(&[path]).expect("valid");
+        let out = super::summary(&plans);
+        assert!(
+            out.contains(": OPC UA opc.tcp://h:4840/ (no security), 0 tags, 2 event subscriptions, up to 0.0 readings/s\n"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn modbus_plans_print_reads_per_cycle_per_unit() {

@@ -3,6 +3,7 @@
 
 mod browse;
 mod check;
+mod check_estimate;
 mod demo;
 mod generate;
 mod opcua;
@@ -11,6 +12,7 @@ mod sim_hub;
 mod sim_plc;
 mod spool;
 mod status;
+mod tags;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -93,6 +95,12 @@ pub enum Command {
     },
     /// Walk an OPC UA server's address space and write a tag map for its variables.
     Browse(browse::BrowseArgs),
+    /// Tag lists as spreadsheets: export a tag map's tags to CSV, import a CSV table or a
+    /// Kepware tag export into a tag map (docs/tag-maps.md, "From a spreadsheet").
+    Tags {
+        #[command(subcommand)]
+        command: tags::TagsCommand,
+    },
     /// OPC UA helpers: trust a server certificate.
     Opcua {
         #[command(subcommand)]
@@ -133,6 +141,7 @@ pub fn main() -> ExitCode {
         Command::Schema { dir, check } => schema(&dir, check),
         Command::Spool { command } => spool::run(command),
         Command::Browse(args) => browse::run(args),
+        Command::Tags { command } => tags::run(command),
         Command::Opcua { command } => opcua::run(command),
         Command::Generate { command } => generate::run(command),
         Command::Sim {

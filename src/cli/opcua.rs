@@ -18,6 +18,27 @@ pub enum OpcUaCommand {
     /// Compare the printed thumbprint with the one the server's administrator gives you, or
     /// pass it with --thumbprint to have it checked.
     Trust(TrustArgs),
+    /// Show the gateway's own certificate (the file to trust on a server), making it from
+    /// gateway.yaml's `opcua.certificate` when it does not exist yet.
+    ///
+    /// With --renew, the current certificate and key are moved aside and a new pair is made
+    /// (every server must then trust the new certificate).
+    Certificate(CertificateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CertificateArgs {
+    /// gateway.yaml: its `opcua.certificate` settings, and the PKI directories of its OPC UA
+    /// tag maps.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// PKI directory (default: those of gateway.yaml's OPC UA tag maps, else
+    /// $TAGBRIDGE_PKI_DIR, $STATE_DIRECTORY/opcua-pki or ./opcua-pki).
+    #[arg(long)]
+    pub pki_dir: Option<PathBuf>,
+    /// Move the current certificate and key aside and make new ones.
+    #[arg(long)]
+    pub renew: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +73,23 @@ pub struct ConnArgs {
     /// PKI directory (gateway certificate, trusted and rejected server certificates).
     #[arg(long)]
     pub pki_dir: Option<PathBuf>,
+    /// gateway.yaml whose `opcua.certificate` is used if the gateway's certificate must be
+    /// made (it is made on first use).
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The certificate settings of gateway.yaml at `config` (every default without one).
+fn certificate_plan(
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<std::sync::Arc<crate::config::plan::CertificatePlan>> {
+    match config {
+        None => Ok(Default::default()),
+        Some(path) => match crate::config::plan::load(path) {
+            Ok(plan) => Ok(plan.opcua_certificate),
+            Err(report) => bail!("{}", report.render()),
+        },
+    }
 }
 
 impl ConnArgs {
@@ -103,20 +141,90 @@ impl ConnArgs {
             uncertain: Default::default(),
             max_items_per_subscription: 0,
             monitoring: Vec::new(),
+            certificate: certificate_plan(self.config.as_deref())?,
+            events: Vec::new(),
+            structures: Default::default(),
         })
     }
 }
 
 pub fn run(command: OpcUaCommand) -> ExitCode {
-    match command {
-        OpcUaCommand::Trust(args) => match trust(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                ExitCode::from(super::EXIT_FAILURE)
-            }
-        },
+    let result = match command {
+        OpcUaCommand::Trust(args) => trust(&args),
+        OpcUaCommand::Certificate(args) => certificate(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(super::EXIT_FAILURE)
+        }
     }
+}
+
+/// `tagbridge opcua certificate`: shows (makes, renews) the gateway's certificate in every
+/// PKI directory gateway.yaml's OPC UA tag maps use.
+fn certificate(args: &CertificateArgs) -> anyhow::Result<()> {
+    use crate::source::opcua::{connect, own_certificate};
+    let settings = certificate_plan(args.config.as_deref())?;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = &args.pki_dir {
+        dirs.push(dir.clone());
+    } else if let Some(config) = &args.config {
+        let plan = match crate::config::plan::load(config) {
+            Ok(plan) => plan,
+            Err(report) => bail!("{}", report.render()),
+        };
+        let maps = match crate::mapping::load_all(&plan.tag_maps) {
+            Ok(maps) => maps,
+            Err(report) => bail!("{}", report.render()),
+        };
+        for map in maps {
+            if let SourcePlan::OpcUa(o) = map.source {
+                let dir = connect::pki_dir(&o);
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
+    }
+    if dirs.is_empty() {
+        dirs.push(connect::default_pki_dir());
+    }
+    for pki in dirs {
+        let (own, moved) = if args.renew {
+            own_certificate::renew(&pki, &settings)?
+        } else {
+            (own_certificate::ensure(&pki, &settings)?, Vec::new())
+        };
+        let state = match (args.renew, own.created) {
+            (true, _) => "renewed",
+            (false, true) => "made now",
+            (false, false) => "existing",
+        };
+        println!("gateway certificate {} ({state})", own.cert.display());
+        println!(
+            "  application URI: {}",
+            own.application_uri.as_deref().unwrap_or("none")
+        );
+        println!("  subject:         {}", own.subject);
+        println!("  host names:      {}", own.host_names.join(", "));
+        println!("  thumbprint:      {}", own.thumbprint);
+        if let Some(until) = &own.not_after {
+            println!("  valid until:     {until}");
+        }
+        for old in moved {
+            println!("  old file kept:   {}", old.display());
+        }
+        for difference in own_certificate::differences(&own, &settings) {
+            println!("  differs from gateway.yaml: {difference}");
+        }
+        println!(
+            "  next step: copy {} into each server's trusted certificates (or accept it in the server's certificate list)",
+            crate::source::opcua::shell_quote(&own.cert.display().to_string())
+        );
+    }
+    Ok(())
 }
 
 fn trust(args: &TrustArgs) -> anyhow::Result<()> {
@@ -129,7 +237,10 @@ fn trust(args: &TrustArgs) -> anyhow::Result<()> {
             Err(report) => bail!("{}", report.render()),
         };
         match plans.into_iter().next().map(|p| p.source) {
-            Some(SourcePlan::OpcUa(o)) => o,
+            Some(SourcePlan::OpcUa(mut o)) => {
+                o.certificate = certificate_plan(args.conn.config.as_deref())?;
+                o
+            }
             _ => bail!("{} is not an OPC UA tag map", args.target),
         }
     };

@@ -116,6 +116,7 @@ pub fn run(args: SimHubArgs, format: LogFormat) -> ExitCode {
         entra_clients,
         // The CLI streams events to the output; memory only keeps a few for nothing.
         retain_events: 0,
+        consumer_retention_bytes: crate::sim::hub::DEFAULT_CONSUMER_RETENTION_BYTES,
         idle_timeout: crate::sim::hub::DEFAULT_IDLE_TIMEOUT,
         throttle_above: args.throttle_above,
     };

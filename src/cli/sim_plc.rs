@@ -145,6 +145,11 @@ fn build_config(args: &SimPlcArgs) -> anyhow::Result<PlcConfig> {
 
 async fn serve(config: PlcConfig, exit_after: Option<Duration>) -> anyhow::Result<()> {
     let opcua_vars = config.opcua.as_ref().map_or(0, |o| o.variables.len());
+    let opcua_structs = match config.opcua.as_ref().map_or(0, |o| o.structures.len()) {
+        0 => String::new(),
+        1 => ", 1 structure".to_string(),
+        n => format!(", {n} structures"),
+    };
     let modbus_points = config.modbus.as_ref().map_or(0, |m| m.points.len());
     let started = Instant::now();
     let plc = Plc::start(config)
@@ -152,7 +157,7 @@ async fn serve(config: PlcConfig, exit_after: Option<Duration>) -> anyhow::Resul
         .context("cannot start the simulated PLC")?;
     let ready = started.elapsed();
     if let Some(endpoint) = plc.opcua_endpoint() {
-        println!("opcua: {endpoint} ({opcua_vars} variables, namespace 2)");
+        println!("opcua: {endpoint} ({opcua_vars} variables{opcua_structs}, namespace 2)");
     }
     if let Some(addr) = plc.modbus_addr() {
         println!("modbus: {addr} ({modbus_points} points)");

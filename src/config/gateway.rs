@@ -30,6 +30,59 @@ pub struct GatewayConfig {
     /// keep the plain `{sensor_id, timestamp, value}` format. See docs/quality.md.
     #[serde(default)]
     pub quality: bool,
+    /// Settings shared by every OPC UA tag map: the gateway's own certificate.
+    #[serde(default)]
+    pub opcua: OpcUaSpec,
+}
+
+/// `opcua:`: what every OPC UA tag map shares.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpcUaSpec {
+    /// The gateway's application certificate, as it is made when `<pki>/own/cert.der` does not
+    /// exist yet (first start, or after `tagbridge opcua certificate --renew`). An existing
+    /// certificate is never changed: when it no longer matches these settings, the gateway
+    /// says so and keeps using it. See docs/sources.md.
+    pub certificate: Option<CertificateSpec>,
+}
+
+/// The identity in the gateway's OPC UA application certificate. Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSpec {
+    /// The gateway's application URI, sent in every session and written into the certificate
+    /// (some servers check that the two match). Default `urn:<this host's name>:tagbridge`.
+    #[schemars(
+        length(min = 3, max = 1024),
+        pattern(r"^[A-Za-z][A-Za-z0-9+.-]*:[!-~]+$")
+    )]
+    pub application_uri: Option<Spanned<String>>,
+    /// Subject common name (CN), at most 64 characters. Default `tagbridge@<this host's name>`.
+    #[schemars(length(min = 1, max = 64))]
+    pub common_name: Option<Spanned<String>>,
+    /// Subject organisation (O), at most 64 characters. Default none.
+    #[schemars(length(max = 64))]
+    pub organization: Option<Spanned<String>>,
+    /// Subject organisational unit (OU), at most 64 characters. Default none.
+    #[schemars(length(max = 64))]
+    pub organizational_unit: Option<Spanned<String>>,
+    /// Subject state or province (ST), at most 128 characters. Default none.
+    #[schemars(length(max = 128))]
+    pub state: Option<Spanned<String>>,
+    /// Subject country (C): two capital letters (ISO 3166), e.g. `DE`. Default none.
+    #[schemars(pattern(r"^[A-Z]{2}$"))]
+    pub country: Option<Spanned<String>>,
+    /// DNS names and IP addresses of the gateway, in the certificate's subject alternative
+    /// names beside the application URI. Default: `localhost`, 127.0.0.1, ::1 and this
+    /// host's name and addresses.
+    pub host_names: Option<Vec<Spanned<String>>>,
+    /// RSA key size: 2048 (default), 3072 or 4096 bits.
+    #[schemars(extend("enum" = [2048, 3072, 4096]))]
+    pub key_size: Option<Spanned<u32>>,
+    /// How long the certificate is valid, in days from its creation (1 to 36500). Default
+    /// 1825 (five years).
+    #[schemars(range(min = 1, max = 36500))]
+    pub valid_days: Option<Spanned<u32>>,
 }
 
 /// One path or a list of paths.
@@ -139,20 +192,91 @@ pub struct EventHubSpec {
     pub dead_letter: Option<String>,
     /// `one` (default): one event per reading. `{array: N}`: up to N readings per event, as a
     /// JSON array; fewer events (Event Hubs bills per event), but every consumer must expect
-    /// arrays.
-    pub events: Option<EventsSpec>,
+    /// arrays. `{array: N, encoding: gzip}`: the array gzip-compressed, marked for Azure Data
+    /// Explorer (`Compression: GZip`, `Format: MULTIJSON`); fewer bytes (docs/sink.md).
+    pub events: Option<Spanned<EventsSpec>>,
     /// After a stop is asked for (SIGTERM, Ctrl-C), how long the sink may keep delivering what
     /// is spooled before the gateway exits; what is left stays in the spool. Default 10s.
     pub shutdown_grace: Option<HumanDuration>,
 }
 
-/// How readings become events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+/// How readings become events: `one`, or `{array: N}` with an optional `encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventsSpec {
     One,
+    Array(ArrayEventsSpec),
+}
+
+/// `events: {array: N, encoding: gzip}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArrayEventsSpec {
     /// Up to this many readings per event (1 or more).
-    Array(std::num::NonZeroU16),
+    // Required, but `Option` so that a bad value is reported once (the second pass of the
+    // reader sees it pruned); `check` asks for it when it is missing.
+    #[schemars(with = "std::num::NonZeroU16")]
+    pub array: Option<std::num::NonZeroU16>,
+    /// `json` (default): the array as JSON text. `gzip`: the gzip of that text, with
+    /// `content-encoding: gzip` and the properties Azure Data Explorer reads
+    /// (`Compression: GZip`, `Format: MULTIJSON`). Not with `transport: https`.
+    pub encoding: Option<EventEncoding>,
+}
+
+/// How an array event's body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventEncoding {
+    #[default]
+    Json,
+    Gzip,
+}
+
+impl<'de> Deserialize<'de> for EventsSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EventsVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for EventsVisitor {
+            type Value = EventsSpec;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`one` or `{array: N}` (optionally with `encoding: gzip`)")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EventsSpec, E> {
+                match v {
+                    "one" => Ok(EventsSpec::One),
+                    other => Err(E::unknown_variant(other, &["one", "{array: N}"])),
+                }
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EventsSpec, A::Error> {
+                ArrayEventsSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(EventsSpec::Array)
+            }
+        }
+
+        deserializer.deserialize_any(EventsVisitor)
+    }
+}
+
+impl JsonSchema for EventsSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EventsSpec".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let array = generator.subschema_for::<ArrayEventsSpec>();
+        schemars::json_schema!({
+            "description": "How readings become events.",
+            "oneOf": [
+                {"type": "string", "enum": ["one"]},
+                array,
+            ]
+        })
+    }
 }
 
 /// An Entra ID (Azure AD) application allowed to send ("Azure Event Hubs Data Sender").

@@ -5,12 +5,17 @@
 //! ([`GatewayConfig`], [`TagMapFile`]); [`crate::mapping::compile()`] validates and resolves them
 //! into the plan the runtime uses.
 
+pub mod certificate;
 pub mod de;
 pub mod diagnostic;
 pub mod duration;
+pub mod events;
 pub mod gateway;
 pub mod plan;
 pub mod schema;
+pub mod state_key;
+pub mod structure;
+pub mod table;
 pub mod tagmap;
 pub mod yaml;
 

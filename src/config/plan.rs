@@ -12,9 +12,16 @@ use std::num::{NonZeroU16, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+// The certificate's defaults live beside its checks (`config::certificate`, which this module
+// uses, so they cannot live here without a cycle); re-exported so every default is found here.
+pub use super::certificate::{
+    default_application_uri, default_common_name, CertificatePlan, DEFAULT_KEY_SIZE,
+    DEFAULT_VALID_DAYS,
+};
 use super::diagnostic::{Pos, Problem, Report};
 use super::gateway::{
-    EventHubSpec, EventsSpec, GatewayConfig, LogFormat, PartitionKeySpec, SinkSpec, WhenFull,
+    EventEncoding, EventHubSpec, EventsSpec, GatewayConfig, LogFormat, PartitionKeySpec, SinkSpec,
+    Transport, WhenFull,
 };
 use crate::spool::SpoolConfig;
 
@@ -34,7 +41,6 @@ pub const DEFAULT_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Event Hubs refuses partition keys longer than this (characters).
 pub const MAX_PARTITION_KEY_CHARS: usize = 128;
-
 /// What the gateway runs.
 #[derive(Debug, Clone)]
 pub struct GatewayPlan {
@@ -51,6 +57,8 @@ pub struct GatewayPlan {
     pub telemetry: TelemetryPlan,
     /// Quality readings on (docs/quality.md).
     pub quality: bool,
+    /// The identity of the gateway's OPC UA certificate (`opcua.certificate`).
+    pub opcua_certificate: std::sync::Arc<CertificatePlan>,
 }
 
 /// Where readings go.
@@ -72,6 +80,8 @@ pub struct EventHubPlan {
     pub partition: PartitionKeySpec,
     /// Readings per event; `None`: the sink's default (one).
     pub readings_per_event: Option<NonZeroUsize>,
+    /// How array events' bodies are encoded (`events: {array: N, encoding: gzip}`).
+    pub encoding: EventEncoding,
     /// `None`: the sink's default.
     pub max_in_flight: Option<NonZeroUsize>,
     /// `None`: the sink's default.
@@ -161,6 +171,11 @@ pub fn compile(config: &GatewayConfig, path: &Path) -> (Option<GatewayPlan>, Vec
         ))),
     };
     let telemetry = telemetry_plan(config, &mut problems);
+    let opcua_certificate = std::sync::Arc::new(super::certificate::compile(
+        config.opcua.certificate.as_ref(),
+        path,
+        &mut problems,
+    ));
     let plan = GatewayPlan {
         path: path.to_path_buf(),
         base: base.clone(),
@@ -170,6 +185,7 @@ pub fn compile(config: &GatewayConfig, path: &Path) -> (Option<GatewayPlan>, Vec
         spool,
         telemetry,
         quality: config.quality,
+        opcua_certificate,
     };
     problems.sort_by_key(|p| p.pos);
     (problems.is_empty().then_some(plan), problems)
@@ -257,15 +273,37 @@ fn event_hub_plan(
             key.value.clone()
         }
     };
-    let readings_per_event = match spec.events {
-        None | Some(EventsSpec::One) => None,
-        Some(EventsSpec::Array(n)) => NonZeroUsize::new(usize::from(n.get())),
+    let (readings_per_event, encoding) = match spec.events.as_ref().map(|e| (e.pos, e.value)) {
+        None | Some((_, EventsSpec::One)) => (None, EventEncoding::Json),
+        Some((at, EventsSpec::Array(a))) => {
+            if a.array.is_none() {
+                problems.push(
+                    Problem::new(at, "`events` needs `array: N`, the most readings per event")
+                        .with_hint("e.g. `events: {array: 500, encoding: gzip}`"),
+                );
+            }
+            (
+                a.array
+                    .and_then(|n| NonZeroUsize::new(usize::from(n.get()))),
+                a.encoding.unwrap_or_default(),
+            )
+        }
     };
+    if encoding == EventEncoding::Gzip && spec.transport == Some(Transport::Https) {
+        problems.push(
+            Problem::new(
+                pos,
+                "`encoding: gzip` needs an AMQP transport: Event Hubs' HTTPS batches carry text bodies only",
+            )
+            .with_hint("use `transport: amqp` (default) or `amqp_ws`, or drop `encoding: gzip`"),
+        );
+    }
     EventHubPlan {
         spec: spec.clone(),
         pos,
         partition,
         readings_per_event,
+        encoding,
         max_in_flight: spec
             .max_in_flight
             .map(NonZeroU16::get)
@@ -406,6 +444,60 @@ mod tests {
         assert_eq!(
             problems,
             ["4:5: the Event Hub sink needs exactly one of connection_string_env, connection_string_file or entra"]
+        );
+    }
+
+    #[test]
+    fn events_take_an_array_and_an_encoding() {
+        let plan_of = |events: &str| {
+            let (plan, problems) = compile_text(&format!(
+                "tag_maps: m.yaml\nsink:\n  eventhub:\n    connection_string_env: A\n    events: {events}\n"
+            ));
+            match plan.map(|p| p.sink) {
+                Some(SinkPlan::EventHub(hub)) if problems.is_empty() => {
+                    Ok((hub.readings_per_event.map(|n| n.get()), hub.encoding))
+                }
+                _ => Err(problems),
+            }
+        };
+        assert_eq!(plan_of("one"), Ok((None, EventEncoding::Json)));
+        assert_eq!(
+            plan_of("{array: 500}"),
+            Ok((Some(500), EventEncoding::Json))
+        );
+        assert_eq!(
+            plan_of("{array: 500, encoding: gzip}"),
+            Ok((Some(500), EventEncoding::Gzip))
+        );
+        assert_eq!(
+            plan_of("{array: 2, encoding: json}"),
+            Ok((Some(2), EventEncoding::Json))
+        );
+        for bad in [
+            "{array: 0}",
+            "{array: 500, encoding: zstd}",
+            "{encoding: gzip}",
+            "{array: 5, compress: gzip}",
+            "many",
+            "[1]",
+        ] {
+            let problems = plan_of(bad).expect_err(bad);
+            assert!(
+                !problems.is_empty() && problems.iter().all(|p| p.starts_with("5:")),
+                "{bad}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gzip_needs_an_amqp_transport() {
+        let (plan, problems) = compile_text(
+            "tag_maps: m.yaml\nsink:\n  eventhub:\n    connection_string_env: A\n    transport: https\n    events: {array: 5, encoding: gzip}\n",
+        );
+        assert!(plan.is_none());
+        assert_eq!(
+            problems,
+            ["4:5: `encoding: gzip` needs an AMQP transport: Event Hubs' HTTPS batches carry text bodies only"]
         );
     }
 }

@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use super::de::{Items, Spanned};
 use super::duration::HumanDuration;
+// A leaf of its own: the key type and its lenient parsing are one concept.
+pub use super::state_key::StateKey;
 
 /// A tag map: which tags to read from one OPC UA server or one Modbus connection, and the
 /// `sensor_id` each reading carries.
@@ -27,8 +29,12 @@ pub struct TagMapFile {
     /// replace `sensor_id`, `timestamp` or `value`.
     #[serde(default)]
     pub fields: BTreeMap<Spanned<String>, serde_json::Value>,
-    /// The tags to read.
+    /// The tags to read. May be left out when the file lists `events`.
+    #[serde(default)]
     pub tags: Items<Box<Spanned<TagSpec>>>,
+    /// OPC UA only: event and alarm subscriptions, one reading per event (docs/tag-maps.md).
+    #[serde(default)]
+    pub events: Option<Spanned<Items<Spanned<super::events::EventSpec>>>>,
 }
 
 /// Where the tags of this file come from.
@@ -249,6 +255,9 @@ pub struct TagSpec {
     /// OPC UA: the node holds an array; read its first N elements, each as its own tag
     /// `sensor_id[i]` (0-based). Without it, an array value is reported and not sent.
     pub elements: Option<Spanned<u32>>,
+    /// OPC UA: the node holds a structure; read these of its fields, each as its own tag
+    /// `sensor_id.path` (with `elements`: `sensor_id[i].path`). docs/tag-maps.md, "Structures".
+    pub members: Option<Spanned<Members>>,
 
     /// Modbus: the table, with `address`.
     pub table: Option<Spanned<Table>>,
@@ -380,50 +389,33 @@ pub enum WordOrder {
     DCBA,
 }
 
-/// A raw value that a `states` entry maps: an integer or a boolean.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
-#[schemars(with = "String")]
-pub enum StateKey {
-    Int(i64),
-    Bool(bool),
-}
+/// The fields of a structure tag to read: field path → options (`{}` or empty for none).
+/// A path names a field (`temperature`), a field of a nested structure (`stage.duration`), or
+/// an element of an array field (`setpoints[0]`, `stages[1].duration`); see
+/// [`super::structure::parse_path`].
+pub type Members = BTreeMap<Spanned<String>, Option<MemberSpec>>;
 
-impl<'de> Deserialize<'de> for StateKey {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-
-        impl serde::de::Visitor<'_> for KeyVisitor {
-            type Value = StateKey;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an integer or true/false as a state key")
-            }
-
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StateKey, E> {
-                Ok(StateKey::Int(v))
-            }
-
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StateKey, E> {
-                i64::try_from(v)
-                    .map(StateKey::Int)
-                    .map_err(|_| E::custom(format!("state key {v} is too large")))
-            }
-
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<StateKey, E> {
-                Ok(StateKey::Bool(v))
-            }
-
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StateKey, E> {
-                match v {
-                    "true" => Ok(StateKey::Bool(true)),
-                    "false" => Ok(StateKey::Bool(false)),
-                    _ => v.parse().map(StateKey::Int).map_err(|_| {
-                        E::custom(format!("state key `{v}` is not an integer or true/false"))
-                    }),
-                }
-            }
-        }
-
-        deserializer.deserialize_any(KeyVisitor)
-    }
+/// One field of a structure tag, read as its own tag `sensor_id.path`. Options a field leaves
+/// out come from its tag (`deadband`, `heartbeat`, `decimals`) and then the file's `defaults`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSpec {
+    /// Set to false to keep the field in the file but never read or send it.
+    pub enabled: Option<bool>,
+    /// Multiply the raw value by this.
+    pub scale: Option<Spanned<f64>>,
+    /// Add this after scaling (a finite number).
+    pub offset: Option<Spanned<f64>>,
+    /// Map raw numbers or booleans to state strings. An enumeration field is sent by its
+    /// names from the server unless this is given (then the number is mapped).
+    pub states: Option<BTreeMap<StateKey, String>>,
+    /// Suppress changes smaller than this (in scaled units).
+    pub deadband: Option<Spanned<f64>>,
+    /// Re-send an unchanged value this often.
+    pub heartbeat: Option<HumanDuration>,
+    /// Round the value to this many decimals.
+    pub decimals: Option<Spanned<u8>>,
+    /// Extra fields on this field's readings, e.g. `unit: degC`.
+    #[serde(default)]
+    pub fields: BTreeMap<Spanned<String>, serde_json::Value>,
 }

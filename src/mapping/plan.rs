@@ -35,7 +35,10 @@ impl TagMapPlan {
     }
 }
 
+/// The source half of a tag map's plan. One per tag map, built once per load and never in a hot
+/// path, so the size difference between the variants costs nothing worth a box.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum SourcePlan {
     OpcUa(OpcUaPlan),
     Modbus(ModbusPlan),
@@ -56,6 +59,13 @@ pub struct OpcUaPlan {
     pub max_items_per_subscription: u32,
     /// Monitoring settings per tag, indexed like [`TagMapPlan::tags`].
     pub monitoring: Vec<MonitoringPlan>,
+    /// The identity of the gateway's own certificate, from gateway.yaml (`opcua.certificate`;
+    /// every default for a tag map checked alone): used when the certificate is made.
+    pub certificate: std::sync::Arc<crate::config::plan::CertificatePlan>,
+    /// Event subscriptions (`events:`), enabled ones only.
+    pub events: Vec<super::event_plan::EventPlan>,
+    /// Structure tags (`members:`): which tags are fields of which monitored structure.
+    pub structures: super::members::StructurePlan,
 }
 
 /// How the server watches one OPC UA tag.

@@ -12,8 +12,14 @@
 //!   per sensor, the interval [bad reading's timestamp, next good reading's timestamp) in which
 //!   the gateway knew nothing.
 //!
-//! Invariant: per tag, bad readings and good readings alternate: no bad reading follows a bad
-//! reading without a good one in between.
+//! - a value the source marks uncertain ([`SourceEvent::Uncertain`]: an OPC UA Uncertain
+//!   status) is sent with `"quality":"uncertain","status":"<status name>"`: the value is what
+//!   the device gave, flagged. A change of quality (good ⇄ uncertain, or another uncertain
+//!   status) is sent even when the value is unchanged, and a heartbeat repeats the quality of
+//!   the value it repeats.
+//!
+//! Invariant: per tag, a bad reading is followed by a reading with a value (good or uncertain)
+//! before any other bad reading: no bad reading follows a bad reading without a value between.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +27,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::reading::{write_json_str, Reading, Value};
+use crate::sample::{Sample, SourceEvent};
+
+use super::stage::Mapper;
 
 use super::plan::{SourcePlan, TagMapPlan};
 
@@ -43,6 +52,10 @@ pub struct QualityState {
     /// The source has been connected at least once: before that, nothing was ever readable, so
     /// nothing "stopped" (the first connection attempt is not a lost connection).
     ever_connected: bool,
+    /// The source's mark for the next sample: (tag, timestamp, status name).
+    mark: Option<(usize, DateTime<Utc>, Arc<str>)>,
+    /// Tags whose last reading sent was uncertain (heartbeats are relabelled while any is).
+    uncertain_tags: usize,
 }
 
 #[derive(Debug)]
@@ -57,6 +70,8 @@ struct TagQuality {
     silent_after: Option<Duration>,
     /// The last sample: when it arrived and its timestamp.
     last_seen: Option<(Instant, DateTime<Utc>)>,
+    /// The last reading sent was uncertain: its status name and the `extra` it carried.
+    uncertain: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl QualityState {
@@ -79,9 +94,12 @@ impl QualityState {
                     // Three polls in a row without an answer, each allowed its timeout.
                     silent_after: timeout.map(|timeout| 3 * (t.interval + timeout)),
                     last_seen: None,
+                    uncertain: None,
                 })
                 .collect(),
             ever_connected: false,
+            mark: None,
+            uncertain_tags: 0,
         })
     }
 
@@ -102,6 +120,9 @@ impl QualityState {
             return false;
         }
         t.bad = true;
+        if t.uncertain.take().is_some() {
+            self.uncertain_tags -= 1;
+        }
         let mut extra = Vec::with_capacity(48 + cause.len() + t.fields.len());
         extra.extend_from_slice(b",\"quality\":\"bad\",\"status\":");
         write_json_str(&mut extra, cause);
@@ -127,6 +148,91 @@ impl QualityState {
         (0..self.tags.len())
             .filter(|&i| self.lost(i, at, cause, out))
             .collect()
+    }
+
+    /// Maps one sample with quality on: the source's uncertain mark (if it is for this sample)
+    /// labels the reading, a change of quality is sent even if the value is not, and a reading
+    /// sent closes the tag's gap. Returns the reading, and whether the value was skipped as
+    /// non-finite.
+    pub fn map(
+        &mut self,
+        mapper: &mut Mapper,
+        sample: &Sample,
+        now: Instant,
+    ) -> (Option<Reading>, bool) {
+        let uncertain = match self.mark.take() {
+            Some((tag, ts, status)) if tag == sample.tag && ts == sample.timestamp => Some(status),
+            _ => None,
+        };
+        let Some(t) = self.tags.get_mut(sample.tag) else {
+            return (mapper.map(sample), false);
+        };
+        let was = t.uncertain.as_ref().map(|(status, _)| status);
+        if was != uncertain.as_ref() {
+            // good ⇄ uncertain: the consumer must learn it even if the value did not change.
+            mapper.forget(sample.tag);
+        }
+        let non_finite = mapper.counters().non_finite;
+        let mut reading = mapper.map(sample);
+        let skipped = mapper.counters().non_finite != non_finite;
+        if !skipped {
+            t.last_seen = Some((now, sample.timestamp));
+        }
+        if let Some(r) = &mut reading {
+            t.bad = false;
+            match uncertain {
+                Some(status) => {
+                    let extra = match &t.uncertain {
+                        Some((s, extra)) if *s == status => extra.clone(),
+                        _ => {
+                            let mut extra = Vec::with_capacity(48 + status.len() + t.fields.len());
+                            extra.extend_from_slice(b",\"quality\":\"uncertain\",\"status\":");
+                            write_json_str(&mut extra, &status);
+                            extra.extend_from_slice(t.fields.as_bytes());
+                            // Only valid UTF-8 was written (see `lost`).
+                            String::from_utf8_lossy(&extra).into()
+                        }
+                    };
+                    if t.uncertain.is_none() {
+                        self.uncertain_tags += 1;
+                    }
+                    r.extra = extra.clone();
+                    t.uncertain = Some((status, extra));
+                }
+                None => {
+                    if t.uncertain.take().is_some() {
+                        self.uncertain_tags -= 1;
+                    }
+                }
+            }
+        }
+        (reading, skipped)
+    }
+
+    /// Takes a status event of the source (after the mapping stage took it): remembers an
+    /// uncertain mark for the next sample, and labels the heartbeats the stage just added to
+    /// `added` with the quality of the value they repeat.
+    pub fn event(&mut self, event: &SourceEvent, added: &mut [Reading]) {
+        if let SourceEvent::Uncertain {
+            tag,
+            timestamp,
+            cause,
+        } = event
+        {
+            self.mark = Some((*tag, *timestamp, cause.to_string().into()));
+        }
+        if self.uncertain_tags == 0 || added.is_empty() {
+            return;
+        }
+        for r in added {
+            let extra = self.tags.iter().find_map(|t| match &t.uncertain {
+                Some((_, extra)) if Arc::ptr_eq(&t.sensor_id, &r.sensor_id) => Some(extra),
+                _ => None,
+            });
+            if let Some(extra) = extra {
+                r.extra = extra.clone();
+            }
+        }
     }
 
     /// A good reading of `tag` was sent: its gap, if any, is closed.
@@ -363,6 +469,71 @@ mod tests {
             q.check(now, at(3), false, &mut out).is_empty(),
             "one per gap"
         );
+    }
+
+    #[test]
+    fn uncertain_values_are_sent_marked_and_a_change_of_quality_is_never_held_back() {
+        use crate::sample::Cause;
+        let mut plan = plan();
+        plan.tags[0].transform.heartbeat = Some(Duration::from_secs(5));
+        enable(&mut plan);
+        let mut q = QualityState::new(&plan).unwrap();
+        let mut m = Mapper::new(&plan);
+        let now = Instant::now();
+        let sample = |secs, v| Sample {
+            tag: 0,
+            timestamp: at(secs),
+            value: RawValue::Int(v),
+        };
+        let mark = |secs| SourceEvent::Uncertain {
+            tag: 0,
+            timestamp: at(secs),
+            cause: Cause::OpcUaStatus("UncertainLastUsableValue".into()),
+        };
+        let json = |r: Option<Reading>| r.map(|r| r.to_json());
+        assert!(json(q.map(&mut m, &sample(0, 5), now).0)
+            .unwrap()
+            .contains(r#""value":5,"quality":"good","site""#));
+        // Same value, now uncertain: sent, marked, the value still there.
+        q.event(&mark(1), &mut []);
+        assert_eq!(
+            json(q.map(&mut m, &sample(1, 5), now).0).as_deref(),
+            Some(
+                r#"{"sensor_id":"p:a","timestamp":"2025-08-19T08:30:01.000Z","value":5,"quality":"uncertain","status":"UncertainLastUsableValue","site":"a"}"#
+            )
+        );
+        // Still uncertain and unchanged: held back as usual.
+        q.event(&mark(2), &mut []);
+        assert!(q.map(&mut m, &sample(2, 5), now).0.is_none());
+        // A heartbeat repeats the value with the quality it had.
+        let mut beats = Vec::new();
+        m.event(&SourceEvent::Confirmed { at: at(7) }, &mut beats);
+        q.event(&SourceEvent::Confirmed { at: at(7) }, &mut beats);
+        assert_eq!(beats.len(), 1);
+        assert!(beats[0]
+            .to_json()
+            .contains(r#""quality":"uncertain","status":"UncertainLastUsableValue""#));
+        // Good again with the same value: sent, good.
+        assert!(json(q.map(&mut m, &sample(8, 5), now).0)
+            .unwrap()
+            .contains(r#""value":5,"quality":"good","site""#));
+        // A mark for another sample (dropped in a full queue) marks nothing.
+        q.event(&mark(9), &mut []);
+        assert!(q
+            .map(&mut m, &sample(10, 6), now)
+            .0
+            .unwrap()
+            .to_json()
+            .contains(r#""quality":"good""#));
+        // An uncertain value closes a gap: it has a value.
+        let mut out = Vec::new();
+        assert!(q.lost(0, at(11), "BadSensorFailure", &mut out));
+        m.forget(0);
+        q.event(&mark(12), &mut []);
+        let closing = q.map(&mut m, &sample(12, 6), now).0.unwrap();
+        assert!(closing.to_json().contains(r#""quality":"uncertain""#));
+        assert!(!q.is_bad(0));
+        assert!(q.lost(0, at(13), "BadSensorFailure", &mut out));
     }
 
     #[test]

@@ -28,6 +28,8 @@ use super::transform::Skip;
 pub struct MappingCounters {
     pub samples: u64,
     pub readings: u64,
+    /// Readings made of OPC UA events (also counted in `readings`).
+    pub events: u64,
     /// Held back by deadband (or unchanged).
     pub suppressed: u64,
     /// NaN or ±Inf, not sendable as JSON.
@@ -49,6 +51,8 @@ struct TagState {
 #[derive(Debug)]
 pub struct Mapper {
     tags: Arc<[TagPlan]>,
+    /// The tag map's event subscriptions (OPC UA `events:`).
+    events: Arc<[super::event_plan::EventPlan]>,
     state: Vec<TagState>,
     counters: MappingCounters,
 }
@@ -57,6 +61,10 @@ impl Mapper {
     pub fn new(plan: &TagMapPlan) -> Self {
         Mapper {
             tags: plan.tags.clone().into(),
+            events: match &plan.source {
+                super::plan::SourcePlan::OpcUa(o) => o.events.clone().into(),
+                super::plan::SourcePlan::Modbus(_) => Arc::from(Vec::new()),
+            },
             state: plan.tags.iter().map(|_| TagState::default()).collect(),
             counters: MappingCounters::default(),
         }
@@ -140,6 +148,13 @@ impl Mapper {
     pub fn event(&mut self, event: &SourceEvent, out: &mut Vec<Reading>) {
         match event {
             SourceEvent::Confirmed { at } => self.confirmed(*at, out),
+            SourceEvent::OpcUaEvent(e) => {
+                if let Some(r) = super::events::reading(&self.events, e) {
+                    self.counters.events += 1;
+                    self.counters.readings += 1;
+                    out.push(r);
+                }
+            }
             SourceEvent::Lost { scope, .. } => match scope {
                 Scope::Source => self.state.iter_mut().for_each(|s| s.lost = true),
                 Scope::Tag(i) => {
@@ -148,6 +163,8 @@ impl Mapper {
                     }
                 }
             },
+            // The value is sent all the same; quality readings mark it (mapping::quality).
+            SourceEvent::Uncertain { .. } => {}
         }
     }
 

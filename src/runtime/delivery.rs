@@ -22,7 +22,7 @@ use crate::sink::eventhub::sink::{EventHubSink, Outgoing};
 use crate::spool::payload;
 
 use super::journal::Journal;
-use super::last_sent::LastSent;
+use super::last_sent::{fingerprint, LastSent};
 use super::supervise::Supervisor;
 
 /// Records handed to the sink per read.
@@ -67,27 +67,38 @@ pub async fn run(
         supervisor.spawn_untracked("journal writer", async move {
             while let Some((tag_map, batch)) = readings.recv().await {
                 super::supervise::fault_point("journal");
+                let mut fingerprints = Vec::with_capacity(batch.len());
                 let records = batch
                     .iter()
                     .map(|r| {
-                        let mut out = Vec::with_capacity(128);
-                        payload::encode(&mut out, partition_key(&partition, &tag_map, r), r);
+                        let key = partition_key(&partition, &tag_map, r);
+                        // Sized once: no reallocation while encoding.
+                        let mut out =
+                            Vec::with_capacity(1 + key.map_or(0, str::len) + r.encoded_len_hint());
+                        let span = payload::encode(&mut out, key, r);
+                        fingerprints.push(out.get(span).map_or(0, fingerprint));
                         out
                     })
                     .collect();
-                let (records, repeats) =
-                    last_sent.filter(records, batch.iter().map(|r| &r.sensor_id));
+                let keys = batch.iter().map(|r| &r.sensor_id).zip(fingerprints);
+                let (records, repeats) = last_sent.filter(records, keys);
                 if repeats > 0 {
                     tracing::debug!(
                         message = "Readings already sent are not sent again.",
                         repeats
                     );
                 }
-                if !records.is_empty() && journal.append_checked(records).await.is_none() {
-                    // The spool's task is gone: stop the gateway for a restart (what the spool
-                    // holds on disk is sent then) rather than run on without spooling.
-                    supervisor2.fail("spool", "the spool task stopped");
-                    break;
+                if records.is_empty() {
+                    continue;
+                }
+                match journal.append_checked(records).await {
+                    Some(last) => last_sent.appended(last),
+                    None => {
+                        // The spool's task is gone: stop the gateway for a restart (what the
+                        // spool holds on disk is sent then) rather than run on without spooling.
+                        supervisor2.fail("spool", "the spool task stopped");
+                        break;
+                    }
                 }
             }
             journal.close();
@@ -102,17 +113,26 @@ pub async fn run(
                 if records.is_empty() {
                     break;
                 }
+                // Consecutive records mostly share their key: one `Arc` for a run of them.
+                let mut last_key: Option<Arc<str>> = None;
                 let outgoing: Vec<Outgoing> = records
                     .into_iter()
-                    .filter_map(|(seq, record)| {
+                    .filter_map(|(seq, mut record)| {
                         let Some((key, body)) = payload::decode(&record) else {
                             tracing::error!(message = "Skipping a malformed spool record.", seq);
                             return None;
                         };
+                        let partition_key = key.map(|key| match &last_key {
+                            Some(last) if **last == *key => last.clone(),
+                            _ => last_key.insert(Arc::from(key)).clone(),
+                        });
+                        // The body in place: the record's buffer without its key prefix.
+                        let prefix = record.len() - body.len();
+                        record.drain(..prefix);
                         Some(Outgoing {
                             seq,
-                            body: body.to_vec(),
-                            partition_key: key.map(Arc::from),
+                            body: record,
+                            partition_key,
                         })
                     })
                     .collect();

@@ -65,7 +65,15 @@ pub fn prepare_with(config: &Path, secrets: Secrets) -> Result<(Prepared, Option
     let plan = crate::config::plan::load(config)?;
     let mut report = Report::default();
     let tag_maps = match crate::mapping::load_all(&plan.tag_maps) {
-        Ok(tag_maps) => tag_maps,
+        Ok(mut tag_maps) => {
+            // Every OPC UA source makes the gateway's certificate as gateway.yaml says.
+            for map in &mut tag_maps {
+                if let crate::mapping::SourcePlan::OpcUa(source) = &mut map.source {
+                    source.certificate = Arc::clone(&plan.opcua_certificate);
+                }
+            }
+            tag_maps
+        }
         Err(problems) => {
             report = problems;
             Vec::new()
@@ -212,6 +220,9 @@ impl Gateway {
                 if let Some(n) = hub.readings_per_event {
                     options.readings_per_event = n.get();
                 }
+                if hub.encoding == crate::config::gateway::EventEncoding::Gzip {
+                    options.encoding = crate::sink::eventhub::encoding::BodyEncoding::Gzip;
+                }
                 if let Some(n) = hub.max_in_flight {
                     options.max_in_flight = n.get();
                 }
@@ -223,10 +234,16 @@ impl Gateway {
                 }
                 let (journal, last_sent) = match tweaks.journal {
                     Some(journal) => (journal, super::last_sent::LastSent::in_memory()),
-                    None => (
-                        open_spool(&plan, &spool_tasks, &spool_cancel)?,
-                        super::last_sent::LastSent::open(&plan.spool.dir),
-                    ),
+                    None => {
+                        // First: it reads (and saves) what the segments hold before the spool
+                        // may delete any of them, and holds their release until saved.
+                        let last_sent = super::last_sent::LastSent::open(&plan.spool.dir);
+                        let fence = last_sent.fence();
+                        (
+                            open_spool(&plan, &spool_tasks, &spool_cancel, fence)?,
+                            last_sent,
+                        )
+                    }
                 };
                 let journal = Arc::new(journal);
                 let event_hub = match tweaks.credential {
@@ -300,9 +317,10 @@ fn open_spool(
     plan: &GatewayPlan,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
+    fence: crate::spool::ReleaseFence,
 ) -> Result<Journal, BuildError> {
     let dir = &plan.spool.dir;
-    let (spool, report) =
+    let (mut spool, report) =
         Spool::open(dir, plan.spool.config.clone()).map_err(|source| BuildError::Spool {
             dir: dir.clone(),
             source,
@@ -318,6 +336,7 @@ fn open_spool(
         bytes_truncated = report.bytes_truncated,
         next_seq = report.next_seq
     );
+    spool.set_release_fence(fence);
     let handle = crate::spool::handle::spawn(spool, tracker, cancel.clone());
     Ok(Journal::spool(handle))
 }

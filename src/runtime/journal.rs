@@ -46,17 +46,26 @@ impl Journal {
         }
     }
 
-    /// Like [`Journal::append`]; `None` when the spool's task has stopped (it panicked or
-    /// failed), so the caller can stop the gateway instead of losing readings silently.
+    /// Like [`Journal::append`], but returns the sequence number of the last record stored (0
+    /// if none was); `None` when the spool's task has stopped (it panicked or failed), so the
+    /// caller can stop the gateway instead of losing readings silently.
     pub async fn append_checked(&self, records: Vec<Vec<u8>>) -> Option<u64> {
+        let n = records.len() as u64;
         match self {
-            Journal::Memory(m) => Some(m.append(records).await),
+            Journal::Memory(m) => {
+                let first = m.append(records).await;
+                // The memory journal stores every record (it waits for room).
+                Some(if first == 0 { 0 } else { first + n - 1 })
+            }
             Journal::Spool(h) => {
                 let outcome = h.append(records).await;
                 if matches!(outcome.error, Some(crate::spool::SpoolError::Stopped)) {
                     return None;
                 }
-                Some(outcome.first_seq.unwrap_or(0))
+                Some(match outcome.first_seq {
+                    Some(first) if outcome.appended > 0 => first + outcome.appended - 1,
+                    _ => 0,
+                })
             }
         }
     }

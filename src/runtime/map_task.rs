@@ -12,7 +12,7 @@ use crate::mapping::quality::QualityState;
 use crate::mapping::{Mapper, MappingCounters};
 use crate::reading::Reading;
 use crate::sample::{Item, SampleBatch, SourceEvent};
-use crate::telemetry::live::LiveMap;
+use crate::telemetry::live::{LiveMap, TagQuality};
 
 use super::delivery::TaggedReadings;
 use super::status::MapStats;
@@ -52,6 +52,8 @@ pub(crate) async fn map_task(
                 // The adapter has stopped: nothing more will come.
                 let Some(batch) = batch else { break };
                 super::supervise::fault_point("mapping");
+                // At most one reading per sample (heartbeats come with events): sized once.
+                out.reserve(batch.len());
                 if plain {
                     mapper.apply(&batch, &mut out);
                 } else {
@@ -81,6 +83,7 @@ pub(crate) async fn map_task(
         let c = mapper.counters();
         t.samples += c.samples;
         t.readings += c.readings;
+        t.events += c.events;
         t.suppressed += c.suppressed;
         t.non_finite += c.non_finite;
         t.unknown_tag += c.unknown_tag;
@@ -93,27 +96,46 @@ pub(crate) async fn map_task(
 fn observe(mapper: &mut Mapper, watch: &mut Watch, batch: &SampleBatch, out: &mut Vec<Reading>) {
     let now = Instant::now();
     let now_ms = chrono::Utc::now().timestamp_millis();
+    // The source's uncertain mark for the sample right after it (the live view shows it
+    // whether or not quality readings are on).
+    let mut mark: Option<&SourceEvent> = None;
     for item in batch.items() {
         match item {
             Item::Sample(s) => {
-                let non_finite = mapper.counters().non_finite;
-                let reading = mapper.map(s);
-                let skipped = mapper.counters().non_finite != non_finite;
-                if let Some(q) = &mut watch.quality {
-                    if !skipped {
-                        q.saw(s.tag, s.timestamp, now);
+                let (reading, skipped) = match &mut watch.quality {
+                    // Marks uncertain values, closes gaps, learns which tags answer.
+                    Some(q) => q.map(mapper, s, now),
+                    None => {
+                        let non_finite = mapper.counters().non_finite;
+                        let reading = mapper.map(s);
+                        (reading, mapper.counters().non_finite != non_finite)
                     }
-                    if reading.is_some() {
-                        q.good(s.tag);
-                    }
-                }
+                };
                 if let Some(live) = &watch.live {
                     live.observe(s.tag, reading.as_ref(), skipped, now_ms);
+                    if let Some(SourceEvent::Uncertain {
+                        tag,
+                        timestamp,
+                        cause,
+                    }) = mark.take()
+                    {
+                        if let (true, Some(slot)) = (
+                            *tag == s.tag && *timestamp == s.timestamp,
+                            live.tags.get(s.tag),
+                        ) {
+                            slot.set_quality(TagQuality::Uncertain, Some(&cause.to_string()));
+                        }
+                    }
                 }
                 out.extend(reading);
             }
             Item::Event(event) => {
+                let added = out.len();
                 mapper.event(event, out);
+                if let Some(q) = &mut watch.quality {
+                    q.event(event, &mut out[added..]);
+                }
+                mark = matches!(event, SourceEvent::Uncertain { .. }).then_some(event);
                 let SourceEvent::Lost { scope, at, cause } = event else {
                     continue;
                 };

@@ -24,6 +24,8 @@ pub struct MapStats {
     pub readings: AtomicU64,
     pub suppressed: AtomicU64,
     pub non_finite: AtomicU64,
+    /// Readings made of OPC UA events (included in `readings`).
+    pub events: AtomicU64,
 }
 
 impl MapStats {
@@ -33,6 +35,7 @@ impl MapStats {
         self.readings.store(c.readings, Ordering::Relaxed);
         self.suppressed.store(c.suppressed, Ordering::Relaxed);
         self.non_finite.store(c.non_finite, Ordering::Relaxed);
+        self.events.store(c.events, Ordering::Relaxed);
     }
 }
 
@@ -144,6 +147,11 @@ impl GatewayStatus {
             "tagbridge_readings",
             "Readings produced by the mapping stage, per tag map.",
             per_map(|s| s.readings.load(Ordering::Relaxed)),
+        );
+        metrics.counter(
+            "tagbridge_event_readings",
+            "Readings made of OPC UA events (alarm transitions, refreshed conditions), per tag map.",
+            per_map(|s| s.events.load(Ordering::Relaxed)),
         );
         metrics.counter(
             "tagbridge_readings_suppressed",

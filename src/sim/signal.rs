@@ -292,19 +292,24 @@ impl Signal {
     /// The value at `t` since the simulator's epoch. Pure and deterministic (see module docs).
     pub fn value_at(&self, t: Duration) -> SignalValue {
         let k = self.step_index(t);
-        // The instant the value was last updated, in seconds.
+        // The instant the value was last updated, in nanoseconds: the phase within a period is
+        // taken in integers, so an edge at an exact multiple is never missed by a rounding
+        // (in floating-point seconds, 0.3 % 0.2 is just under 0.1).
         let tq = if k == 0 {
-            0.0
+            0
         } else {
-            (self.update_period().as_nanos() as f64 * k as f64) / 1e9
+            self.update_period().as_nanos() * u128::from(k)
+        };
+        let phase = |period: &HumanDuration| {
+            let p = period.0.as_nanos().max(1);
+            (tq % p) as f64 / p as f64
         };
         match self {
             Signal::Constant(v) => v.clone(),
             Signal::Ramp {
                 from, to, period, ..
             } => {
-                let p = period.0.as_secs_f64();
-                let phase = (tq % p) / p;
+                let phase = phase(period);
                 SignalValue::Float(from + (to - from) * phase)
             }
             Signal::Sine {
@@ -313,8 +318,7 @@ impl Signal {
                 period,
                 ..
             } => {
-                let p = period.0.as_secs_f64();
-                let phase = (tq % p) / p;
+                let phase = phase(period);
                 SignalValue::Float(offset + amplitude * (std::f64::consts::TAU * phase).sin())
             }
             Signal::Square {
@@ -324,8 +328,7 @@ impl Signal {
                 duty,
                 ..
             } => {
-                let p = period.0.as_secs_f64();
-                let phase = (tq % p) / p;
+                let phase = phase(period);
                 let duty = duty.unwrap_or(0.5).clamp(0.0, 1.0);
                 SignalValue::Float(if phase < duty { *high } else { *low })
             }
@@ -388,6 +391,30 @@ mod tests {
         } = crate::config::parse_str::<Signal>(yaml);
         assert!(problems.is_empty(), "{problems:?}");
         v.unwrap()
+    }
+
+    #[test]
+    fn a_square_wave_changes_at_every_edge_whatever_its_period_in_binary() {
+        // 200 ms and 100 ms updates: high, low, high, low … at every step. With the phase in
+        // floating-point seconds, 0.3 % 0.2 came out just under 0.1 and step 3 stayed high.
+        for (period, update) in [(200, 100), (600, 100), (700, 350), (100, 10)] {
+            let sig = parse(&format!(
+                "square: {{low: 0, high: 1, period: {period}ms, update: {update}ms}}"
+            ));
+            let per_period = period / update;
+            for k in 0..2_000u64 {
+                let expected = if (k % per_period) < per_period / 2 {
+                    1.0
+                } else {
+                    0.0
+                };
+                assert_eq!(
+                    sig.value_at(s(k * update)).as_f64(),
+                    expected,
+                    "period {period} ms, update {update} ms, step {k}"
+                );
+            }
+        }
     }
 
     #[test]

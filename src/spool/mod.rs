@@ -33,6 +33,11 @@
 //!   stops the spool and never hides the records before it.
 //! - `ack(n)` is cumulative. The acknowledged position is durable (ack file); if the ack file is
 //!   lost or damaged, everything still on disk is replayed: duplicates, never loss.
+//! - With a [`ReleaseFence`], an acknowledged segment stays on disk until the fence passes its
+//!   last record: whoever must read acknowledged records back after a crash (the gateway's
+//!   memory of what it sent, `runtime::last_sent`) moves the fence once it has saved what it
+//!   needs from them. Such segments still count towards `max_bytes` and are the first to go
+//!   when the spool is full.
 //! - Bounds: the files never exceed `max_bytes` after an append (except a lone segment header).
 //!   When full, `drop_oldest` deletes the oldest segments, `drop_newest` refuses new records.
 //!   Records older than `max_age` are deleted a segment at a time (a segment goes when its newest
@@ -49,6 +54,8 @@ pub mod status;
 mod store;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use handle::SpoolHandle;
@@ -57,6 +64,27 @@ pub use store::Spool;
 
 /// A record and its sequence number.
 pub type Record = (u64, Vec<u8>);
+
+/// How far the spool may delete acknowledged records, shared between the spool and the
+/// component that holds it back. Starts at 0 (nothing may go); only ever moves forward.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseFence(Arc<AtomicU64>);
+
+impl ReleaseFence {
+    pub fn new() -> Self {
+        ReleaseFence::default()
+    }
+
+    /// Acknowledged records up to `seq` may be deleted.
+    pub fn allow(&self, seq: u64) {
+        self.0.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// The last sequence number that may be deleted once acknowledged.
+    pub fn allowed(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// When appended records are forced to the disk (fsync).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,8 +8,10 @@
 
 use crate::reading::Reading;
 
-/// A record: `[key length: u8][key][reading JSON]`; length 0 means no partition key.
-pub fn encode(out: &mut Vec<u8>, key: Option<&str>, reading: &Reading) {
+/// A record: `[key length: u8][key][reading JSON]`; length 0 means no partition key. Returns
+/// where the reading's `,"timestamp":…,"value":…` members are in `out`
+/// ([`Reading::write_json_marked`]).
+pub fn encode(out: &mut Vec<u8>, key: Option<&str>, reading: &Reading) -> std::ops::Range<usize> {
     // Cut at a character boundary: a key cut inside a character would not decode (checks
     // refuse keys over Event Hubs' 128 characters long before this).
     let key = key
@@ -24,7 +26,7 @@ pub fn encode(out: &mut Vec<u8>, key: Option<&str>, reading: &Reading) {
         .unwrap_or_default();
     out.push(key.len() as u8);
     out.extend_from_slice(key);
-    reading.write_json(out);
+    reading.write_json_marked(out)
 }
 
 /// Splits a record into its partition key and body; `None` for a record too short to be one.

@@ -21,7 +21,8 @@ use super::format::{
 };
 use super::status::SpoolStatus;
 use super::{
-    AppendOutcome, FsyncPolicy, Record, RecoveryReport, SpoolConfig, SpoolError, WhenFull,
+    AppendOutcome, FsyncPolicy, Record, RecoveryReport, ReleaseFence, SpoolConfig, SpoolError,
+    WhenFull,
 };
 
 /// Bytes read from a segment at a time when serving reads.
@@ -127,6 +128,8 @@ pub struct Spool {
     buf: Vec<u8>,
     /// Files set aside at open (see [`quarantine`]).
     quarantined: u64,
+    /// Acknowledged segments are deleted only up to here, when set.
+    fence: Option<ReleaseFence>,
     /// Test hook: every write fails with this error (a full disk).
     #[cfg(test)]
     pub(crate) fail_writes: Option<io::ErrorKind>,
@@ -271,6 +274,7 @@ impl Spool {
             oldest_cache: None,
             buf: Vec::new(),
             quarantined,
+            fence: None,
             #[cfg(test)]
             fail_writes: None,
             #[cfg(test)]
@@ -594,9 +598,20 @@ impl Spool {
         }
     }
 
-    /// Deletes segments (not the active one) whose records were all acknowledged.
+    /// From now on, acknowledged segments are deleted only once `fence` has passed their last
+    /// record (see [`ReleaseFence`]).
+    pub fn set_release_fence(&mut self, fence: ReleaseFence) {
+        self.fence = Some(fence);
+    }
+
+    /// Deletes segments (not the active one) whose records were all acknowledged, and passed
+    /// by the release fence if there is one.
     fn release_acked(&mut self) {
-        while self.segments.len() > 1 && self.segments[0].unacked(self.state.acked) == 0 {
+        let limit = match &self.fence {
+            Some(fence) => self.state.acked.min(fence.allowed()),
+            None => self.state.acked,
+        };
+        while self.segments.len() > 1 && self.segments[0].unacked(limit) == 0 {
             if let Some(seg) = self.segments.pop_front() {
                 self.remove_segment(&seg);
             }
@@ -625,6 +640,10 @@ impl Spool {
     /// Time-driven work: drops expired segments and runs a due interval fsync. Returns the
     /// records dropped for age.
     pub fn tick(&mut self) -> Result<u64, SpoolError> {
+        // The release fence may have moved since the last ack.
+        if self.fence.is_some() {
+            self.release_acked();
+        }
         let dropped = self.expire(self.now());
         self.commit()?;
         Ok(dropped)

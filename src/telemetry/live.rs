@@ -102,15 +102,20 @@ impl TagSlot {
         }
         self.source_ms.store(source.timestamp_millis(), Relaxed);
         self.seen_ms.store(now_ms, Relaxed);
-        self.sent.fetch_add(1, Relaxed);
-        self.set_quality(TagQuality::Good, None);
+        // One writer per slot: a plain load and store, not a locked read-modify-write.
+        self.sent
+            .store(self.sent.load(Relaxed).wrapping_add(1), Relaxed);
+        if self.quality.load(Relaxed) != TagQuality::Good as u8 {
+            self.set_quality(TagQuality::Good, None);
+        }
     }
 
     /// A value came in but was held back (unchanged or within the deadband): the value shown
     /// is still current, confirmed now.
     pub fn suppressed(&self, now_ms: i64) {
         self.seen_ms.store(now_ms, Relaxed);
-        self.suppressed.fetch_add(1, Relaxed);
+        self.suppressed
+            .store(self.suppressed.load(Relaxed).wrapping_add(1), Relaxed);
         if self.quality.load(Relaxed) != TagQuality::Good as u8 {
             self.set_quality(TagQuality::Good, None);
         }
@@ -165,6 +170,8 @@ pub struct LiveMap {
     pub endpoint: String,
     pub connected: ConnectedFn,
     pub tags: Box<[TagSlot]>,
+    /// Readings made of OPC UA events (`events:`), counted by the mapping task.
+    pub events: AtomicU64,
 }
 
 impl LiveMap {
@@ -201,7 +208,13 @@ impl LiveMap {
             endpoint,
             connected,
             tags,
+            events: AtomicU64::new(0),
         }
+    }
+
+    /// One reading made of an OPC UA event.
+    pub fn event(&self) {
+        self.events.fetch_add(1, Relaxed);
     }
 
     /// Tag `tag` cannot be read now, because of `cause`.
@@ -434,8 +447,9 @@ impl LiveView {
             push_json_str(&mut out, &map.endpoint);
             let _ = write!(
                 out,
-                ",\"connected\":{connected},\"tag_count\":{},\"tags\":[",
-                map.tags.len()
+                ",\"connected\":{connected},\"tag_count\":{},\"events\":{},\"tags\":[",
+                map.tags.len(),
+                map.events.load(Relaxed)
             );
             let map_matches = !filter.is_empty() && contains_ci(&map.name, &filter);
             let mut first = true;
@@ -617,6 +631,7 @@ mod tests {
                 TagSlot::new("press-3:count".into(), 11, None),
             ]
             .into(),
+            events: AtomicU64::new(0),
         });
         view.add(map.clone());
         (view, map)
@@ -651,6 +666,7 @@ mod tests {
         assert_eq!(tags[2]["status"], "waiting");
         assert_eq!(tags[2]["value"], serde_json::Value::Null);
         assert_eq!(v["maps"][0]["file"], "tag-maps/press-3.yaml");
+        assert_eq!(v["maps"][0]["events"], 0);
         assert_eq!(v["counts"]["good"], 2);
         // Past its stale_after, a polled tag is stale.
         let json = view.snapshot_at(&Query::default(), at(4000));
@@ -726,6 +742,7 @@ mod tests {
             endpoint: "opc.tcp://x:4840".into(),
             connected: Box::new(|| false),
             tags: vec![TagSlot::new("a".into(), 1, None)].into(),
+            events: AtomicU64::new(0),
         });
         view.add(map.clone());
         map.tags[0].sent(&Value::from(1), at(0), 1);

@@ -22,11 +22,18 @@ mod deb;
 /// README, ARCHITECTURE.md and docs/: links resolve, named paths exist.
 mod docs;
 
+/// `tagbridge tags export|import`: CSV tables and Kepware exports into tag maps, end to end.
+mod tags_csv;
+
 /// The simulated PLC read by pymodbus and asyncua; faults on demand.
 mod sim_plc;
 
 /// The Event Hub emulator: Microsoft's SDK and REST clients against it; faults.
 mod sim_hub;
+
+/// Compressed array events (`events: {array: N, encoding: gzip}`) through outages and kill -9,
+/// read back by Microsoft's `EventHubConsumerClient` from the emulator.
+mod compression;
 
 /// The Modbus source against the simulated PLC and pymodbus.
 mod modbus_source;
@@ -36,6 +43,9 @@ mod modbus_hostile;
 
 /// The OPC UA source against the simulated PLC and asyncua.
 mod opcua_source;
+
+/// OPC UA structures (`members:`): one reading per field, against the simulator and asyncua.
+mod opcua_structs;
 
 /// The durable spool: crashes, outages, bounds, end to end.
 mod spool;
@@ -58,3 +68,7 @@ mod live_view;
 
 /// Quality readings: off is the seed format byte for byte; on, one bad reading per gap.
 mod quality;
+
+/// Issue 17: OPC UA events and alarms through the gateway, spool and hub; refresh after every
+/// connect; the same subscription against Python asyncua's event generator.
+mod opcua_events;

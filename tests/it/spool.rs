@@ -259,173 +259,36 @@ async fn crash_kill_restart_loses_nothing_appended() {
 /// The whole chain: simulated PLC (Modbus) → `tagbridge run` with the spool → hub emulator.
 mod gateway {
     use std::collections::{BTreeMap, HashMap};
-    use std::fs::File;
     use std::path::PathBuf;
-    use std::process::{Child, Stdio};
     use std::time::Duration;
 
     use chrono::{DateTime, Utc};
     use rand::{Rng, SeedableRng};
-    use tagbridge::sim::hub::{Hub, HubConfig, HubHandle, ReceivedEvent, DEFAULT_KEY_NAME};
-    use tagbridge::sim::plc::{Plc, PlcConfig, PlcHandle};
-    use tagbridge::sim::signal::Signal;
-    use tagbridge::spool::{inspect, SpoolStatus};
+    use tagbridge::sim::hub::ReceivedEvent;
 
     use super::support;
+    use super::support::child_chain::{Rig, RigOptions};
 
     /// Sensors `c0`.. are Modbus holding registers driven by counters.
     const SENSORS: usize = 100;
-    /// The counters step this often; the gateway polls four times as often.
-    const UPDATE_MS: u64 = 400;
-    const POLL_MS: u64 = 100;
 
-    pub struct Rig {
-        pub plc: PlcHandle,
-        pub hub: HubHandle,
-        /// Holds gateway.yaml, the tag map, the spool and the gateway's log.
-        pub dir: tempfile::TempDir,
-        signals: Vec<Signal>,
+    /// PLC and hub up, gateway.yaml written with `spool_extra` added to its `spool:` map.
+    async fn rig(spool_extra: &str) -> Rig {
+        Rig::start(RigOptions {
+            sensors: SENSORS,
+            eventhub_extra: "",
+            spool_extra,
+        })
+        .await
     }
 
-    impl Rig {
-        /// PLC and hub up, gateway.yaml written with `spool_extra` added to its `spool:` map.
-        pub async fn start(spool_extra: &str) -> Rig {
-            let points: String = (0..SENSORS)
-                .map(|i| {
-                    format!(
-                        "    - {{table: holding_register, address: {i}, type: uint16, signal: {{counter: {{start: {}, step: 1, wrap: 65536, update: {UPDATE_MS}ms}}}}}}\n",
-                        i * 100
-                    )
-                })
-                .collect();
-            let yaml = format!("modbus:\n  listen: 127.0.0.1:0\n  points:\n{points}");
-            let parsed = tagbridge::config::parse_str::<PlcConfig>(&yaml);
-            assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
-            let config = parsed.value.expect("PLC config");
-            let signals = config
-                .modbus
-                .as_ref()
-                .expect("modbus")
-                .points
-                .iter()
-                .map(|p| p.signal.clone())
-                .collect();
-            let plc = Plc::start(config).await.expect("PLC starts");
-            let hub = Hub::start(HubConfig::default()).await.expect("hub starts");
-            let dir = tempfile::tempdir().unwrap();
-            let tags: String = (0..SENSORS)
-                .map(|i| {
-                    format!("  - {{sensor_id: c{i}, table: holding_register, address: {i}, type: uint16}}\n")
-                })
-                .collect();
-            std::fs::write(
-                dir.path().join("plc.yaml"),
-                format!(
-                    "source:\n  modbus:\n    tcp: {}\n    unit: 1\n    timeout: 1s\ndefaults:\n  interval: {POLL_MS}ms\ntags:\n{tags}",
-                    plc.modbus_addr().expect("modbus address")
-                ),
-            )
-            .unwrap();
-            std::fs::write(
-                dir.path().join("gateway.yaml"),
-                format!(
-                    "tag_maps: plc.yaml\nsink:\n  eventhub:\n    connection_string_env: TB_IT_HUB\n    ca_file: {}\n    linger: 20ms\nspool:\n  dir: spool\n  fsync: 100ms\n{spool_extra}telemetry:\n  metrics: \"off\"\n  log_level: info\n  log_format: json\n",
-                    hub.ca_cert_path().display()
-                ),
-            )
-            .unwrap();
-            Rig {
-                plc,
-                hub,
-                dir,
-                signals,
-            }
+    /// Checks each event against the PLC's signals and returns them by sequence number.
+    fn delivered(rig: &Rig) -> Delivered {
+        let mut d = Delivered::default();
+        for e in &rig.hub.events() {
+            d.add(e, |sensor, at| rig.held(sensor, at));
         }
-
-        pub fn spool_dir(&self) -> PathBuf {
-            self.dir.path().join("spool")
-        }
-
-        fn log_path(&self) -> PathBuf {
-            self.dir.path().join("gateway.log")
-        }
-
-        /// `tagbridge run`, its log appended to gateway.log.
-        pub fn gateway(&self) -> Child {
-            let log = File::options()
-                .create(true)
-                .append(true)
-                .open(self.log_path())
-                .unwrap();
-            support::tagbridge()
-                .args(["run", "-c"])
-                .arg(self.dir.path().join("gateway.yaml"))
-                .env("TB_IT_HUB", self.hub.connection_string(DEFAULT_KEY_NAME))
-                .env("HOSTNAME", "gw")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("gateway starts")
-        }
-
-        pub fn status(&self) -> SpoolStatus {
-            inspect(&self.spool_dir()).unwrap_or_default()
-        }
-
-        /// The last lines of the gateway's log, for failure messages.
-        pub fn log_tail(&self) -> String {
-            let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        }
-
-        /// The first sequence number of every run that opened the spool, from the log.
-        pub fn run_starts(&self) -> Vec<u64> {
-            let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| {
-                    v["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with("Spool opened"))
-                })
-                .filter_map(|v| v["next_seq"].as_u64())
-                .collect()
-        }
-
-        /// Sends SIGTERM and waits for a clean exit.
-        pub async fn stop(&self, mut child: Child) {
-            // SAFETY: kill(2) on a child we spawned and have not reaped.
-            let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            assert_eq!(rc, 0);
-            let exited = support::wait_until(Duration::from_secs(60), || {
-                matches!(child.try_wait(), Ok(Some(_)))
-            })
-            .await;
-            if !exited {
-                let _ = child.kill();
-            }
-            let status = child.wait().expect("reaped");
-            assert!(
-                exited && status.success(),
-                "gateway did not stop cleanly ({status:?}):\n{}",
-                self.log_tail()
-            );
-        }
-
-        /// Checks each event against the PLC's signals and returns them by sequence number.
-        pub fn delivered(&self) -> Delivered {
-            let events = self.hub.events();
-            let mut d = Delivered::default();
-            for e in &events {
-                d.add(e, |sensor, at| {
-                    // Timestamps are cut to the millisecond: the response came up to 1 ms later.
-                    let t = self.plc.t_at(at + chrono::Duration::milliseconds(1));
-                    self.signals[sensor].value_at(t).as_i64()
-                });
-            }
-            d
-        }
+        d
     }
 
     /// What the hub received.
@@ -532,7 +395,7 @@ mod gateway {
     /// kill; every value matches the PLC's signal; per-sensor order holds.
     #[tokio::test]
     async fn kill_9_and_restart_loses_no_spooled_reading() {
-        let rig = Rig::start("").await;
+        let rig = rig("").await;
         let seed: u64 = rand::thread_rng().gen();
         eprintln!("seed {seed}");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -568,7 +431,7 @@ mod gateway {
         })
         .await;
         rig.stop(child).await;
-        let d = rig.delivered();
+        let d = delivered(&rig);
         assert!(drained, "backlog not drained\n{}", summary(&rig, &d));
         assert!(
             d.problems.is_empty(),
@@ -632,7 +495,7 @@ mod gateway {
     #[tokio::test]
     async fn a_one_minute_hub_outage_loses_nothing_and_the_backlog_drains() {
         const OUTAGE: Duration = Duration::from_secs(60);
-        let rig = Rig::start("").await;
+        let rig = rig("").await;
         let child = rig.gateway();
         let flowing =
             support::wait_until(Duration::from_secs(60), || rig.hub.stats().events >= 200).await;
@@ -650,7 +513,7 @@ mod gateway {
         })
         .await;
         rig.stop(child).await;
-        let d = rig.delivered();
+        let d = delivered(&rig);
         assert!(drained, "backlog not drained\n{}", summary(&rig, &d));
         assert!(
             d.problems.is_empty(),
@@ -682,7 +545,7 @@ mod gateway {
     /// count it reports), `drop_newest` refuses new ones before they get numbers (so every
     /// numbered reading arrives), and both count.
     async fn bounds(policy: &str) {
-        let rig = Rig::start(&format!("  max_bytes: 16384\n  when_full: {policy}\n")).await;
+        let rig = rig(&format!("  max_bytes: 16384\n  when_full: {policy}\n")).await;
         rig.hub.faults().down_for(Duration::from_secs(3600));
         let child = rig.gateway();
         let dropping =
@@ -695,7 +558,7 @@ mod gateway {
         })
         .await;
         rig.stop(child).await;
-        let d = rig.delivered();
+        let d = delivered(&rig);
         assert!(drained, "{policy}: not drained\n{}", summary(&rig, &d));
         assert!(
             d.problems.is_empty(),
@@ -765,7 +628,7 @@ mod gateway {
     /// the gateway starts, reports both, and delivers every other reading.
     #[tokio::test]
     async fn a_torn_tail_and_a_flipped_byte_cost_one_reading_each() {
-        let rig = Rig::start("  max_bytes: 1048576\n").await;
+        let rig = rig("  max_bytes: 1048576\n").await;
         rig.hub.faults().down_for(Duration::from_secs(3600));
         let mut child = rig.gateway();
         let spooled =
@@ -791,7 +654,7 @@ mod gateway {
         // The newest record cut short.
         let new = &segments[segments.len() - 1];
         let &(at, size, torn) = records_of(new).last().unwrap();
-        File::options()
+        std::fs::File::options()
             .write(true)
             .open(new)
             .unwrap()
@@ -805,7 +668,7 @@ mod gateway {
         })
         .await;
         rig.stop(child).await;
-        let d = rig.delivered();
+        let d = delivered(&rig);
         assert!(drained, "not drained\n{}", summary(&rig, &d));
         assert!(
             d.problems.is_empty(),

@@ -1,19 +1,24 @@
 """An independent OPC UA server (asyncua) for the OPC UA source tests.
 
-Usage: opcua_server.py [--secure DIR [--reject-clients] [--user=NAME:PASSWORD]]
+Usage: opcua_server.py [--secure DIR [--reject-clients] [--user=NAME:PASSWORD] [--record-clients=FILE]]
 Serves security None on 127.0.0.1 (a free port), or with --secure only Aes128Sha256RsaOaep
 SignAndEncrypt and Aes256Sha256RsaPss Sign / SignAndEncrypt with a certificate created in DIR
 (client certificates are accepted; with --reject-clients every client certificate is refused
 with BadCertificateUntrusted at CreateSession; with --user only that user may log in, others
-get BadUserAccessDenied), prints `READY <endpoint>` on stdout, and runs
+get BadUserAccessDenied; with --record-clients every client certificate's subject, subject
+alternative names and the application URI the client sent are appended to FILE as JSON lines,
+and a client whose URI is not in its certificate is refused with BadCertificateUriInvalid, as
+strict servers do), prints `READY <endpoint>` on stdout, and runs
 until stdin closes. Variables live in namespace `urn:tagbridge:test:asyncua` under
 Objects/Plant; their node ids are string ids `ns=<idx>;s=Plant/<Name>` (idx is printed too:
-`NS <idx>`). `Plant/Counter` counts up every 100 ms; the rest are constant. `Plant/State` (2, "Fault") has
+`NS <idx>`; a decoy namespace registered before it holds `ns=<idx - 1>;s=Plant/Double` = -1.0,
+so guessed namespace indexes are caught). `Plant/Counter` counts up every 100 ms; the rest are constant. `Plant/State` (2, "Fault") has
 an enumeration data type defined only by its EnumDefinition (OPC UA 1.04, `new_enum`).
 """
 
 import asyncio
 import datetime
+import json
 import socket
 import sys
 import uuid
@@ -24,9 +29,11 @@ from asyncua.common.structures104 import new_enum
 from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
+from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 NS_URI = "urn:tagbridge:test:asyncua"
+DECOY_URI = "urn:tagbridge:test:decoy"
 
 
 def free_port():
@@ -78,6 +85,27 @@ async def main():
             server.set_identity_tokens([ua.AnonymousIdentityToken, ua.X509IdentityToken])
         if user:
             server.set_identity_tokens([ua.UserNameIdentityToken])
+        record = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--record-clients=")), None)
+        if record:
+            async def record_client(cert, description):
+                try:
+                    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                except x509.ExtensionNotFound:
+                    san = x509.SubjectAlternativeName([])
+                uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+                seen = {
+                    "subject": cert.subject.rfc4514_string(),
+                    "uris": uris,
+                    "dns": san.get_values_for_type(x509.DNSName),
+                    "ips": [str(ip) for ip in san.get_values_for_type(x509.IPAddress)],
+                    "application_uri": description.ApplicationUri,
+                }
+                with open(record, "a", encoding="utf-8") as out:
+                    out.write(json.dumps(seen) + "\n")
+                if description.ApplicationUri not in uris:
+                    raise ua.uaerrors.BadCertificateUriInvalid()
+            server.set_certificate_validator(record_client)
+            server.set_identity_tokens([ua.AnonymousIdentityToken])
         server.set_security_policy([
             ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
             ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
@@ -85,7 +113,14 @@ async def main():
         ])
     else:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    # A decoy namespace registered first, so NS_URI's index is not the usual 2 and a client
+    # that guesses the index of an `nsu=` node id instead of looking it up reads the decoy's
+    # `Plant/Double` (-1.0) instead of the real one (3.25).
+    decoy = await server.register_namespace(DECOY_URI)
     idx = await server.register_namespace(NS_URI)
+    decoys = await server.nodes.objects.add_folder(ua.NodeId("Decoy", decoy), ua.QualifiedName("Decoy", decoy))
+    await decoys.add_variable(ua.NodeId("Plant/Double", decoy), ua.QualifiedName("DecoyDouble", decoy),
+                              ua.Variant(-1.0, ua.VariantType.Double))
     plant = await server.nodes.objects.add_folder(ua.NodeId("Plant", idx), ua.QualifiedName("Plant", idx))
 
     async def add(name, value, vtype):

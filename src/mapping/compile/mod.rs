@@ -14,8 +14,10 @@ use crate::reading::write_json_str;
 
 use super::plan::*;
 
+mod events;
 mod modbus;
 mod opcua;
+mod structure;
 #[cfg(test)]
 mod tests;
 
@@ -50,13 +52,22 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
         };
         report.extend(path, problems);
         let Some(plan) = plan else { continue };
-        for tag in &plan.tags {
-            if let Some(&(other, line)) = first_seen.get(&tag.sensor_id) {
+        let events = match &plan.source {
+            SourcePlan::OpcUa(o) => o.events.as_slice(),
+            SourcePlan::Modbus(_) => &[],
+        };
+        let fixed_events = events
+            .iter()
+            .filter_map(|e| Some((e.fixed_sensor_id()?, e.pos)));
+        // Events first: a file names its event subscriptions before its tags.
+        let tags = plan.tags.iter().map(|t| (&t.sensor_id, t.pos));
+        for (sensor_id, pos) in fixed_events.chain(tags) {
+            if let Some(&(other, line)) = first_seen.get(sensor_id) {
                 if other != index {
                     report.push(
                         Problem::new(
-                            tag.pos,
-                            format!("sensor_id `{}` is used in two tag maps", tag.sensor_id),
+                            pos,
+                            format!("sensor_id `{sensor_id}` is used in two tag maps"),
                         )
                         .with_hint(format!(
                             "also at {}:{line}; sensor_ids must be unique across all tag maps",
@@ -66,7 +77,7 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<TagMapPlan>, Report> {
                     );
                 }
             } else {
-                first_seen.insert(tag.sensor_id.clone(), (index, tag.pos.line));
+                first_seen.insert(sensor_id.clone(), (index, pos.line));
             }
         }
         plans.push(plan);
@@ -175,8 +186,13 @@ pub(crate) struct TagsCompiler<'f> {
     tags: Vec<TagPlan>,
     disabled: usize,
     ids: HashMap<Arc<str>, u32>,
+    /// Fixed `sensor_id`s of the file's event subscriptions, with their lines: no tag may
+    /// take one.
+    event_ids: HashMap<Arc<str>, u32>,
     addresses: HashMap<String, (u32, Arc<str>)>,
     monitoring: Vec<MonitoringPlan>,
+    /// Structure tags' fields (`members:`), grouped per monitored node.
+    structures: super::members::StructurePlan,
     seen: usize,
     /// Tags that failed while parsing (reported there).
     pub(crate) failed: usize,
@@ -195,6 +211,15 @@ impl<'f> TagsCompiler<'f> {
         let map_extra = c.fields(&file.fields);
         let defaults_ok = c.deadband(file.defaults.deadband.as_ref())
             & c.decimals(file.defaults.decimals.as_ref());
+        let events = c.events(file, &map_extra);
+        let event_ids = events
+            .iter()
+            .filter_map(|e| Some((e.fixed_sensor_id()?.clone(), e.pos.line)))
+            .collect();
+        let mut source = source;
+        if let Some(SourcePlan::OpcUa(o)) = &mut source {
+            o.events = events;
+        }
         TagsCompiler {
             c,
             file,
@@ -206,11 +231,19 @@ impl<'f> TagsCompiler<'f> {
             tags: Vec::with_capacity(expected),
             disabled: 0,
             ids: HashMap::with_capacity(expected),
+            event_ids,
             addresses: HashMap::with_capacity(expected),
             monitoring: Vec::with_capacity(if is_modbus { 0 } else { expected }),
+            structures: Default::default(),
             seen: 0,
             failed: 0,
         }
+    }
+
+    /// The problems found so far (after [`TagsCompiler::new`]: the file's settings'), taken
+    /// out, for callers that report settings and tags in different files (`mapping::table`).
+    pub(crate) fn take_problems(&mut self) -> Vec<Problem> {
+        std::mem::take(&mut self.c.problems)
     }
 
     /// Checks and plans one tag; `broken` holds positions whose values failed while parsing.
@@ -241,6 +274,18 @@ impl<'f> TagsCompiler<'f> {
                     ),
                 )
                 .with_hint(format!("the first is at line {first}")),
+            );
+        }
+        if let Some(line) = self.event_ids.get(&id) {
+            self.c.problem(
+                Problem::new(
+                    tag.sensor_id.pos,
+                    format!(
+                        "sensor_id `{}` is also the sensor_id of the event subscription at line {line}",
+                        tag.sensor_id.value
+                    ),
+                )
+                .with_hint("a tag's readings and an event subscription's need names of their own"),
             );
         }
         if !tag.enabled.or(self.file.defaults.enabled).unwrap_or(true) {
@@ -303,6 +348,10 @@ impl<'f> TagsCompiler<'f> {
             let Some(m) = self.c.monitoring(tag) else {
                 return;
             };
+            if let Some(members) = &tag.members {
+                self.structure_tag(tag, members, &sensor_id, &address, interval, &extra, m);
+                return;
+            }
             // An array node read per element: one tag `sensor_id[i]` per element.
             if let Some(n) = tag.elements.as_ref().map(|e| e.value) {
                 let extra = encode_extra(&extra);
@@ -344,14 +393,16 @@ impl<'f> TagsCompiler<'f> {
             tags,
             disabled,
             monitoring,
+            structures,
             seen,
             failed,
             ..
         } = self;
         if let Some(SourcePlan::OpcUa(o)) = &mut source {
             o.monitoring = monitoring;
+            o.structures = structures;
         }
-        if seen == 0 && failed == 0 {
+        if seen == 0 && failed == 0 && file.events.is_none() {
             c.problem(
                 Problem::new(file.source.pos, "this tag map has no tags")
                     .with_hint("add at least one entry under `tags:`"),
@@ -466,6 +517,15 @@ impl Compiler<'_> {
                         "`node` is an OPC UA key, and this tag map reads a Modbus device",
                     )
                     .with_hint("address Modbus tags with `table` + `address`, or `modicon`"),
+                );
+            }
+            if let Some(members) = &t.members {
+                self.problem(
+                    Problem::new(
+                        members.pos,
+                        "`members` is an OPC UA key, and this tag map reads a Modbus device",
+                    )
+                    .with_hint("Modbus tags read one value each; give every value its own tag"),
                 );
             }
             return;

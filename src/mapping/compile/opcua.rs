@@ -68,6 +68,9 @@ impl Compiler<'_> {
             uncertain: o.uncertain.unwrap_or_default(),
             max_items_per_subscription: o.max_items_per_subscription.unwrap_or(0),
             monitoring: Vec::new(),
+            certificate: Default::default(),
+            events: Vec::new(),
+            structures: Default::default(),
         })
     }
 

@@ -52,6 +52,8 @@ use super::Shared;
 use super::context::{ConnCtx, CLOSE_TIMEOUT};
 use super::events::{close_receiver, events, unauthorized};
 use super::nodes::{classify, replies, requests, Node, CBS_NODE, MANAGEMENT_NODE};
+use super::partitions::StartAt;
+use super::receive;
 
 pub use super::events::{BATCH_MESSAGE_FORMAT, SERVER_BUSY};
 
@@ -269,6 +271,8 @@ async fn serve_session(mut session: ListenerSessionHandle, ctx: Arc<ConnCtx>) {
                 .unwrap_or_default(),
         };
         let node = classify(&address, &ctx.shared);
+        // A consumer's start position, read before the attach is handed over.
+        let start = matches!(node, Node::Consumer { .. }).then(|| receive::start_position(&attach));
         let acceptor = match node {
             Node::Hub { .. } => LinkAcceptor::builder()
                 .max_message_size(ctx.shared.max_message_size as u64)
@@ -318,14 +322,36 @@ async fn serve_session(mut session: ListenerSessionHandle, ctx: Arc<ConnCtx>) {
                 }
             }
             (LinkEndpoint::Sender(s), Node::Hub { .. }) => {
+                let why = "Consumers receive from HUB/ConsumerGroups/$Default/Partitions/N.";
+                tracker.spawn(receive::refuse(s, AmqpError::NotFound, why.to_string()));
+            }
+            (LinkEndpoint::Sender(s), Node::Consumer { path, partition }) => {
+                match (partition, start) {
+                    (Err(why), _) => {
+                        tracker.spawn(receive::refuse(s, AmqpError::NotFound, why));
+                    }
+                    (Ok(_), Some(Err(why))) => {
+                        tracker.spawn(receive::refuse(s, AmqpError::InvalidField, why));
+                    }
+                    (Ok(partition), start) => {
+                        if ctx.auth.covers(&path, Utc::now().timestamp_millis()) {
+                            let start = start.and_then(Result::ok).unwrap_or(StartAt::Earliest);
+                            tracker.spawn(receive::serve(s, ctx2, path, partition, start));
+                        } else {
+                            Counters::inc(&ctx.shared.counters.auth_failures);
+                            let why = format!("Unauthorized access to '{path}': no valid token was put on $cbs for it.");
+                            tracker.spawn(receive::refuse(s, AmqpError::UnauthorizedAccess, why));
+                        }
+                    }
+                }
+            }
+            (LinkEndpoint::Receiver(r), Node::Consumer { path, .. }) => {
                 let error = definitions::Error::new(
-                    AmqpError::NotImplemented,
-                    "The emulator accepts events; it does not serve consumers.".to_string(),
+                    AmqpError::NotAllowed,
+                    format!("'{path}' is a consumer group's partition: send to the hub or to HUB/Partitions/N."),
                     None,
                 );
-                tracker.spawn(async move {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.close_with_error(error)).await;
-                });
+                tracker.spawn(close_receiver(r, error));
             }
             (link, Node::Unknown) => {
                 let error = definitions::Error::new(
@@ -356,6 +382,20 @@ async fn serve_session(mut session: ListenerSessionHandle, ctx: Arc<ConnCtx>) {
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await;
+}
+
+/// The emulator's opening of one connection over `io` (frame guard, SASL, AMQP open), given
+/// `within`; for the fuzz targets of the emulator's listeners.
+pub(crate) async fn open_for_fuzzing<Io>(io: Io, within: Duration)
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 'static,
+{
+    let acceptor = ConnectionAcceptor::builder()
+        .container_id("tagbridge-hub-fuzz")
+        .sasl_acceptor(HubSasl)
+        .build();
+    let guarded = crate::sink::eventhub::frame_guard::FrameGuard::new(io);
+    let _ = tokio::time::timeout(within, acceptor.accept(guarded)).await;
 }
 
 /// Fuzz target (`cargo run --example fuzz -- --target hub_amqp`): the emulator's opening of a

@@ -178,12 +178,13 @@ fn to_event(
     shared: &Shared,
 ) -> ReceivedEvent {
     let partition_key = partition_key(&message.message_annotations).or(fallback_key);
-    let (message_id, content_type) = match &message.properties {
+    let (message_id, content_type, content_encoding) = match &message.properties {
         Some(p) => (
             p.message_id.as_ref().map(message_id_text),
             p.content_type.as_ref().map(|c| c.as_str().to_string()),
+            p.content_encoding.as_ref().map(|c| c.as_str().to_string()),
         ),
-        None => (None, None),
+        None => (None, None, None),
     };
     let properties: BTreeMap<String, serde_json::Value> = message
         .application_properties
@@ -210,6 +211,9 @@ fn to_event(
         message_id,
         properties,
         content_type,
+        content_encoding,
+        encoded: None,
+        decode_error: None,
         partition,
         arrived: Utc::now(),
     }

@@ -22,10 +22,13 @@ pub mod auth;
 pub mod certs;
 pub mod client;
 pub mod context;
+pub mod decode;
 pub mod events;
 pub mod faults;
 pub mod io;
 pub mod nodes;
+pub mod partitions;
+pub mod receive;
 pub mod rest;
 pub mod store;
 pub mod ws;
@@ -79,6 +82,9 @@ pub struct HubConfig {
     pub entra_clients: Vec<(String, String)>,
     /// Events kept in memory for [`HubHandle::events`] (the first this many; all are counted).
     pub retain_events: usize,
+    /// Wire bytes of events each partition keeps for consumers (receive links); the oldest
+    /// go first. Default 64 MiB.
+    pub consumer_retention_bytes: usize,
     /// Start throttled above this many events/s (see [`Faults::throttle_above`]).
     pub throttle_above: Option<u64>,
     /// HTTPS: time allowed for the TLS handshake and for each request's headers (idle
@@ -104,6 +110,7 @@ impl std::fmt::Debug for HubConfig {
             .field("wss_port", &self.wss_port)
             .field("entra_clients", &names(&self.entra_clients))
             .field("retain_events", &self.retain_events)
+            .field("consumer_retention_bytes", &self.consumer_retention_bytes)
             .field("throttle_above", &self.throttle_above)
             .field("idle_timeout", &self.idle_timeout)
             .finish()
@@ -112,6 +119,9 @@ impl std::fmt::Debug for HubConfig {
 
 /// How long an HTTPS socket may stay silent in a handshake or before a request's headers.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Wire bytes per partition kept for consumers unless configured.
+pub const DEFAULT_CONSUMER_RETENTION_BYTES: usize = 64 << 20;
 
 /// The key name [`HubConfig::default`] configures.
 pub const DEFAULT_KEY_NAME: &str = "RootManageSharedAccessKey";
@@ -134,6 +144,7 @@ impl Default for HubConfig {
             wss_port: 0,
             entra_clients: Vec::new(),
             retain_events: 1_000_000,
+            consumer_retention_bytes: DEFAULT_CONSUMER_RETENTION_BYTES,
             throttle_above: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
@@ -246,6 +257,7 @@ impl Hub {
             jwt_secret: rand::random::<[u8; 32]>(),
             token_issuer: format!("https://localhost:{}", https_addr.port()),
             store,
+            logs: partitions::Partitions::new(config.partitions, config.consumer_retention_bytes),
             counters: Counters::default(),
             faults,
             conns: Mutex::new(HashMap::new()),
@@ -457,6 +469,8 @@ pub(crate) struct Shared {
     pub jwt_secret: [u8; 32],
     pub token_issuer: String,
     pub store: Store,
+    /// What consumers read, per partition (`partitions`, `receive`).
+    pub logs: partitions::Partitions,
     pub counters: Counters,
     pub faults: FaultState,
     /// Open AMQP connections: their cut switch and their tokens.
@@ -527,13 +541,16 @@ impl Shared {
         Ok(grant)
     }
 
-    /// Records accepted events and counts them.
-    pub(crate) async fn accept_events(&self, events: Vec<ReceivedEvent>) {
-        let bytes: usize = events.iter().map(|e| e.body.len()).sum();
+    /// Records accepted events and counts them: bytes as they arrived, into the partition
+    /// logs consumers read, then decoded (gzip) into the store and the output.
+    pub(crate) async fn accept_events(&self, mut events: Vec<ReceivedEvent>) {
+        let bytes: usize = events.iter().map(|e| e.wire_body().len()).sum();
         self.counters
             .bytes
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         Counters::inc(&self.counters.batches);
+        events.iter_mut().for_each(decode::decode_body);
+        self.logs.append(&events);
         self.store.record(events).await;
     }
 }

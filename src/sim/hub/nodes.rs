@@ -29,6 +29,11 @@ pub(crate) enum Node {
         path: String,
         partition: Option<u32>,
     },
+    /// `HUB/ConsumerGroups/GROUP/Partitions/N`: the partition, or why it names nothing.
+    Consumer {
+        path: String,
+        partition: Result<u32, String>,
+    },
     Unknown,
 }
 
@@ -40,6 +45,9 @@ pub(crate) fn classify(address: &str, shared: &Shared) -> Node {
         _ => {}
     }
     let hub = shared.hub.to_ascii_lowercase();
+    if let Some(partition) = super::receive::consumer_partition(&path, &hub, shared.partitions) {
+        return Node::Consumer { path, partition };
+    }
     let mut parts = path.split('/');
     if parts.next() != Some(hub.as_str()) {
         return Node::Unknown;
@@ -274,11 +282,29 @@ fn management(request: &Message<Body<Value>>, ctx: &ConnCtx) -> (i32, String, Va
             }
             map.insert(text("type"), text(&kind));
             map.insert(text("partition"), text(&partition));
-            map.insert(text("begin_sequence_number"), Value::Long(0));
-            map.insert(text("last_enqueued_sequence_number"), Value::Long(-1));
-            map.insert(text("last_enqueued_offset"), text("-1"));
-            map.insert(text("last_enqueued_time_utc"), created);
-            map.insert(text("is_partition_empty"), Value::Bool(true));
+            let info = partition
+                .parse::<u32>()
+                .ok()
+                .and_then(|p| shared.logs.info(p));
+            if let Some(info) = info {
+                let at = info.last_enqueued_ms.map_or(created, |ms| {
+                    Value::Timestamp(Timestamp::from_milliseconds(ms))
+                });
+                map.insert(
+                    text("begin_sequence_number"),
+                    Value::Long(info.begin_sequence_number),
+                );
+                map.insert(
+                    text("last_enqueued_sequence_number"),
+                    Value::Long(info.last_sequence_number),
+                );
+                map.insert(
+                    text("last_enqueued_offset"),
+                    text(&info.last_offset.to_string()),
+                );
+                map.insert(text("last_enqueued_time_utc"), at);
+                map.insert(text("is_partition_empty"), Value::Bool(info.is_empty));
+            }
         }
         other => {
             return (

@@ -275,6 +275,9 @@ fn event(
         message_id: text(&broker["MessageId"]),
         properties,
         content_type,
+        content_encoding: None,
+        encoded: None,
+        decode_error: None,
         partition,
         arrived: Utc::now(),
     }

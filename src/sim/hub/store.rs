@@ -32,6 +32,13 @@ pub struct ReceivedEvent {
     /// and other types as text).
     pub properties: BTreeMap<String, serde_json::Value>,
     pub content_type: Option<String>,
+    /// The AMQP `content-encoding` property (`gzip` for compressed array events).
+    pub content_encoding: Option<String>,
+    /// The body as it arrived, when `body` holds its decoded form (a gzip body: `body` is the
+    /// JSON, this the compressed bytes the hub stored and counts). See `decode`.
+    pub encoded: Option<Vec<u8>>,
+    /// Why a body marked as compressed could not be decoded (`body` is then as it arrived).
+    pub decode_error: Option<String>,
     /// The partition the emulator assigned (from the link, the key's hash, or round robin).
     pub partition: u32,
     pub arrived: DateTime<Utc>,
@@ -43,7 +50,13 @@ impl ReceivedEvent {
         std::str::from_utf8(&self.body).ok()
     }
 
-    /// One JSON line: the body as `body` (UTF-8 text) or `body_base64`.
+    /// The body as it arrived on the wire (compressed, if it was).
+    pub fn wire_body(&self) -> &[u8] {
+        self.encoded.as_deref().unwrap_or(&self.body)
+    }
+
+    /// One JSON line: the body as `body` (UTF-8 text, decoded if it arrived compressed) or
+    /// `body_base64`; a compressed body adds `content_encoding` and its size as `wire_bytes`.
     pub fn to_json_line(&self, hub: &str) -> String {
         let mut obj = serde_json::Map::new();
         obj.insert("arrived".into(), self.arrived.to_rfc3339().into());
@@ -56,6 +69,13 @@ impl ReceivedEvent {
             "properties".into(),
             serde_json::to_value(&self.properties).unwrap_or_default(),
         );
+        if let Some(encoding) = &self.content_encoding {
+            obj.insert("content_encoding".into(), encoding.clone().into());
+            obj.insert("wire_bytes".into(), self.wire_body().len().into());
+        }
+        if let Some(error) = &self.decode_error {
+            obj.insert("decode_error".into(), error.clone().into());
+        }
         match self.body_text() {
             Some(text) => obj.insert("body".into(), text.into()),
             None => obj.insert(
@@ -76,7 +96,7 @@ pub struct HubStats {
     pub events: u64,
     /// Transfers (AMQP messages or REST requests) accepted; a batch of 100 events counts once.
     pub batches: u64,
-    /// Body bytes accepted.
+    /// Body bytes accepted, as they arrived (compressed bodies at their compressed size).
     pub bytes: u64,
     /// AMQP connections open now.
     pub connections: u64,
@@ -84,6 +104,8 @@ pub struct HubStats {
     pub connections_total: u64,
     /// Sender links to the hub open now.
     pub senders: u64,
+    /// Consumer (receive) links open now.
+    pub receivers: u64,
     /// Tokens refused, links refused for want of a token, and links closed when a token expired.
     pub auth_failures: u64,
     /// Transfers refused with `com.microsoft:server-busy`.
@@ -100,6 +122,7 @@ pub(crate) struct Counters {
     pub connections: AtomicU64,
     pub connections_total: AtomicU64,
     pub senders: AtomicU64,
+    pub receivers: AtomicU64,
     pub auth_failures: AtomicU64,
     pub throttled: AtomicU64,
     pub oversize: AtomicU64,
@@ -115,6 +138,7 @@ impl Counters {
             connections: r(&self.connections),
             connections_total: r(&self.connections_total),
             senders: r(&self.senders),
+            receivers: r(&self.receivers),
             auth_failures: r(&self.auth_failures),
             throttled: r(&self.throttled),
             oversize: r(&self.oversize),
@@ -291,6 +315,9 @@ mod tests {
                 ("batch".to_string(), serde_json::json!(0)),
             ]),
             content_type: None,
+            content_encoding: None,
+            encoded: None,
+            decode_error: None,
             partition: 1,
             arrived: DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default(),
         }

@@ -118,9 +118,21 @@ pub struct OpcUaConfig {
     /// The variables served.
     #[serde(default)]
     pub variables: Vec<OpcUaVariable>,
+    /// Structured variables of the custom type `SimRecipe` (see [`super::structs`]).
+    #[serde(default)]
+    pub structures: Vec<OpcUaStructure>,
+    /// The revision of `SimRecipe`, to act a PLC whose program changed across a restart: 2
+    /// appends a field `batch: UInt32` (signal path `batch`). 0 (the default) and 1 are the
+    /// first revision.
+    #[serde(default)]
+    pub recipe_revision: u32,
     /// Write new values in slices of this many variables, so one update never holds the node
     /// store for long. Default 10 000.
     pub update_slice: Option<usize>,
+    /// Conditions (limit and off-normal alarms) on the variables, sent as OPC UA events
+    /// (`sim::plc::alarms`).
+    #[serde(default)]
+    pub alarms: Vec<AlarmConfig>,
 }
 
 fn default_host() -> String {
@@ -151,7 +163,10 @@ impl Default for OpcUaConfig {
             users: Vec::new(),
             pki_dir: None,
             variables: Vec::new(),
+            structures: Vec::new(),
+            recipe_revision: 0,
             update_slice: None,
+            alarms: Vec::new(),
         }
     }
 }
@@ -193,6 +208,21 @@ pub struct OpcUaVariable {
     pub enum_strings: Option<Vec<String>>,
     /// What drives the value.
     pub signal: Signal,
+}
+
+/// A structured variable of the custom type `SimRecipe` (nested `SimStage`, enumeration
+/// `SimPhase`, array `setpoints`), published with its DataTypeDefinition.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpcUaStructure {
+    /// Where it lives, like a variable's path; the node id is `ns=2;s=<path>`.
+    pub path: String,
+    /// What drives each field, by field path: `temperature`, `pressure`, `count`, `running`,
+    /// `phase` (0 Idle, 1 Heating, 2 Pressing, 3 Cooling), `name`, `setpoints[0]` to
+    /// `setpoints[2]`, `stage.duration`, `stage.temperature`. Fields not given hold 0, false
+    /// or "".
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, Signal>,
 }
 
 /// OPC UA built-in types the simulator serves, plus an enumeration.
@@ -244,4 +274,48 @@ pub enum FaultSpec {
     },
     /// Stop the OPC UA server and start it again on the same endpoint: subscriptions die.
     RestartOpcua {},
+    /// Give an OPC UA variable a status other than Good (a failed sensor, an uncertain value, a
+    /// node that went away) until `duration` passes (forever when absent).
+    OpcuaStatus {
+        /// The variable's path (`Line1/Temp`) or node id (`ns=2;s=Line1/Temp`).
+        variable: String,
+        /// An OPC UA status name: `BadSensorFailure`, `UncertainLastUsableValue`,
+        /// `BadNodeIdUnknown`, …
+        status: String,
+        duration: Option<HumanDuration>,
+    },
+}
+
+/// One condition as written in the simulator's YAML (evaluated by [`super::alarms`]).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmConfig {
+    /// ConditionName, unique among the alarms.
+    pub name: String,
+    /// The `path` of the variable it watches (SourceName; SourceNode is its node id).
+    pub source: String,
+    /// A limit alarm (ExclusiveLevelAlarmType): active above `high` or below `low`.
+    pub limit: Option<LimitConfig>,
+    /// An off-normal alarm (OffNormalAlarmType): active while the value is not `normal`.
+    pub off_normal: Option<OffNormalConfig>,
+    /// Severity 1 to 1000. Default 500.
+    pub severity: Option<u16>,
+    /// The Message of its activation. Default `<name> active`; clearing says
+    /// `<name> returned to normal`.
+    pub message: Option<String>,
+}
+
+/// Limits of a limit alarm; at least one.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    pub high: Option<f64>,
+    pub low: Option<f64>,
+}
+
+/// The normal value of an off-normal alarm: a state's name, text, or a number.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OffNormalConfig {
+    pub normal: serde_json::Value,
 }

@@ -1,13 +1,22 @@
 //! Faults on demand: what reliability tests switch on and off while the simulator runs.
 //!
 //! [`Faults`] is a cheap clone shared by the servers; every switch takes effect on the next
-//! request (Modbus) or at once (dropped connections, OPC UA restart).
+//! request (Modbus) or at once (dropped connections, OPC UA restart, OPC UA statuses).
+//!
+//! OPC UA statuses ([`Faults::opcua_status`]) are deterministic: the server's updater writes
+//! the variable at once with the new status, stamped with the instant it did so, and records
+//! each change it wrote ([`Faults::opcua_status_changes`]) so a test can compare what a client
+//! received with what the PLC did. While a variable is Bad its value is not updated (a failed
+//! sensor has no value); while Uncertain its value keeps changing, each update carrying the
+//! status; when the status ends the current value is written, Good, stamped with that instant.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use chrono::{DateTime, Utc};
+use opcua::types::StatusCode;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_modbus::ExceptionCode;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +46,13 @@ struct State {
     silent_until: Mutex<Option<Instant>>,
     /// Modbus exceptions for reads covering (unit, table, address), with an optional end.
     exceptions: RwLock<HashMap<ModbusAddr, (ExceptionCode, Option<Instant>)>>,
+    /// OPC UA variables (by path or node id text) given a status other than Good, with an
+    /// optional end.
+    opcua_status: RwLock<HashMap<String, (StatusCode, Option<Instant>)>>,
+    /// Wakes the OPC UA updater when `opcua_status` changed.
+    opcua_status_changed: Notify,
+    /// Every status change the OPC UA updater wrote, in order.
+    opcua_status_log: Mutex<Vec<OpcUaStatusChange>>,
     /// Reaches the OPC UA supervisor task; `None` without an OPC UA server.
     /// Capacity 1: a second caller waits until the first restart was taken.
     opcua_restart: Option<mpsc::Sender<RestartRequest>>,
@@ -53,6 +69,9 @@ impl Faults {
                 shutdown: shutdown.clone(),
                 silent_until: Mutex::new(None),
                 exceptions: RwLock::new(HashMap::new()),
+                opcua_status: RwLock::new(HashMap::new()),
+                opcua_status_changed: Notify::new(),
+                opcua_status_log: Mutex::new(Vec::new()),
                 opcua_restart,
             }),
         }
@@ -163,6 +182,82 @@ impl Faults {
         })
     }
 
+    /// Gives the OPC UA variable `variable` (its path, e.g. `Line1/Temp`, or its node id text,
+    /// e.g. `ns=2;s=Line1/Temp`) the status `status` (e.g. `BadSensorFailure`,
+    /// `UncertainLastUsableValue`, `BadNodeIdUnknown` for a node that went away) for
+    /// `duration`, or until cleared when `None`. `StatusCode::Good` ends a status at once.
+    /// Takes effect at once; a later call for the same variable replaces it.
+    pub fn opcua_status(&self, variable: &str, status: StatusCode, duration: Option<Duration>) {
+        let key = variable.trim_matches('/').to_string();
+        {
+            let mut map = self
+                .inner
+                .opcua_status
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if status.is_good() {
+                map.remove(&key);
+            } else {
+                map.insert(key, (status, duration.map(|d| Instant::now() + d)));
+            }
+        }
+        self.inner.opcua_status_changed.notify_one();
+    }
+
+    /// Ends every status set with [`Faults::opcua_status`].
+    pub fn clear_opcua_statuses(&self) {
+        self.inner
+            .opcua_status
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.inner.opcua_status_changed.notify_one();
+    }
+
+    /// The status changes the OPC UA server wrote so far, in order.
+    pub fn opcua_status_changes(&self) -> Vec<OpcUaStatusChange> {
+        self.inner
+            .opcua_status_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The statuses in force now (expired ones left out), and the earliest end among them.
+    pub(crate) fn opcua_statuses(&self) -> (HashMap<String, StatusCode>, Option<Instant>) {
+        let map = self
+            .inner
+            .opcua_status
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let mut next_end: Option<Instant> = None;
+        let mut active = HashMap::new();
+        for (key, (status, until)) in map.iter() {
+            match until {
+                Some(until) if *until <= now => continue,
+                Some(until) => next_end = Some(next_end.map_or(*until, |e| e.min(*until))),
+                None => {}
+            }
+            active.insert(key.clone(), *status);
+        }
+        (active, next_end)
+    }
+
+    /// Resolves when [`Faults::opcua_status`] or [`Faults::clear_opcua_statuses`] was called.
+    pub(crate) async fn opcua_status_changed(&self) {
+        self.inner.opcua_status_changed.notified().await;
+    }
+
+    /// Records a status the OPC UA updater wrote.
+    pub(crate) fn log_opcua_status(&self, change: OpcUaStatusChange) {
+        self.inner
+            .opcua_status_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(change);
+    }
+
     /// Stops the OPC UA server and starts it again on the same endpoint; returns once it serves
     /// again. Sessions and subscriptions do not survive.
     pub async fn restart_opcua(&self) -> Result<(), SimError> {
@@ -173,4 +268,15 @@ impl Faults {
         tx.send(reply).await.map_err(|_| SimError::Stopped)?;
         done.await.map_err(|_| SimError::Stopped)?
     }
+}
+
+/// One status change the simulated OPC UA server wrote to a variable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpcUaStatusChange {
+    /// The variable's path as configured (without surrounding slashes).
+    pub path: String,
+    /// The status written (`Good` when a fault ended).
+    pub status: StatusCode,
+    /// The source timestamp written with it: the instant of the change.
+    pub at: DateTime<Utc>,
 }

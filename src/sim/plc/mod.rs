@@ -40,12 +40,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alarms;
 mod config;
 mod faults;
 pub mod generate;
 mod modbus;
 mod opcua;
 pub mod registers;
+pub mod structs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -59,10 +61,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{
-    FaultSpec, ModbusConfig, ModbusPoint, OpcUaConfig, OpcUaSecurity, OpcUaType, OpcUaUser,
-    OpcUaVariable, PlcConfig, ScheduledFault,
+    FaultSpec, ModbusConfig, ModbusPoint, OpcUaConfig, OpcUaSecurity, OpcUaStructure, OpcUaType,
+    OpcUaUser, OpcUaVariable, PlcConfig, ScheduledFault,
 };
-pub use faults::Faults;
+pub use faults::{Faults, OpcUaStatusChange};
 
 /// The JSON Schema of the simulated PLC's configuration: its file name under `schema/` and text.
 pub fn schema() -> (&'static str, String) {
@@ -96,6 +98,15 @@ pub struct Plc;
 impl Plc {
     /// Binds the configured servers and starts serving. See the module docs for an example.
     pub async fn start(config: PlcConfig) -> Result<PlcHandle, SimError> {
+        for item in &config.faults {
+            if let FaultSpec::OpcuaStatus { status, .. } = &item.fault {
+                if opcua_status_code(status).is_none() {
+                    return Err(SimError::Config(format!(
+                        "`{status}` is not an OPC UA status name (e.g. BadSensorFailure)"
+                    )));
+                }
+            }
+        }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let epoch_instant = Instant::now();
@@ -144,6 +155,7 @@ impl Plc {
                 epoch_instant,
                 epoch,
                 restart_rx,
+                faults.clone(),
                 &tracker,
                 shutdown.child_token(),
             )
@@ -235,7 +247,24 @@ pub async fn apply(faults: &Faults, fault: &FaultSpec) {
                 tracing::warn!(message = "Cannot restart the OPC UA server.", %error);
             }
         }
+        FaultSpec::OpcuaStatus {
+            variable,
+            status,
+            duration,
+        } => match opcua_status_code(status) {
+            Some(code) => faults.opcua_status(variable, code, duration.map(|d| d.0)),
+            None => {
+                tracing::warn!(message = "Not an OPC UA status name; fault ignored.", %status)
+            }
+        },
     }
+}
+
+/// The OPC UA status code named `name` (`BadSensorFailure`, `UncertainLastUsableValue`, `Good`).
+pub fn opcua_status_code(name: &str) -> Option<::opcua::types::StatusCode> {
+    let sub: ::opcua::types::status_code::SubStatusCode = name.parse().ok()?;
+    let code = ::opcua::types::StatusCode::from(sub as u32);
+    (code.validate().is_ok() && !name.eq_ignore_ascii_case("invalid")).then_some(code)
 }
 
 /// A running simulator. Dropping it without [`PlcHandle::shutdown`] cancels its tasks too.

@@ -11,6 +11,8 @@
 //!   end, and starts a new one on the same host and port with the same PKI directory. Sessions
 //!   and subscriptions do not survive, as with a PLC reboot.
 //! - Limits that stop 100 000-item subscriptions are lifted (see DEPENDENCIES.md).
+//! - Statuses other than Good come only from faults ([`Faults::opcua_status`]): the updater
+//!   writes each change at once, stamped with its instant, and records it (faults.rs).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::config::{OpcUaConfig, OpcUaSecurity, OpcUaType, OpcUaVariable};
-use super::faults::RestartRequest;
+use super::faults::{Faults, OpcUaStatusChange, RestartRequest};
 use super::generate::NAMESPACE_INDEX;
 use super::SimError;
 use crate::sim::signal::{Signal, SignalValue};
@@ -54,6 +56,10 @@ struct Spec {
     epoch: Instant,
     /// Resolved node ids, one per variable, in config order.
     node_ids: Arc<Vec<NodeId>>,
+    /// Statuses other than Good, set by tests and schedules.
+    faults: Faults,
+    /// The conditions, checked against the variables.
+    alarms: Vec<super::alarms::Alarm>,
 }
 
 /// Starts the server and its supervisor; returns once it accepts connections.
@@ -62,10 +68,12 @@ pub(crate) async fn start(
     epoch: Instant,
     epoch_wall: chrono::DateTime<chrono::Utc>,
     restart: mpsc::Receiver<RestartRequest>,
+    faults: Faults,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<Started, SimError> {
     let node_ids = Arc::new(resolve_node_ids(&cfg.variables)?);
+    let alarms = super::alarms::Alarm::resolve(&cfg.alarms, &cfg.variables, &node_ids)?;
     let listener = bind(&cfg.host, cfg.port).await?;
     let port = listener
         .local_addr()
@@ -86,6 +94,8 @@ pub(crate) async fn start(
         epoch_wall,
         epoch,
         node_ids,
+        faults,
+        alarms,
     });
     let instance = Instance::start(&spec, listener, tracker, &shutdown)?;
     tracker.spawn(supervise(
@@ -161,7 +171,14 @@ impl Instance {
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> Result<Instance, SimError> {
-        let (server, handle) = builder(spec).build().map_err(SimError::OpcUa)?;
+        let table = super::alarms::Table::new(spec.alarms.clone(), spec.epoch, spec.epoch_wall);
+        let mut b = builder(spec);
+        if !spec.alarms.is_empty() {
+            // ConditionRefresh is answered by the simulator's own node manager, which must come
+            // before the core one (that refuses it).
+            b = super::alarms::with_refresh_manager(b, Arc::clone(&table), &spec.cfg.namespace);
+        }
+        let (server, handle) = b.build().map_err(SimError::OpcUa)?;
         let ns = handle
             .get_namespace_index(&spec.cfg.namespace)
             .ok_or_else(|| SimError::OpcUa("the simulator's namespace is missing".into()))?;
@@ -175,6 +192,9 @@ impl Instance {
             .get_of_type::<SimpleNodeManager>()
             .ok_or_else(|| SimError::OpcUa("no simple node manager".into()))?;
         populate(spec, &manager)?;
+        if !spec.alarms.is_empty() {
+            super::alarms::populate(&mut manager.address_space().write());
+        }
 
         let (done_tx, done) = tokio::sync::oneshot::channel();
         tracker.spawn(async move {
@@ -185,11 +205,29 @@ impl Instance {
         });
         // The updater stops with this server instance, or with the simulator.
         let instance_token = handle.token().clone();
+        if !spec.cfg.structures.is_empty() {
+            tracker.spawn(super::structs::update_loop(
+                Arc::new(spec.cfg.structures.clone()),
+                (spec.cfg.recipe_revision, NAMESPACE_INDEX),
+                spec.epoch,
+                spec.epoch_wall,
+                Arc::clone(&manager),
+                handle.clone(),
+                instance_token.clone(),
+                shutdown.clone(),
+            ));
+        }
         tracker.spawn(update_loop(
             Arc::clone(spec),
             manager,
             handle.clone(),
             instance_token,
+            shutdown.clone(),
+        ));
+        tracker.spawn(super::alarms::run(
+            table,
+            handle.subscriptions().clone(),
+            handle.token().clone(),
             shutdown.clone(),
         ));
         Ok(Instance { handle, done })
@@ -308,7 +346,9 @@ fn builder(spec: &Spec) -> ServerBuilder {
     limits.subscriptions.max_monitored_items_per_sub = 0;
     limits.subscriptions.max_subscriptions_per_session = 100;
     limits.subscriptions.max_queued_notifications = 500;
-    limits.subscriptions.max_monitored_item_queue_size = 100;
+    // Event items queue every event of a publishing interval (the gateway asks for 1 000);
+    // at 100, 1 000 alarm events/s overflowed whenever two 100 ms steps fell in one publish.
+    limits.subscriptions.max_monitored_item_queue_size = 10_000;
     b
 }
 
@@ -367,27 +407,10 @@ fn populate(spec: &Spec, manager: &SimpleNodeManager) -> Result<(), SimError> {
     let mut folders: HashSet<String> = HashSet::new();
     let mut enums: HashMap<Vec<String>, NodeId> = HashMap::new();
     let now = spec.epoch.elapsed();
-    let objects: NodeId = ObjectId::ObjectsFolder.into();
     for (v, id) in spec.cfg.variables.iter().zip(spec.node_ids.iter()) {
         let path = v.path.trim_matches('/');
-        let mut parent = objects.clone();
-        let mut parts: Vec<&str> = path.split('/').collect();
-        let name = parts.pop().unwrap_or(path);
-        let mut prefix = String::new();
-        for part in parts {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            let folder = NodeId::new(ns, prefix.clone());
-            if folders.insert(prefix.clone()) {
-                ObjectBuilder::new(&folder, QualifiedName::new(ns, part), part)
-                    .is_folder()
-                    .organized_by(parent.clone())
-                    .insert(&mut *space);
-            }
-            parent = folder;
-        }
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let parent = folder_of(&mut space, &mut folders, path);
         let data_type: NodeId = if v.data_type == OpcUaType::Enum {
             let names = enum_strings(v);
             if names.is_empty() {
@@ -444,7 +467,45 @@ fn populate(spec: &Spec, manager: &SimpleNodeManager) -> Result<(), SimError> {
             var.set_data_value(data_value(to_variant_of(spec, v, now), source));
         }
     }
+    super::structs::populate(
+        &spec.cfg.structures,
+        spec.cfg.recipe_revision,
+        ns,
+        &mut space,
+        &mut |space, path| folder_of(space, &mut folders, path),
+        spec.epoch_wall,
+        now,
+    );
     Ok(())
+}
+
+/// The folder a variable at `path` lives in (`A/B/name` → `ns=2;s=A/B`), created with its
+/// parents on first use; the Objects folder for a bare name.
+fn folder_of(
+    space: &mut opcua::server::address_space::AddressSpace,
+    folders: &mut HashSet<String>,
+    path: &str,
+) -> NodeId {
+    let ns = NAMESPACE_INDEX;
+    let mut parent: NodeId = ObjectId::ObjectsFolder.into();
+    let mut parts: Vec<&str> = path.split('/').collect();
+    parts.pop();
+    let mut prefix = String::new();
+    for part in parts {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        let folder = NodeId::new(ns, prefix.clone());
+        if folders.insert(prefix.clone()) {
+            ObjectBuilder::new(&folder, QualifiedName::new(ns, part), part)
+                .is_folder()
+                .organized_by(parent.clone())
+                .insert(space);
+        }
+        parent = folder;
+    }
+    parent
 }
 
 fn to_variant_of(spec: &Spec, v: &OpcUaVariable, t: Duration) -> Variant {
@@ -466,9 +527,13 @@ fn sample(spec: &Spec, signal: &Signal, ty: OpcUaType, t: Duration) -> (Variant,
 }
 
 fn data_value(value: Variant, source: DateTime) -> DataValue {
+    status_value(Some(value), StatusCode::Good, source)
+}
+
+fn status_value(value: Option<Variant>, status: StatusCode, source: DateTime) -> DataValue {
     DataValue {
-        value: Some(value),
-        status: Some(StatusCode::Good),
+        value,
+        status: Some(status),
         source_timestamp: Some(source),
         source_picoseconds: None,
         server_timestamp: Some(DateTime::now()),
@@ -476,7 +541,8 @@ fn data_value(value: Variant, source: DateTime) -> DataValue {
     }
 }
 
-/// Writes new values when each signal's update period comes round.
+/// Writes new values when each signal's update period comes round, and statuses other than
+/// Good when faults set or end them.
 async fn update_loop(
     spec: Arc<Spec>,
     manager: Arc<SimpleNodeManager>,
@@ -492,9 +558,6 @@ async fn update_loop(
             groups.entry(p).or_default().push(i);
         }
     }
-    if groups.is_empty() {
-        return;
-    }
     let slice = spec.cfg.update_slice.unwrap_or(10_000).max(1);
     // The next step index of every group.
     let mut next: BTreeMap<Duration, u128> = groups
@@ -502,28 +565,43 @@ async fn update_loop(
         .map(|p| (*p, spec.epoch.elapsed().as_nanos() / p.as_nanos() + 1))
         .collect();
     let subscriptions = handle.subscriptions().clone();
+    let mut statuses = Statuses::default();
     loop {
-        let (period, k) = next
+        // Faults first: a status set or ended is written at once.
+        let fault_end = statuses.apply(&spec, &manager, &subscriptions);
+        let step = next
             .iter()
             .map(|(p, k)| (*p, *k))
-            .min_by_key(|(p, k)| p.as_nanos() * k)
-            .unwrap_or((Duration::from_secs(1), 1));
-        let due = spec.epoch + Duration::from_nanos((period.as_nanos() * k) as u64);
+            .min_by_key(|(p, k)| p.as_nanos() * k);
+        let due = step
+            .map(|(period, k)| spec.epoch + Duration::from_nanos((period.as_nanos() * k) as u64));
         tokio::select! {
             // This server instance stopped (restart) or the simulator shuts down.
             _ = instance.cancelled() => return,
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(due.into()) => {}
+            // A fault set or cleared a status, or one ran out: apply it, then wait again.
+            _ = spec.faults.opcua_status_changed() => continue,
+            _ = tokio::time::sleep_until(fault_end.unwrap_or_else(Instant::now).into()), if fault_end.is_some() => continue,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {}
         }
+        let (Some((period, k)), Some(due)) = (step, due) else {
+            continue;
+        };
         let t = due - spec.epoch;
         let members = &groups[&period];
         for chunk in members.chunks(slice) {
             let values: Vec<(&NodeId, DataValue)> = chunk
                 .iter()
-                .map(|&i| {
+                .filter_map(|&i| {
                     let v = &spec.cfg.variables[i];
                     let (value, source) = sample(&spec, &v.signal, v.data_type, t);
-                    (&spec.node_ids[i], data_value(value, source))
+                    let dv = match statuses.of(i) {
+                        None => data_value(value, source),
+                        // A failed sensor has no new value.
+                        Some(status) if status.is_bad() => return None,
+                        Some(status) => status_value(Some(value), status, source),
+                    };
+                    Some((&spec.node_ids[i], dv))
                 })
                 .collect();
             if let Err(status) = manager.set_values(
@@ -537,5 +615,105 @@ async fn update_loop(
         // Skip steps missed while busy: values are functions of time, nothing is lost.
         let now_k = spec.epoch.elapsed().as_nanos() / period.as_nanos();
         next.insert(period, (k + 1).max(now_k + 1));
+    }
+}
+
+/// The statuses other than Good the updater has written, by variable index.
+#[derive(Default)]
+struct Statuses {
+    written: HashMap<usize, StatusCode>,
+    /// Path and node id text → variable index, built at the first fault.
+    index: Option<HashMap<String, usize>>,
+}
+
+impl Statuses {
+    /// The status variable `i` carries now, when not Good.
+    fn of(&self, i: usize) -> Option<StatusCode> {
+        if self.written.is_empty() {
+            return None;
+        }
+        self.written.get(&i).copied()
+    }
+
+    /// Writes every status that differs from what the faults say now; returns the earliest
+    /// end of a status in force.
+    fn apply(
+        &mut self,
+        spec: &Spec,
+        manager: &SimpleNodeManager,
+        subscriptions: &opcua::server::SubscriptionCache,
+    ) -> Option<Instant> {
+        let (wanted, next_end) = spec.faults.opcua_statuses();
+        if wanted.is_empty() && self.written.is_empty() {
+            return next_end;
+        }
+        let index = self.index.get_or_insert_with(|| {
+            let mut index = HashMap::new();
+            for (i, (v, id)) in spec
+                .cfg
+                .variables
+                .iter()
+                .zip(spec.node_ids.iter())
+                .enumerate()
+            {
+                index.insert(v.path.trim_matches('/').to_string(), i);
+                index.insert(id.to_string(), i);
+            }
+            index
+        });
+        let wanted: HashMap<usize, StatusCode> = wanted
+            .into_iter()
+            .filter_map(|(key, status)| Some((*index.get(&key)?, status)))
+            .collect();
+        let mut changes: Vec<(usize, StatusCode)> = wanted
+            .iter()
+            .filter(|(i, status)| self.written.get(i) != Some(status))
+            .map(|(i, status)| (*i, *status))
+            .collect();
+        changes.extend(
+            self.written
+                .keys()
+                .filter(|i| !wanted.contains_key(i))
+                .map(|i| (*i, StatusCode::Good)),
+        );
+        if changes.is_empty() {
+            return next_end;
+        }
+        let t = spec.epoch.elapsed();
+        let wall = spec.epoch_wall
+            + chrono::Duration::from_std(t).unwrap_or_else(|_| chrono::Duration::zero());
+        let mut values = Vec::with_capacity(changes.len());
+        for &(i, status) in &changes {
+            let v = &spec.cfg.variables[i];
+            // A Bad value is empty (async-opcua sends no status with a missing value).
+            let value = if status.is_bad() {
+                Some(Variant::Empty)
+            } else {
+                Some(to_variant_of(spec, v, t))
+            };
+            values.push((&spec.node_ids[i], status_value(value, status, wall.into())));
+            if status.is_good() {
+                self.written.remove(&i);
+            } else {
+                self.written.insert(i, status);
+            }
+        }
+        if let Err(status) = manager.set_values(
+            subscriptions,
+            values.into_iter().map(|(id, dv)| (id, None, dv)),
+        ) {
+            tracing::warn!(message = "Cannot write a simulated OPC UA status.", %status);
+            return next_end;
+        }
+        for (i, status) in changes {
+            let path = spec.cfg.variables[i].path.trim_matches('/').to_string();
+            tracing::info!(message = "Simulated OPC UA variable status changed.", %path, %status);
+            spec.faults.log_opcua_status(OpcUaStatusChange {
+                path,
+                status,
+                at: wall,
+            });
+        }
+        next_end
     }
 }

@@ -23,23 +23,23 @@ pub const PARTITION_KEY_ANNOTATION: &str = "x-opt-partition-key";
 const OUTER_MARGIN: usize = 512;
 
 // AMQP 1.0 part 1, 1.6: format codes.
-const NULL: u8 = 0x40;
+pub(super) const NULL: u8 = 0x40;
 const VBIN8: u8 = 0xa0;
 const VBIN32: u8 = 0xb0;
-const STR8: u8 = 0xa1;
-const STR32: u8 = 0xb1;
-const SYM8: u8 = 0xa3;
-const SYM32: u8 = 0xb3;
-const LIST8: u8 = 0xc0;
-const LIST32: u8 = 0xd0;
-const MAP8: u8 = 0xc1;
-const MAP32: u8 = 0xd1;
+pub(super) const STR8: u8 = 0xa1;
+pub(super) const STR32: u8 = 0xb1;
+pub(super) const SYM8: u8 = 0xa3;
+pub(super) const SYM32: u8 = 0xb3;
+pub(super) const LIST8: u8 = 0xc0;
+pub(super) const LIST32: u8 = 0xd0;
+pub(super) const MAP8: u8 = 0xc1;
+pub(super) const MAP32: u8 = 0xd1;
 // AMQP 1.0 part 3, 3.2: section descriptors (small ulong codes).
-const DESCRIBED: u8 = 0x00;
-const SMALLULONG: u8 = 0x53;
+pub(super) const DESCRIBED: u8 = 0x00;
+pub(super) const SMALLULONG: u8 = 0x53;
 const MESSAGE_ANNOTATIONS: u8 = 0x72;
-const PROPERTIES: u8 = 0x73;
-const DATA: u8 = 0x75;
+pub(super) const PROPERTIES: u8 = 0x73;
+pub(super) const DATA: u8 = 0x75;
 
 /// Encodes one event as an entry of an HTTPS batch
 /// (`application/vnd.microsoft.servicebus.json`): the body as a JSON string, the message id
@@ -91,11 +91,11 @@ pub fn encode_partition_key_annotations(out: &mut Vec<u8>, key: &str) {
     encode_compound(out, MAP8, MAP32, 2, &entries);
 }
 
-fn encode_str(out: &mut Vec<u8>, code8: u8, code32: u8, s: &str) {
+pub(super) fn encode_str(out: &mut Vec<u8>, code8: u8, code32: u8, s: &str) {
     encode_variable(out, code8, code32, s.as_bytes());
 }
 
-fn encode_binary(out: &mut Vec<u8>, b: &[u8]) {
+pub(super) fn encode_binary(out: &mut Vec<u8>, b: &[u8]) {
     encode_variable(out, VBIN8, VBIN32, b);
 }
 
@@ -111,7 +111,7 @@ fn encode_variable(out: &mut Vec<u8>, code8: u8, code32: u8, bytes: &[u8]) {
 }
 
 /// A list or map: size counts the count field and the elements (part 1, 1.6.22-25).
-fn encode_compound(out: &mut Vec<u8>, code8: u8, code32: u8, count: u32, body: &[u8]) {
+pub(super) fn encode_compound(out: &mut Vec<u8>, code8: u8, code32: u8, count: u32, body: &[u8]) {
     match (u8::try_from(body.len() + 1), u8::try_from(count)) {
         (Ok(size), Ok(count)) => out.extend_from_slice(&[code8, size, count]),
         _ => {

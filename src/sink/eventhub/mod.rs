@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod auth;
 pub mod connection_string;
+pub mod encoding;
 pub mod entra;
 pub mod event;
 pub mod frame_guard;

@@ -43,9 +43,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::auth::{renew_at, Credential};
+use super::encoding::BodyEncoding;
 use super::event::{Batcher, Packed};
 use super::health::Health;
-use super::link::{encoder, Link};
+use super::link::Link;
 use super::setup::CredentialSource;
 use super::transport::{Delivery, LinkError, Settled, Target};
 use super::window::{Verdict, Window};
@@ -69,6 +70,8 @@ pub struct SinkOptions {
     /// 1: one event per reading. More: up to this many readings per event, as a JSON array
     /// (`events: {array: N}`).
     pub readings_per_event: usize,
+    /// How event bodies are encoded (`events: {array: N, encoding: gzip}`).
+    pub encoding: BodyEncoding,
 }
 
 impl Default for SinkOptions {
@@ -80,6 +83,7 @@ impl Default for SinkOptions {
             dead_letter: None,
             shutdown_grace: Duration::from_secs(10),
             readings_per_event: 1,
+            encoding: BodyEncoding::Json,
         }
     }
 }
@@ -202,7 +206,7 @@ impl Driver {
             reread: _,
         } = sink;
         let batcher = Batcher::new(
-            encoder(target.transport),
+            super::encoding::encoder(target.transport, options.encoding),
             options.message_id_prefix.clone(),
             options.readings_per_event,
             super::amqp::DEFAULT_MAX_MESSAGE_SIZE,

@@ -227,23 +227,11 @@ pub struct Exception(pub ExceptionCode);
 impl std::fmt::Display for Exception {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let code = u8::from(self.0);
-        // Modbus Application Protocol V1.1b3, 7: the exception codes.
-        let name = match code {
-            0x01 => "illegal function",
-            0x02 => "illegal data address",
-            0x03 => "illegal data value",
-            0x04 => "server device failure",
-            0x05 => "acknowledge",
-            0x06 => "server device busy",
-            0x08 => "memory parity error",
-            0x0A => "gateway path unavailable",
-            0x0B => "gateway target device failed to respond",
-            _ => {
-                return write!(
-                    f,
-                    "exception 0x{code:02X} (not defined by the Modbus specification)"
-                )
-            }
+        let Some(name) = crate::sample::modbus_exception_name(code) else {
+            return write!(
+                f,
+                "exception 0x{code:02X} (not defined by the Modbus specification)"
+            );
         };
         write!(f, "exception 0x{code:02X} {name}")
     }

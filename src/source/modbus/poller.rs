@@ -25,6 +25,11 @@
 //!   If both halves read fine the refused addresses lie between them: that gap is never joined
 //!   again (a cut, kept for the life of the task). Busy/acknowledge exceptions skip the read this
 //!   cycle; gateway exceptions (0x0A, 0x0B) treat the unit as down.
+//! - **Per-tag causes go with the samples**: a tag the device refuses (quarantined, or behind a
+//!   gateway exception) or whose answer cannot be decoded gets a [`SourceEvent::Lost`] naming the
+//!   exception, in order with the cycle's samples, so a quality reading says why at once
+//!   (docs/quality.md). Busy answers and timeouts send none: one of those is not a loss, and
+//!   the mapping stage judges silence by age.
 //! - The task stops when cancelled (dropping the connection and the sender) or when the mapping
 //!   stage has gone away.
 
@@ -47,7 +52,7 @@ use super::link::{self, Exception, Items, Link, LinkError};
 use super::planner::{self, Blocked, Limits, ReadRequest};
 use crate::config::tagmap::Table;
 use crate::mapping::plan::{ModbusAddress, ModbusPlan, ModbusTransport, TagAddress, TagMapPlan};
-use crate::sample::{Sample, SampleBatch};
+use crate::sample::{Cause, Sample, SampleBatch, Scope, SourceEvent};
 
 type Counters = ModbusCounters;
 
@@ -368,13 +373,15 @@ impl Poller {
     }
 
     /// Reads `tags` (sorted by address, same unit and table) in one request, splitting it on a
-    /// Modbus exception to find the refused tag. Samples go to `batch`.
+    /// Modbus exception to find the refused tag. Samples go to `batch`, and so does a
+    /// [`SourceEvent::Lost`] with the device's reason for every tag it refused (or whose value
+    /// cannot be decoded), in order with the samples.
     fn read_tags<'a>(
         &'a mut self,
         unit: u8,
         table: Table,
         tags: &'a [usize],
-        batch: &'a mut Vec<Sample>,
+        batch: &'a mut SampleBatch,
     ) -> Pin<Box<dyn Future<Output = Result<Outcome, Abort>> + Send + 'a>> {
         Box::pin(async move {
             let spans: Vec<(u32, u32)> = tags
@@ -408,6 +415,7 @@ impl Poller {
                             Err(error) => {
                                 Counters::inc(&self.counters.decode_errors);
                                 tracing::debug!(message = "Cannot decode a Modbus value.", tag = t, %error);
+                                lost(batch, t, Cause::Undecodable);
                             }
                         }
                         if !self.quarantine.is_empty() {
@@ -422,10 +430,14 @@ impl Poller {
                     // Gateway path unavailable, target device failed to respond: the unit is gone.
                     0x0A | 0x0B => {
                         self.unit_failed(unit, &Exception(code).to_string());
+                        for &t in tags {
+                            lost(batch, t, Cause::ModbusException(u8::from(code)));
+                        }
                         Ok(Outcome::Partly)
                     }
                     _ if tags.len() == 1 => {
                         self.quarantine(tags[0], code);
+                        lost(batch, tags[0], Cause::ModbusException(u8::from(code)));
                         Ok(Outcome::Partly)
                     }
                     _ => {
@@ -666,6 +678,16 @@ impl Drop for Poller {
             .quarantined_tags
             .fetch_sub(quarantined, Ordering::Relaxed);
     }
+}
+
+/// `tag` cannot be read from now, because of `cause`: the mapping stage turns this into one bad
+/// reading per gap when quality is on (docs/quality.md), and sends no heartbeat of its old value.
+fn lost(batch: &mut SampleBatch, tag: usize, cause: Cause) {
+    batch.event(SourceEvent::Lost {
+        scope: Scope::Tag(tag),
+        at: Utc::now(),
+        cause,
+    });
 }
 
 /// The first tick after `now` in the schedule `due + k · interval` (k ≥ 1): the phase is kept

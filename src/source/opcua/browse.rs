@@ -8,7 +8,8 @@
 //!   (`Folder/Sub/Name`), made unique with `~2`, `~3`… when two paths collide; `node` is its
 //!   node id. Its data type goes into a comment; arrays and structures are written with
 //!   `enabled: false` and a comment saying why (and, for arrays, how to read them with
-//!   `elements:`), so the file passes `tagbridge check` as is.
+//!   `elements:`), so the file passes `tagbridge check` as is. Structures whose type the
+//!   server describes come with every field listed under `members:`, ready to enable.
 //! - The text is built from JSON-quoted strings, which YAML reads back unchanged.
 
 use std::collections::{HashMap, HashSet};
@@ -44,6 +45,9 @@ pub struct Found {
     pub array: bool,
     /// The data type is a structure (or another non-scalar the source cannot read).
     pub structure: bool,
+    /// A structure's fields (path, type), learned from the server's types; `members:` lists
+    /// them ([`super::structure::browse_fields`]).
+    pub fields: Option<super::structure::BrowsedFields>,
 }
 
 /// Walks the address space below `root` down to `depth` levels.
@@ -52,8 +56,23 @@ pub async fn browse(
     root: &NodeId,
     depth: usize,
 ) -> Result<Vec<Found>, OpcUaError> {
+    let walked = walk(session, root, depth).await?;
+    describe(session, walked.variables).await
+}
+
+/// What one walk below the root passed: (browse path, node id) of each variable and object.
+pub(super) struct Walked {
+    pub variables: Vec<(Vec<String>, NodeId)>,
+    /// Objects and folders, for `super::notifiers` (which of them report events).
+    pub objects: Vec<(Vec<String>, NodeId)>,
+}
+
+/// The walk of [`browse`]: hierarchical references forward, objects only descended into,
+/// namespace 0 skipped, continuation points followed.
+async fn walk(session: &Session, root: &NodeId, depth: usize) -> Result<Walked, OpcUaError> {
     let request = |e: opcua::types::Error| OpcUaError::Request(e.to_string());
     let mut found: Vec<(Vec<String>, NodeId)> = Vec::new();
+    let mut objects: Vec<(Vec<String>, NodeId)> = Vec::new();
     let mut seen: HashSet<NodeId> = HashSet::from([root.clone()]);
     let mut level: Vec<(Vec<String>, NodeId)> = vec![(Vec::new(), root.clone())];
     for _ in 0..depth.max(1) {
@@ -110,9 +129,13 @@ pub async fn browse(
         if next.is_empty() {
             break;
         }
+        objects.extend(next.iter().cloned());
         level = next;
     }
-    describe(session, found).await
+    Ok(Walked {
+        variables: found,
+        objects,
+    })
 }
 
 /// Reads DataType and ValueRank of each variable, and the names of non-built-in types.
@@ -123,6 +146,8 @@ async fn describe(
     let request = |e: opcua::types::Error| OpcUaError::Request(e.to_string());
     let mut out = Vec::with_capacity(found.len());
     let mut type_names: HashMap<NodeId, (String, bool)> = HashMap::new();
+    // Structure variables: (index in `out`, data type, value, array), for their fields.
+    let mut structures = Vec::new();
     for chunk in found.chunks(CHUNK / 3) {
         let read: Vec<ReadValueId> = chunk
             .iter()
@@ -159,13 +184,26 @@ async fn describe(
                 type_names.insert(data_type.clone(), name);
             }
             let (name, structure) = type_names[&data_type].clone();
+            if structure {
+                structures.push((out.len(), (data_type.clone(), value.cloned(), array)));
+            }
             out.push(Found {
                 path: path.clone(),
                 node: node.clone(),
                 data_type: name,
                 array,
                 structure,
+                fields: None,
             });
+        }
+    }
+    if !structures.is_empty() {
+        let vars: Vec<_> = structures.iter().map(|(_, v)| v.clone()).collect();
+        // Types the server does not describe leave the structure disabled without fields.
+        if let Ok(fields) = super::structure::browse_fields(session, &vars).await {
+            for ((i, _), f) in structures.iter().zip(fields) {
+                out[*i].fields = f.filter(|f| !f.is_empty());
+            }
         }
     }
     Ok(out)
@@ -322,6 +360,19 @@ pub fn render(plan: &OpcUaPlan, root: &NodeId, found: &[Found], command: &str) -
             if f.array { "[]" } else { "" }
         );
         let _ = writeln!(out, "    node: {}", q(&f.node.to_string()));
+        if let (true, Some(fields)) = (f.structure, &f.fields) {
+            let how = if f.array {
+                "an array of structures: add `elements: N` and remove this line to read each field as sensor_id[i].field"
+            } else {
+                "a structure: remove this line to read each field below as sensor_id.field"
+            };
+            let _ = writeln!(out, "    enabled: false    # {how}");
+            let _ = writeln!(out, "    members:");
+            for (path, kind) in fields {
+                let _ = writeln!(out, "      {}: {{}}    # {kind}", q(path));
+            }
+            continue;
+        }
         if f.array || f.structure {
             let why = if f.array {
                 "an array: add `elements: N` and remove this line to read N elements as sensor_id[i]"
@@ -337,13 +388,14 @@ pub fn render(plan: &OpcUaPlan, root: &NodeId, found: &[Found], command: &str) -
 /// How long `browse` waits for a session after the server answered GetEndpoints.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Convenience for the CLI: connect with `plan`, browse, disconnect. A server that refuses
+/// Convenience for the CLI: connect with `plan`, browse (the variables, and the event
+/// notifiers among the objects passed: `super::notifiers`), disconnect. A server that refuses
 /// the session (the gateway's certificate, the login) is reported at once, with the next step.
 pub async fn browse_server(
     plan: &OpcUaPlan,
     root: &NodeId,
     depth: usize,
-) -> Result<Vec<Found>, OpcUaError> {
+) -> Result<(Vec<Found>, super::notifiers::Notifiers), OpcUaError> {
     let client = super::connect::client(plan, 1000)?;
     let connection =
         super::connect::connect(&client, plan, std::path::Path::new(&plan.endpoint)).await?;
@@ -380,7 +432,13 @@ pub async fn browse_server(
     }
     // Keep polling the event loop while browsing; aborted below.
     let driver = tokio::spawn(async move { while stream.next().await.is_some() {} });
-    let result = browse(&session, root, depth).await;
+    let result = async {
+        let walked = walk(&session, root, depth).await?;
+        let notifiers = super::notifiers::find(&session, root, &walked.objects).await;
+        let found = describe(&session, walked.variables).await?;
+        Ok((found, notifiers))
+    }
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(3), session.disconnect()).await;
     driver.abort();
     result
@@ -416,6 +474,7 @@ mod tests {
                 data_type: "Double".into(),
                 array: false,
                 structure: false,
+                fields: None,
             },
             Found {
                 path: vec!["Line1".into(), "Temp \"A\"".into()],
@@ -423,6 +482,19 @@ mod tests {
                 data_type: "Int32".into(),
                 array: true,
                 structure: false,
+                fields: None,
+            },
+            Found {
+                path: vec!["Press3".into(), "Recipe".into()],
+                node: NodeId::new(2, "Press3/Recipe"),
+                data_type: "SimRecipe".into(),
+                array: false,
+                structure: true,
+                fields: Some(vec![
+                    ("temperature".into(), "Double".into()),
+                    ("setpoints[0]".into(), "Double".into()),
+                    ("stage.duration".into(), "UInt32".into()),
+                ]),
             },
         ];
         let text = render(
@@ -441,7 +513,26 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}\n{text}");
         assert_eq!(compiled.tags.len(), 1, "{text}");
         assert_eq!(&*compiled.tags[0].sensor_id, "Line1/Temp \"A\"");
-        assert_eq!(compiled.disabled, 1);
+        assert_eq!(compiled.disabled, 2);
         assert!(text.contains("Line1/Temp \\\"A\\\"~2"), "{text}");
+        // Enabling the structure reads its listed fields.
+        let enabled = text.replacen(
+            "    enabled: false    # a structure",
+            "    # a structure",
+            1,
+        );
+        let file = crate::config::parse_str::<crate::config::tagmap::TagMapFile>(&enabled);
+        let (compiled, problems) = crate::mapping::compile(
+            file.value.as_ref().unwrap(),
+            std::path::Path::new("b.yaml"),
+            &[],
+        );
+        assert!(problems.is_empty(), "{problems:?}\n{enabled}");
+        let ids: Vec<&str> = compiled.tags.iter().map(|t| &*t.sensor_id).collect();
+        assert!(
+            ids.contains(&"Press3/Recipe.setpoints[0]")
+                && ids.contains(&"Press3/Recipe.stage.duration"),
+            "{ids:?}\n{enabled}"
+        );
     }
 }

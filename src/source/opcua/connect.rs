@@ -22,13 +22,10 @@ use opcua::client::{Client, ClientBuilder, IdentityToken, Password, Session, Ses
 use opcua::crypto::{CertificateStore, SecurityPolicy as UaPolicy, X509};
 use opcua::types::{EndpointDescription, MessageSecurityMode, StatusCode, UserTokenType};
 
-use super::{OpcUaError, UntrustedServer};
+use super::{own_certificate, OpcUaError, UntrustedServer};
 use crate::config::tagmap::{SecurityMode, SecurityPolicy};
 use crate::mapping::plan::{SecretSource, UserPlan};
 use crate::mapping::OpcUaPlan;
-
-/// The application URI in the gateway's certificate.
-pub const APPLICATION_URI: &str = "urn:tagbridge:gateway";
 
 /// Client limits lifted so that 100 000 monitored items fit (DEPENDENCIES.md).
 const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
@@ -42,6 +39,12 @@ pub fn pki_dir(plan: &OpcUaPlan) -> PathBuf {
     if let Some(dir) = &plan.pki_dir {
         return dir.clone();
     }
+    default_pki_dir()
+}
+
+/// Where the PKI directory is when nothing names one: `$TAGBRIDGE_PKI_DIR`, else
+/// `$STATE_DIRECTORY/opcua-pki` (systemd), else `./opcua-pki`.
+pub fn default_pki_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TAGBRIDGE_PKI_DIR") {
         return PathBuf::from(dir);
     }
@@ -60,30 +63,45 @@ pub fn pki_dir(plan: &OpcUaPlan) -> PathBuf {
     PathBuf::from("opcua-pki")
 }
 
-/// The async-opcua client for `plan`: certificate created on first use, limits lifted,
-/// endless reconnects with backoff (the source decides when to stop).
+/// How long async-opcua waits before its first reconnect of a session (doubling to 30 s).
+pub const SESSION_RETRY: Duration = Duration::from_millis(500);
+
+/// The async-opcua client for `plan`: the gateway's certificate made on first use
+/// ([`own_certificate::ensure`]), limits lifted, endless reconnects with backoff (the source
+/// decides when to stop).
 pub fn client(plan: &OpcUaPlan, chunk: usize) -> Result<Client, OpcUaError> {
+    client_with(plan, chunk, SESSION_RETRY)
+}
+
+/// [`client`], with the session's first reconnect after `retry` (tests make it long, so that
+/// only a first answer can pass them).
+pub fn client_with(plan: &OpcUaPlan, chunk: usize, retry: Duration) -> Result<Client, OpcUaError> {
     let pki = pki_dir(plan);
-    // async-opcua creates the gateway's certificate while building the client; two tag maps
-    // starting together on a fresh PKI directory would both write it ("Certificate creation
-    // failed", then "Encrypted endpoints will not function correctly"). One at a time.
+    // Two tag maps starting together on a fresh PKI directory would both write the gateway's
+    // certificate. One at a time.
     static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = CREATING.lock().unwrap_or_else(|p| p.into_inner());
+    let own = own_certificate::ensure(&pki, &plan.certificate)?;
+    // The URI the certificate carries: a server that compares the two accepts it even while
+    // gateway.yaml asks for another one (ensure has said so).
+    let application_uri = own
+        .application_uri
+        .unwrap_or_else(|| plan.certificate.application_uri.clone());
     ClientBuilder::new()
         .application_name("tagbridge")
-        .application_uri(APPLICATION_URI)
+        .application_uri(application_uri)
         .product_uri("urn:tagbridge")
         .session_name("tagbridge")
-        .create_sample_keypair(true)
-        .certificate_path("own/cert.der")
-        .private_key_path("private/private.pem")
+        .create_sample_keypair(false)
+        .certificate_path(own_certificate::CERT_FILE)
+        .private_key_path(own_certificate::KEY_FILE)
         .pki_dir(pki)
         .trust_server_certs(plan.trust_on_first_use)
         .verify_server_certs(true)
         // Negative: retry forever; the source's cancellation token ends the session.
         .session_retry_limit(-1)
-        .session_retry_initial(Duration::from_millis(500))
-        .session_retry_max(Duration::from_secs(30))
+        .session_retry_initial(retry)
+        .session_retry_max(retry.max(Duration::from_secs(30)))
         .keep_alive_interval(Duration::from_secs(5))
         .max_failed_keep_alive_count(3)
         .request_timeout(Duration::from_secs(30))
@@ -400,7 +418,7 @@ pub async fn certificate_changed(
 /// The gateway's own certificate, `<pki>/own/cert.der`: its path and SHA-1 thumbprint, for
 /// the "trust the gateway on the server" step.
 pub fn own_certificate(plan: &OpcUaPlan) -> (PathBuf, Option<String>) {
-    let path = pki_dir(plan).join("own").join("cert.der");
+    let path = pki_dir(plan).join(own_certificate::CERT_FILE);
     let thumbprint = std::fs::read(&path)
         .ok()
         .and_then(|der| X509::from_der(&der).ok())

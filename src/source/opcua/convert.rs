@@ -16,7 +16,7 @@
 //! | DateTime | `Text`, RFC 3339 UTC with milliseconds (`2026-01-02T03:04:05.678Z`) |
 //! | Guid, NodeId, ExpandedNodeId, QualifiedName, StatusCode | `Text`, OPC UA text form |
 //! | ByteString | `Text`, base64 |
-//! | arrays, ExtensionObject, DataValue, DiagnosticInfo, empty | not converted: [`Unsupported`] |
+//! | arrays, ExtensionObject, DataValue, DiagnosticInfo, empty | not converted: [`Unsupported`] (structures of tags with `members:` are read per field, see [`super::structure`]) |
 //!
 //! Arrays are rejected per tag unless the tag map asks for them with `elements: N`: the tag is
 //! then compiled into N tags `sensor_id[i]`, each monitoring one element (IndexRange `i`), and
@@ -39,7 +39,7 @@ pub type EnumNames = Arc<HashMap<i64, Arc<str>>>;
 pub enum Unsupported {
     #[error("the value is an array of {len} elements: add `elements: {len}` to the tag to send each element as `sensor_id[i]`")]
     Array { len: usize },
-    #[error("the value is a structure (ExtensionObject of type {type_id}); structures are not read: point the tag at one field's node")]
+    #[error("the value is a structure (ExtensionObject of type {type_id}): list the fields to read under `members:` (`tagbridge browse` writes them)")]
     Structure { type_id: String },
     #[error("the value is a {kind}, which has no reading form")]
     Other { kind: &'static str },
@@ -69,6 +69,23 @@ pub fn quality(status: Option<StatusCode>) -> Quality {
     } else {
         Quality::Good
     }
+}
+
+/// A status code's name as a quality reading shows it: the symbolic name of its code
+/// (`BadSensorFailure`, `UncertainLastUsableValue`), without the info bits (limits, overflow);
+/// a code OPC UA does not define is shown by severity and number (`Bad 0x80AB0000`).
+pub fn status_name(status: StatusCode) -> Arc<str> {
+    use opcua::types::status_code::SubStatusCode;
+    let sub = status.sub_code();
+    if sub != SubStatusCode::Invalid {
+        return sub.name().into();
+    }
+    let severity = match quality(Some(status)) {
+        Quality::Good => "Good",
+        Quality::Uncertain => "Uncertain",
+        Quality::Bad => "Bad",
+    };
+    format!("{severity} 0x{:08X}", status.bits()).into()
 }
 
 /// The instant `value` carries under `policy`; `now` is the gateway's clock.
@@ -305,6 +322,26 @@ mod tests {
             Quality::Uncertain
         );
         assert_eq!(quality(Some(StatusCode::BadNodeIdUnknown)), Quality::Bad);
+    }
+
+    #[test]
+    fn status_names_leave_out_info_bits() {
+        assert_eq!(
+            &*status_name(StatusCode::BadSensorFailure),
+            "BadSensorFailure"
+        );
+        let limited = StatusCode::UncertainLastUsableValue
+            .set_info_type(opcua::types::status_code::StatusCodeInfoType::DataValue)
+            .set_overflow(true);
+        assert_eq!(&*status_name(limited), "UncertainLastUsableValue");
+        assert_eq!(
+            &*status_name(StatusCode::from(0x80FF_0000)),
+            "Bad 0x80FF0000"
+        );
+        assert_eq!(
+            &*status_name(StatusCode::from(0x40FF_0000)),
+            "Uncertain 0x40FF0000"
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@
 //! - Status policy (documented in README): Good values are emitted; Uncertain values are emitted
 //!   (`uncertain: pass`, the default) or dropped (`uncertain: skip`) and counted; Bad values are
 //!   never emitted, counted, and logged once when a tag turns bad and once when it recovers.
+//! - Structures are read per field for tags with `members:` ([`structure`]): the fields of
+//!   one node share the monitored item of the first field (the others have none).
 //! - Values that have no reading form (arrays, structures, null) are counted and logged once
 //!   per tag; see [`convert`].
 //! - Backpressure: notifications arrive in a synchronous callback that cannot wait, so it
@@ -36,9 +38,13 @@
 pub mod browse;
 pub mod connect;
 pub mod convert;
+mod events;
+pub mod notifiers;
 mod notify;
+pub mod own_certificate;
 mod source;
 pub mod stats;
+pub mod structure;
 mod subscribe;
 
 use std::path::PathBuf;
@@ -202,6 +208,12 @@ pub struct OpcUaCounters {
     pub subscriptions_created: AtomicU64,
     /// Tags whose node no longer exists on the server (BadNodeIdUnknown in their values).
     pub tags_gone: AtomicU64,
+    /// OPC UA events queued for the mapping stage (`events:`).
+    pub events: AtomicU64,
+    /// Events dropped because the mapping stage was far behind.
+    pub events_dropped: AtomicU64,
+    /// ConditionRefresh calls the server accepted (one per connect with `events:`).
+    pub event_refreshes: AtomicU64,
     /// Whether the session is connected.
     pub connected: AtomicBool,
     /// Why the source is not connected, with the next step; `None` while connected or before
@@ -236,10 +248,24 @@ impl OpcUaCounters {
     }
 }
 
+pub use source::Tuning;
+
 /// Starts the source for one tag map and returns its counters; see [`super::spawn`].
 pub fn start(
     plan: &TagMapPlan,
     source: &OpcUaPlan,
+    tx: mpsc::Sender<SampleBatch>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Arc<OpcUaCounters> {
+    start_tuned(plan, source, Tuning::default(), tx, cancel, tracker)
+}
+
+/// [`start`] with its retries timed by `tuning`.
+pub fn start_tuned(
+    plan: &TagMapPlan,
+    source: &OpcUaPlan,
+    tuning: Tuning,
     tx: mpsc::Sender<SampleBatch>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
@@ -252,6 +278,7 @@ pub fn start(
         cancel,
         tracker,
         Arc::clone(&counters),
+        tuning,
     );
     counters
 }
@@ -271,5 +298,8 @@ pub(crate) fn test_plan() -> OpcUaPlan {
         uncertain: Default::default(),
         max_items_per_subscription: 0,
         monitoring: Vec::new(),
+        certificate: Default::default(),
+        events: Vec::new(),
+        structures: Default::default(),
     }
 }

@@ -53,8 +53,9 @@ impl Queue {
         }
     }
 
-    /// Appends `batch`; returns how many old samples were dropped to make room.
-    pub(super) fn push(&self, mut batch: Vec<Sample>) -> usize {
+    /// Appends `batch` (samples and the status events between them); returns how many old
+    /// samples were dropped to make room. Events are never dropped.
+    pub(super) fn push(&self, mut batch: SampleBatch) -> usize {
         if batch.is_empty() {
             return 0;
         }
@@ -73,9 +74,16 @@ impl Queue {
                 }
                 let from_new = excess - from_old;
                 batch.drain(..from_new);
+                for (before, _) in &mut batch.events {
+                    *before = before.saturating_sub(from_new);
+                }
                 dropped = excess;
             }
-            samples.append(&mut batch);
+            let base = samples.len();
+            samples
+                .events
+                .extend(batch.events.drain(..).map(|(before, e)| (before + base, e)));
+            samples.append(&mut batch.samples);
         }
         self.notify.notify_one();
         dropped
@@ -97,6 +105,15 @@ impl Queue {
             queued.event(event);
         }
         self.notify.notify_one();
+    }
+
+    /// Status events (and OPC UA events) waiting now.
+    pub(super) fn pending_events(&self) -> usize {
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .events
+            .len()
     }
 
     pub(super) fn take(&self) -> SampleBatch {
@@ -178,6 +195,8 @@ pub(super) struct Deliver {
     pub ctx: Arc<Ctx>,
     /// State names per tag (enumerations), read at start.
     pub names: Arc<Vec<Option<EnumNames>>>,
+    /// Structure tags (`members:`) and their learned types; None when the tag map has none.
+    pub structs: Option<Arc<super::structure::Structures>>,
 }
 
 impl Deliver {
@@ -190,9 +209,11 @@ impl Deliver {
         };
         let now = Utc::now();
         let ctx = &self.ctx;
-        let mut batch = Vec::new();
-        // Tags whose value is not usable (Bad, or Uncertain when skipped): no heartbeat for them.
-        let mut lost: Vec<(usize, StatusCode)> = Vec::new();
+        // Samples, with status events in order between them: a tag whose value is not usable
+        // (Bad, or Uncertain when skipped) gets a Lost event (no heartbeat for it), stamped like
+        // a value (source timestamp by default), so a gap starts when the server says the
+        // status began; an Uncertain value that is sent is preceded by its mark.
+        let mut batch = SampleBatch::default();
         let (mut bad, mut uncertain, mut unsupported) = (0u64, 0u64, 0u64);
         for object in data {
             let Some(change) = object.into_inner_as::<DataChangeNotification>() else {
@@ -211,7 +232,12 @@ impl Deliver {
                 match convert::quality(value.status) {
                     Quality::Bad => {
                         bad += 1;
-                        lost.push((tag, value.status.unwrap_or(StatusCode::Bad)));
+                        self.lost(
+                            &mut batch,
+                            tag,
+                            value.status.unwrap_or(StatusCode::Bad),
+                            convert::timestamp(&value, ctx.timestamps, now),
+                        );
                         let status = value.status.unwrap_or(StatusCode::Bad);
                         if is_gone(status) {
                             let before = flags.fetch_or(FLAG_BAD | FLAG_GONE, Ordering::Relaxed);
@@ -241,7 +267,12 @@ impl Deliver {
                     Quality::Uncertain => {
                         uncertain += 1;
                         if ctx.uncertain == UncertainPolicy::Skip {
-                            lost.push((tag, value.status.unwrap_or(StatusCode::Uncertain)));
+                            self.lost(
+                                &mut batch,
+                                tag,
+                                value.status.unwrap_or(StatusCode::Uncertain),
+                                convert::timestamp(&value, ctx.timestamps, now),
+                            );
                             continue;
                         }
                     }
@@ -262,17 +293,38 @@ impl Deliver {
                     unsupported += 1;
                     continue;
                 };
+                if let Some(structs) = &self.structs {
+                    let at = convert::timestamp(&value, ctx.timestamps, now);
+                    let element = ctx.elements.get(tag).copied().flatten();
+                    let uncertain = value.status.filter(StatusCode::is_uncertain);
+                    if let Some(failed) =
+                        structs.deliver(tag, element, variant, at, uncertain, &mut batch)
+                    {
+                        unsupported += failed;
+                        continue;
+                    }
+                }
                 let names = self.names.get(tag).and_then(Option::as_ref);
                 let converted = match ctx.elements.get(tag).copied().flatten() {
                     Some(index) => convert::convert_element(variant, index, names),
                     None => convert::convert(variant, names),
                 };
                 match converted {
-                    Ok(raw) => batch.push(Sample {
-                        tag,
-                        timestamp: convert::timestamp(&value, ctx.timestamps, now),
-                        value: raw,
-                    }),
+                    Ok(raw) => {
+                        let timestamp = convert::timestamp(&value, ctx.timestamps, now);
+                        if let Some(status) = value.status.filter(StatusCode::is_uncertain) {
+                            batch.event(SourceEvent::Uncertain {
+                                tag,
+                                timestamp,
+                                cause: Cause::OpcUaStatus(convert::status_name(status)),
+                            });
+                        }
+                        batch.push(Sample {
+                            tag,
+                            timestamp,
+                            value: raw,
+                        });
+                    }
                     Err(error) => {
                         unsupported += 1;
                         if flags.fetch_or(FLAG_UNSUPPORTED, Ordering::Relaxed) & FLAG_UNSUPPORTED
@@ -300,13 +352,6 @@ impl Deliver {
         }
         c.readings.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let dropped = ctx.queue.push(batch);
-        for (tag, status) in lost {
-            ctx.queue.event(SourceEvent::Lost {
-                scope: Scope::Tag(tag),
-                at: now,
-                cause: Cause::OpcUaStatus(status.to_string().into()),
-            });
-        }
         if dropped > 0
             && c.overflow_dropped
                 .fetch_add(dropped as u64, Ordering::Relaxed)
@@ -318,6 +363,36 @@ impl Deliver {
                 dropped
             );
         }
+    }
+}
+
+impl Deliver {
+    /// Tag `tag` cannot be read from `at`: one Lost event for it, or for each of its fields
+    /// when it is a structure (a structure's status is its fields' status).
+    fn lost(
+        &self,
+        batch: &mut SampleBatch,
+        tag: usize,
+        status: StatusCode,
+        at: chrono::DateTime<Utc>,
+    ) {
+        match &self.structs {
+            Some(structs) => {
+                for field in structs.tags_of(tag) {
+                    batch.event(lost(field, status, at));
+                }
+            }
+            None => batch.event(lost(tag, status, at)),
+        }
+    }
+}
+
+/// Tag `tag` cannot be read from `at`, because the server says `status`.
+fn lost(tag: usize, status: StatusCode, at: chrono::DateTime<Utc>) -> SourceEvent {
+    SourceEvent::Lost {
+        scope: Scope::Tag(tag),
+        at,
+        cause: Cause::OpcUaStatus(convert::status_name(status)),
     }
 }
 
@@ -368,6 +443,7 @@ mod tests {
             deliver: Arc::new(Deliver {
                 ctx,
                 names: Arc::new(Vec::new()),
+                structs: None,
             }),
             subscription,
             last: 0,
@@ -385,12 +461,12 @@ mod tests {
     #[test]
     fn queue_drops_the_oldest_when_full() {
         let q = Queue::new(3);
-        assert_eq!(q.push(vec![sample(0), sample(1)]), 0);
-        assert_eq!(q.push(vec![sample(2), sample(3)]), 1);
+        assert_eq!(q.push(vec![sample(0), sample(1)].into()), 0);
+        assert_eq!(q.push(vec![sample(2), sample(3)].into()), 1);
         let tags: Vec<usize> = q.take().iter().map(|s| s.tag).collect();
         assert_eq!(tags, vec![1, 2, 3]);
         // A batch larger than the queue keeps its newest samples.
-        assert_eq!(q.push((0..5).map(sample).collect()), 2);
+        assert_eq!(q.push((0..5).map(sample).collect::<Vec<_>>().into()), 2);
         let tags: Vec<usize> = q.take().iter().map(|s| s.tag).collect();
         assert_eq!(tags, vec![2, 3, 4]);
         assert!(q.take().is_empty());
@@ -413,6 +489,83 @@ mod tests {
                 },
             )]),
         }
+    }
+
+    #[test]
+    fn status_events_keep_their_place_between_the_samples() {
+        let yaml = "source:\n  opcua: {endpoint: \"opc.tcp://h:4840/\", security_policy: none}\ntags:\n  - {sensor_id: a, node: \"ns=2;s=A\"}\n";
+        let file = crate::config::parse_str::<crate::config::tagmap::TagMapFile>(yaml);
+        let (plan, _) = crate::mapping::compile(
+            file.value.as_ref().expect("parses"),
+            std::path::Path::new("t.yaml"),
+            &[],
+        );
+        let queue = Arc::new(Queue::new(10));
+        let deliver = Deliver {
+            ctx: Arc::new(Ctx {
+                flags: Arc::new(vec![AtomicU8::new(0)]),
+                elements: vec![None],
+                plan: Arc::new(plan),
+                source: Arc::new(super::super::test_plan()),
+                counters: Arc::default(),
+                queue: Arc::clone(&queue),
+                timestamps: Default::default(),
+                uncertain: Default::default(),
+            }),
+            names: Arc::new(Vec::new()),
+            structs: None,
+        };
+        // Good, Bad, Uncertain, Good for one tag in one publish (queue size > 1).
+        let mut message = change(0, StatusCode::Good);
+        let item = |status: StatusCode, secs: i64| {
+            let mut value = opcua::types::DataValue::new_now(1.5f64);
+            value.status = Some(status);
+            value.source_timestamp = Some(
+                chrono::DateTime::<Utc>::from_timestamp(1_800_000_000 + secs, 0)
+                    .unwrap()
+                    .into(),
+            );
+            opcua::types::MonitoredItemNotification {
+                client_handle: 1,
+                value,
+            }
+        };
+        message.notification_data = Some(vec![opcua::types::ExtensionObject::from_message(
+            DataChangeNotification {
+                monitored_items: Some(vec![
+                    item(StatusCode::Good, 0),
+                    item(StatusCode::BadSensorFailure, 1),
+                    item(StatusCode::UncertainLastUsableValue, 2),
+                    item(StatusCode::Good, 3),
+                ]),
+                diagnostic_infos: None,
+            },
+        )]);
+        deliver.deliver(message);
+        let batch = queue.take();
+        let order: Vec<String> = batch
+            .items()
+            .map(|i| match i {
+                crate::sample::Item::Sample(s) => format!("s{}", s.timestamp.timestamp() % 10),
+                crate::sample::Item::Event(SourceEvent::Lost { at, cause, .. }) => {
+                    format!("lost{} {cause}", at.timestamp() % 10)
+                }
+                crate::sample::Item::Event(SourceEvent::Uncertain {
+                    timestamp, cause, ..
+                }) => format!("uncertain{} {cause}", timestamp.timestamp() % 10),
+                crate::sample::Item::Event(e) => format!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "s0",
+                "lost1 BadSensorFailure",
+                "uncertain2 UncertainLastUsableValue",
+                "s2",
+                "s3"
+            ]
+        );
     }
 
     #[test]
@@ -439,6 +592,7 @@ mod tests {
         let deliver = Deliver {
             ctx,
             names: Arc::new(Vec::new()),
+            structs: None,
         };
         counters.items_monitored.store(2, Ordering::Relaxed);
         deliver.deliver(change(1, StatusCode::BadNodeIdUnknown));

@@ -25,6 +25,7 @@ pub(super) fn start(
     cancel: CancellationToken,
     tracker: &TaskTracker,
     counters: Arc<OpcUaCounters>,
+    tuning: Tuning,
 ) {
     // Room for a few publishes of every tag before the oldest samples are dropped.
     let capacity = (plan.tags.len() * 4).max(10_000);
@@ -42,7 +43,7 @@ pub(super) fn start(
         queue: Arc::clone(&queue),
     });
     tracker.spawn(forward(queue, tx, cancel.child_token()));
-    tracker.spawn(run(ctx, cancel.child_token()));
+    tracker.spawn(run(ctx, cancel.child_token(), tuning));
 }
 
 /// How a session ended.
@@ -61,15 +62,16 @@ enum Ended {
 
 /// Connects, runs the session until it ends, and connects again, with backoff, until
 /// cancelled. Every failure leaves its reason, with the next step, in the counters.
-async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
-    let mut backoff = FIRST_RETRY;
+async fn run(ctx: Arc<Ctx>, cancel: CancellationToken, tuning: Tuning) {
+    let mut backoff = tuning.first_retry;
     let mut last_error = String::new();
-    if ctx.plan.tags.is_empty() {
+    if ctx.plan.tags.is_empty() && ctx.source.events.is_empty() {
         return;
     }
     loop {
         let attempt = async {
-            let client = connect::client(&ctx.source, subscribe::DEFAULT_CHUNK)?;
+            let client =
+                connect::client_with(&ctx.source, subscribe::DEFAULT_CHUNK, tuning.session_retry)?;
             let connection = connect::connect(&client, &ctx.source, &ctx.plan.path).await?;
             Ok::<_, OpcUaError>((client, connection))
         };
@@ -87,7 +89,7 @@ async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                         message = "The OPC UA server presents a new certificate; connecting again to check it.",
                         endpoint = %ctx.source.endpoint
                     );
-                    backoff = FIRST_RETRY;
+                    backoff = tuning.first_retry;
                     last_error.clear();
                     continue;
                 }
@@ -96,9 +98,9 @@ async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                     let reason = format!("the session ended ({status}); connecting again");
                     tracing::warn!(message = "OPC UA session ended; connecting again.", endpoint = %ctx.source.endpoint, %status);
                     ctx.counters.set_reason(Some(reason));
-                    backoff = FIRST_RETRY;
+                    backoff = tuning.first_retry;
                     last_error.clear();
-                    if !pause(FIRST_RETRY, &cancel).await {
+                    if !pause(tuning.first_retry, &cancel).await {
                         return;
                     }
                     continue;
@@ -109,7 +111,7 @@ async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
         ctx.counters
             .connect_failures
             .fetch_add(1, Ordering::Relaxed);
-        let wait = retry_after(&error, backoff);
+        let wait = retry_after(&error, backoff, &tuning);
         let mut text = error.to_string();
         if matches!(error, OpcUaError::LoginRefused { .. }) {
             text.push_str(&format!(
@@ -132,26 +134,46 @@ async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
         if !pause(wait, &cancel).await {
             return;
         }
-        backoff = (backoff * 2).min(MAX_RETRY);
+        backoff = (backoff * 2).min(tuning.max_retry);
     }
 }
 
-/// The first retry after a failure; doubled up to [`MAX_RETRY`].
-const FIRST_RETRY: Duration = Duration::from_millis(500);
-const MAX_RETRY: Duration = Duration::from_secs(30);
-/// Retries while a certificate waits to be trusted (on either side) stay short, so the
-/// gateway connects soon after the operator acted.
-const TRUST_RETRY: Duration = Duration::from_secs(5);
+/// How an OPC UA source times its retries. The defaults are the product's; tests stretch
+/// them far past their deadlines, so that only a first answer can pass them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// The first retry after a failure; doubled up to `max_retry`.
+    pub first_retry: Duration,
+    pub max_retry: Duration,
+    /// Retries while a certificate waits to be trusted (on either side) stay this short at
+    /// most, so the gateway connects soon after the operator acted.
+    pub trust_retry: Duration,
+    /// async-opcua's first reconnect of a session ([`connect::SESSION_RETRY`]).
+    pub session_retry: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            first_retry: Duration::from_millis(500),
+            max_retry: Duration::from_secs(30),
+            trust_retry: Duration::from_secs(5),
+            session_retry: connect::SESSION_RETRY,
+        }
+    }
+}
 /// While the connection is lost, how often the server's certificate is fetched again to see
 /// whether it was renewed.
 const CERTIFICATE_PROBE: Duration = Duration::from_secs(2);
 
 /// How long to wait before the next attempt after `error`.
-fn retry_after(error: &OpcUaError, backoff: Duration) -> Duration {
+fn retry_after(error: &OpcUaError, backoff: Duration, tuning: &Tuning) -> Duration {
     match error {
         // Lockout risk: a wrong password is not hammered.
         OpcUaError::LoginRefused { .. } => super::LOGIN_RETRY,
-        OpcUaError::Untrusted(_) | OpcUaError::ClientUntrusted { .. } => backoff.min(TRUST_RETRY),
+        OpcUaError::Untrusted(_) | OpcUaError::ClientUntrusted { .. } => {
+            backoff.min(tuning.trust_retry)
+        }
         _ => backoff,
     }
 }
@@ -192,6 +214,12 @@ async fn run_session(
         connected_tx,
         cancel,
     );
+    let events = super::events::manage(
+        Arc::clone(ctx),
+        Arc::clone(&session),
+        connected_rx.clone(),
+        cancel.clone(),
+    );
     let manager = subscribe::manage(
         Arc::clone(ctx),
         Arc::clone(&session),
@@ -201,8 +229,9 @@ async fn run_session(
     let ended = tokio::select! {
         // The event loop ended: shutdown done, refused, or a fatal session error.
         ended = driver => ended,
-        // The manager never ends on its own.
+        // The managers never end on their own.
         _ = manager => Ended::Cancelled,
+        _ = events => Ended::Cancelled,
     };
     ctx.counters.connected.store(false, Ordering::Relaxed);
     ctx.counters.items_monitored.store(0, Ordering::Relaxed);

@@ -33,7 +33,7 @@ const GAUGES: [Family; 3] = [
 ];
 
 /// Counter families; `_total` is appended by the encoder.
-const COUNTERS: [Family; 10] = [
+const COUNTERS: [Family; 13] = [
     (
         "tagbridge_opcua_subscriptions_created",
         "Subscriptions created.",
@@ -83,6 +83,21 @@ const COUNTERS: [Family; 10] = [
         "tagbridge_opcua_readings",
         "Values received from OPC UA servers and passed to the mapping stage.",
         |c| OpcUaCounters::get(&c.readings),
+    ),
+    (
+        "tagbridge_opcua_events",
+        "OPC UA events (alarm transitions, refreshed conditions) passed to the mapping stage.",
+        |c| OpcUaCounters::get(&c.events),
+    ),
+    (
+        "tagbridge_opcua_events_dropped",
+        "OPC UA events dropped because the mapping stage was far behind.",
+        |c| OpcUaCounters::get(&c.events_dropped),
+    ),
+    (
+        "tagbridge_opcua_condition_refreshes",
+        "ConditionRefresh calls the server accepted (one per connect of a tag map with events).",
+        |c| OpcUaCounters::get(&c.event_refreshes),
     ),
 ];
 

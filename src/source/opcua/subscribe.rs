@@ -60,11 +60,16 @@ pub(super) async fn manage(
     let nodes = resolve_nodes(&ctx, &session).await;
     let (chunk, read_chunk) = limits(&session).await;
     let names = Arc::new(enum_names(&ctx, &session, &nodes, read_chunk).await);
+    let structs = super::structure::Structures::new(&ctx.plan, &ctx.source);
+    if let Some(s) = &structs {
+        s.learn(&session, &nodes).await;
+    }
     let gaps = Arc::new(Gaps::default());
     let mut m = Manager {
         deliver: Arc::new(Deliver {
             ctx: Arc::clone(&ctx),
             names,
+            structs: structs.clone(),
         }),
         gaps: Arc::clone(&gaps),
         ctx: Arc::clone(&ctx),
@@ -72,7 +77,10 @@ pub(super) async fn manage(
         nodes,
         chunk,
         subs: Vec::new(),
-        pending: (0..ctx.plan.tags.len()).collect(),
+        // A structure's fields ride on one monitored item, its first field's.
+        pending: (0..ctx.plan.tags.len())
+            .filter(|t| !ctx.source.structures.is_follower(*t))
+            .collect(),
         reported: HashMap::new(),
     };
     let started = std::time::Instant::now();
@@ -111,6 +119,15 @@ pub(super) async fn manage(
                     return futures::future::pending().await;
                 }
                 m.refresh();
+                if let Some(s) = &structs {
+                    s.relearn_if_changed(&m.session, &m.nodes).await;
+                }
+            }
+            // A value named a structure type not learned: learn again, at most this often.
+            _ = tokio::time::sleep(RETRY_INTERVAL), if structs.as_ref().is_some_and(|s| s.is_stale()) => {
+                if let Some(s) = &structs {
+                    s.learn(&m.session, &m.nodes).await;
+                }
             }
             _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
             // Notifications lost in transit: ask the server to send them again.
@@ -181,6 +198,13 @@ impl Manager {
             let state = self.session.subscription_state().lock();
             for id in state.subscription_ids().unwrap_or_default() {
                 let Some(sub) = state.get(id) else { continue };
+                // The event subscription is not for data items.
+                if sub
+                    .monitored_items()
+                    .any(|i| super::events::is_event_handle(i.client_handle()))
+                {
+                    continue;
+                }
                 let mut count = 0;
                 for item in sub.monitored_items() {
                     present.insert(item.client_handle());
@@ -195,7 +219,9 @@ impl Manager {
         }
         self.subs = subs;
         self.pending = (0..self.nodes.len())
-            .filter(|t| !present.contains(&handle(*t)))
+            .filter(|t| {
+                !present.contains(&handle(*t)) && !self.ctx.source.structures.is_follower(*t)
+            })
             .collect();
         if !self.pending.is_empty() {
             tracing::info!(
@@ -249,7 +275,9 @@ impl Manager {
                         requests.push(r);
                     }
                     // A node id that does not parse was refused by `check`; keep it pending.
+                    // Its namespace URI is unknown to this server (logged once per URI).
                     None => {
+                        self.unreadable(tag, StatusCode::BadNodeIdUnknown);
                         self.pending.insert(tag);
                     }
                 }
@@ -348,8 +376,23 @@ impl Manager {
         }
     }
 
+    /// Tag `tag` cannot be monitored because of `status`: tells the mapping stage once per
+    /// status and session (a quality reading names it; the other tags are not held up).
+    /// Returns whether it is news.
+    fn unreadable(&mut self, tag: usize, status: StatusCode) -> bool {
+        if self.reported.insert(tag, status) == Some(status) {
+            return false;
+        }
+        self.ctx.queue.event(crate::sample::SourceEvent::Lost {
+            scope: crate::sample::Scope::Tag(tag),
+            at: chrono::Utc::now(),
+            cause: crate::sample::Cause::OpcUaStatus(super::convert::status_name(status)),
+        });
+        true
+    }
+
     fn report(&mut self, tag: usize, status: StatusCode) {
-        if self.reported.insert(tag, status) != Some(status) {
+        if self.unreadable(tag, status) {
             let plan = &self.ctx.plan.tags[tag];
             let node = match &plan.address {
                 TagAddress::OpcUa { node } => node.as_str(),
@@ -449,10 +492,11 @@ pub(super) fn default_queue_size(publishing: Duration, sampling: Duration) -> u3
 }
 
 /// The DataChangeFilter of a tag, or a null filter for the server's default.
+/// The data change filter of an item: always sent, even with the defaults (status or value,
+/// no deadband), because some servers (async-opcua's among them) read a missing filter as
+/// "value changes only" and would never report a status change alone, e.g. a value turning
+/// Uncertain, which quality readings must see.
 fn filter(m: &MonitoringPlan) -> ExtensionObject {
-    if m.trigger.is_none() && m.deadband.is_none() {
-        return ExtensionObject::null();
-    }
     let trigger = match m.trigger.unwrap_or(DataChangeTrigger::StatusValue) {
         DataChangeTrigger::Status => opcua::types::DataChangeTrigger::Status,
         DataChangeTrigger::StatusValue => opcua::types::DataChangeTrigger::StatusValue,
@@ -510,7 +554,11 @@ async fn enum_names(
 ) -> Vec<Option<EnumNames>> {
     let mut out = vec![None; nodes.len()];
     let wanted: Vec<usize> = (0..nodes.len())
-        .filter(|&t| nodes[t].is_some() && ctx.plan.tags[t].transform.states.is_none())
+        .filter(|&t| {
+            nodes[t].is_some()
+                && ctx.plan.tags[t].transform.states.is_none()
+                && ctx.source.structures.group_of(t).is_none()
+        })
         .collect();
     // 1. The DataType attribute of each node.
     let mut types: Vec<(usize, NodeId)> = Vec::new();
@@ -767,7 +815,15 @@ mod tests {
 
     #[test]
     fn filters() {
-        assert!(filter(&MonitoringPlan::default()).is_null());
+        let default = filter(&MonitoringPlan::default());
+        let default = default
+            .inner_as::<DataChangeFilter>()
+            .expect("a DataChangeFilter even by default");
+        assert_eq!(
+            default.trigger,
+            opcua::types::DataChangeTrigger::StatusValue
+        );
+        assert_eq!(default.deadband_type, 0);
         let f = filter(&MonitoringPlan {
             index: None,
             queue_size: None,

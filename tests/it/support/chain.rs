@@ -18,6 +18,7 @@ use tagbridge::sim::plc::{ModbusConfig, ModbusPoint, Plc, PlcConfig, PlcHandle};
 use tagbridge::sim::signal::{Signal, SignalValue};
 use tagbridge::sink::eventhub::amqp::Target;
 use tagbridge::sink::eventhub::auth::SAS_TOKEN_LIFETIME;
+use tagbridge::sink::eventhub::encoding::BodyEncoding;
 use tagbridge::sink::eventhub::sink::{SinkOptions, SinkState, SinkStats};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -148,9 +149,10 @@ pub async fn start(options: ChainOptions) -> Chain {
         Transport::AmqpWs => "amqp_ws",
         Transport::Https => "https",
     };
-    let events = match options.sink.readings_per_event {
-        0 | 1 => "one".to_string(),
-        n => format!("{{array: {n}}}"),
+    let events = match (options.sink.readings_per_event, options.sink.encoding) {
+        (0 | 1, _) => "one".to_string(),
+        (n, BodyEncoding::Gzip) => format!("{{array: {n}, encoding: gzip}}"),
+        (n, BodyEncoding::Json) => format!("{{array: {n}}}"),
     };
     let gateway_yaml = dir.path().join("gateway.yaml");
     std::fs::write(

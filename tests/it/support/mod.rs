@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 
 pub mod chain;
+pub mod child_chain;
 pub mod python;
 
 use std::path::PathBuf;
