@@ -543,6 +543,10 @@ fn status_value(value: Option<Variant>, status: StatusCode, source: DateTime) ->
 
 /// Writes new values when each signal's update period comes round, and statuses other than
 /// Good when faults set or end them.
+/// How far behind its clock an update group may fall and still write the steps it missed;
+/// further behind, it skips to the present.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
 async fn update_loop(
     spec: Arc<Spec>,
     manager: Arc<SimpleNodeManager>,
@@ -612,9 +616,19 @@ async fn update_loop(
             }
             tokio::task::yield_now().await;
         }
-        // Skip steps missed while busy: values are functions of time, nothing is lost.
+        // Steps missed while the machine was busy are written late, each with its own source
+        // timestamp, so a subscriber sees every value the signal took, as a server with
+        // sampling queues would report it. More than [`CATCH_UP`] behind (a long stall, or
+        // more values than the machine can write in a period) the missed steps are skipped:
+        // values are functions of time, and the next one is the signal's value now.
         let now_k = spec.epoch.elapsed().as_nanos() / period.as_nanos();
-        next.insert(period, (k + 1).max(now_k + 1));
+        let behind = now_k.saturating_sub(k) * period.as_nanos();
+        let following = if behind > CATCH_UP.as_nanos() {
+            now_k + 1
+        } else {
+            k + 1
+        };
+        next.insert(period, following);
     }
 }
 
