@@ -34,8 +34,9 @@
 //! `/proc/<pid>`. Its Python comes from the venv the tests create (`~/.cache/tagbridge/pyenv-*`,
 //! or `TAGBRIDGE_PYTHON`); without one, a venv with `tests/python/requirements.txt` is made.
 //!
-//! The allocator is the build's (`--features alloc-mimalloc` / `alloc-jemalloc`, or glibc's with
-//! `MALLOC_ARENA_MAX` from the environment) and is named above each table.
+//! The allocator is the build's (jemalloc by default; `--no-default-features` for glibc's, with
+//! `MALLOC_ARENA_MAX` from the environment, adding `--features alloc-mimalloc` for mimalloc) and
+//! is named above each table.
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;
