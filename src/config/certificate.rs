@@ -127,6 +127,9 @@ pub fn this_host() -> String {
 }
 
 /// Compiles `opcua.certificate` (absent: every default) found in `config`.
+///
+/// Long on purpose: one short check per key, in the order gateway.yaml documents them, each
+/// reporting at the key's position and all of them before giving up.
 pub fn compile(
     spec: Option<&CertificateSpec>,
     config: &std::path::Path,

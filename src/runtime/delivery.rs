@@ -52,6 +52,10 @@ fn partition_key<'a>(
 /// everything is settled (or the sink gives up at `sink_cancel`). Returns the last
 /// acknowledged sequence number. A reading that repeats the last one handed to the journal
 /// for its sensor (same timestamp and value, see [`LastSent`]) is not appended again.
+///
+/// Long on purpose: the four tasks (writer, reader, sink, acker) and the channels between
+/// them are wired in one place, so the order in which they stop after the sink ends (reader
+/// aborted, writer given its grace, acks drained) reads top to bottom.
 pub async fn run(
     mut readings: mpsc::Receiver<TaggedReadings>,
     journal: Arc<Journal>,

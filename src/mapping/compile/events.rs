@@ -62,6 +62,9 @@ impl Compiler<'_> {
     }
 
     /// One event subscription; every mistake in it is reported before giving up.
+    ///
+    /// Long on purpose: every key of an event entry is checked here (sensor_id, notifier,
+    /// types, fields, value, queue size), so all of its mistakes come out in one run.
     fn event(
         &mut self,
         spec: &Spanned<EventSpec>,

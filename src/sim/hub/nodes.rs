@@ -207,6 +207,9 @@ fn put_token(request: &Message<Body<Value>>, ctx: &ConnCtx) -> (i32, String, Val
 }
 
 /// A `$management` READ of the event hub or one partition.
+///
+/// Long on purpose: the checks the service makes (operation, name, token) and then the two
+/// answers, each the property list Microsoft's SDKs read, written out as the service sends it.
 fn management(request: &Message<Body<Value>>, ctx: &ConnCtx) -> (i32, String, Value) {
     let shared = &ctx.shared;
     let operation = app_property(request, "operation").unwrap_or_default();

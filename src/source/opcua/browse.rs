@@ -279,6 +279,9 @@ async fn type_name(session: &Session, id: &NodeId) -> (String, bool) {
 }
 
 /// The tag map text for `found`, reading from the server `plan` describes.
+///
+/// Long on purpose: it writes the file top to bottom (header, source, defaults, one entry per
+/// variable), so the code has the shape of the output.
 pub fn render(plan: &OpcUaPlan, root: &NodeId, found: &[Found], command: &str) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"));
     let mut out = String::new();

@@ -351,6 +351,10 @@ impl Structures {
 }
 
 /// Reads what is needed and builds [`Types`].
+///
+/// Long on purpose: five numbered reads from the server in the order they depend on each
+/// other (data types, type tree, enumerations, definitions, names), sharing the chunked
+/// request pattern and the namespaces found along the way.
 async fn learn(
     session: &Session,
     groups: &[StructureGroup],
