@@ -14,13 +14,12 @@
 #[path = "bench_support/mod.rs"]
 mod bench_support;
 
-use std::io::{BufRead, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::{cpu_seconds, rss_mb};
+use bench_support::{children, rss_mb, Window};
 use tagbridge::mapping::{load_all, SourcePlan};
 use tagbridge::sim::plc::generate::{load_path, opcua_load};
 use tagbridge::sim::plc::{OpcUaConfig, Plc, PlcConfig};
@@ -46,7 +45,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rows.push(runtime.block_on(measure(n, seconds))?);
     }
     println!();
-    println!("OPC UA source, items changing every 1 s, publishing 1 s, release build, loopback");
+    println!(
+        "OPC UA source, items changing every 1 s, publishing 1 s, {} build, loopback",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
     println!(
         "| items | set-up | readings/s | CPU µs/reading | CPU % of a core | RSS MB | dropped |"
     );
@@ -82,32 +88,13 @@ async fn serve(n: usize) -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     println!("READY {}", plc.opcua_endpoint().ok_or("no endpoint")?);
     std::io::stdout().flush()?;
-    tokio::task::spawn_blocking(|| {
-        let mut sink = String::new();
-        while std::io::stdin()
-            .read_line(&mut sink)
-            .map(|r| r > 0)
-            .unwrap_or(false)
-        {}
-    })
-    .await?;
+    children::wait_for_stdin_close().await;
     plc.shutdown().await;
     Ok(())
 }
 
 async fn measure(n: usize, seconds: u64) -> Result<Row, Box<dyn std::error::Error>> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args(["--serve", &n.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let endpoint = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("READY ").map(str::to_string))
-        .ok_or("the simulator did not start")?;
+    let (mut child, endpoint) = children::child(&["--serve", &n.to_string()])?;
     eprintln!("{n} items: simulator at {endpoint}");
 
     let dir =
@@ -157,29 +144,13 @@ async fn measure(n: usize, seconds: u64) -> Result<Row, Box<dyn std::error::Erro
     eprintln!("{n} items: created in {setup:.2} s; warming up");
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let (r0, c0, t0) = (
-        received.load(Ordering::Relaxed),
-        cpu_seconds(),
-        Instant::now(),
-    );
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (r1, c1, t1) = (
-        received.load(Ordering::Relaxed),
-        cpu_seconds(),
-        Instant::now(),
-    );
-    let wall = (t1 - t0).as_secs_f64();
-    let readings = (r1 - r0) as f64;
+    let window = Window::measure(&received, seconds).await;
     let row = Row {
         n,
         setup,
-        rate: readings / wall,
-        cpu_us: if readings > 0.0 {
-            (c1 - c0) * 1e6 / readings
-        } else {
-            f64::NAN
-        },
-        cpu_pct: (c1 - c0) / wall * 100.0,
+        rate: window.rate(),
+        cpu_us: window.cpu_us_per_item(),
+        cpu_pct: window.cpu_pct(),
         rss_mb: rss_mb(),
         dropped: OpcUaCounters::get(&counters.overflow_dropped),
     };

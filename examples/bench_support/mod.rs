@@ -18,6 +18,50 @@ pub fn cpu_seconds() -> f64 {
     t(usage.ru_utime) + t(usage.ru_stime)
 }
 
+/// What this process did over one measuring window: items counted, CPU seconds, wall seconds.
+pub struct Window {
+    pub items: f64,
+    pub cpu: f64,
+    pub wall: f64,
+}
+
+impl Window {
+    /// Waits `seconds` and returns what `count` and this process's CPU time moved by meanwhile.
+    pub async fn measure(count: &std::sync::atomic::AtomicU64, seconds: u64) -> Window {
+        use std::sync::atomic::Ordering;
+        let (n0, c0, t0) = (
+            count.load(Ordering::Relaxed),
+            cpu_seconds(),
+            std::time::Instant::now(),
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+        Window {
+            items: count.load(Ordering::Relaxed).saturating_sub(n0) as f64,
+            cpu: cpu_seconds() - c0,
+            wall: t0.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Items per second.
+    pub fn rate(&self) -> f64 {
+        self.items / self.wall
+    }
+
+    /// CPU µs per item (NaN when nothing was counted).
+    pub fn cpu_us_per_item(&self) -> f64 {
+        if self.items > 0.0 {
+            self.cpu * 1e6 / self.items
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// CPU as % of one core.
+    pub fn cpu_pct(&self) -> f64 {
+        self.cpu / self.wall * 100.0
+    }
+}
+
 /// Resident memory of this process, in MB (NaN where /proc is missing).
 pub fn rss_mb() -> f64 {
     status_kb("self", "VmRSS:").map_or(f64::NAN, |kb| kb / 1024.0)
