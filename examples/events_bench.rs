@@ -23,7 +23,7 @@ use std::io::{BufRead, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bench_support::{cpu_seconds, rss_mb};
+use bench_support::{rss_mb, Window};
 use tagbridge::runtime::{Gateway, Tweaks};
 use tagbridge::sim::plc::PlcConfig;
 use tokio_util::sync::CancellationToken;
@@ -179,17 +179,7 @@ async fn measure(rate: u64, seconds: u64) -> Result<Row, BoxError> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let window_start = chrono::Utc::now();
     let before = scrape(metrics).await.unwrap_or_default();
-    let (e0, c0, t0) = (
-        stats.events_accepted.load(Ordering::Relaxed),
-        cpu_seconds(),
-        Instant::now(),
-    );
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (e1, c1, t1) = (
-        stats.events_accepted.load(Ordering::Relaxed),
-        cpu_seconds(),
-        Instant::now(),
-    );
+    let window = Window::measure(&stats.events_accepted, seconds).await;
     let window_end = chrono::Utc::now();
     let rss = rss_mb();
     let after = scrape(metrics).await.unwrap_or_default();
@@ -207,7 +197,7 @@ async fn measure(rate: u64, seconds: u64) -> Result<Row, BoxError> {
             .copied()
             .unwrap_or(f64::NAN)
     };
-    let wall = (t1 - t0).as_secs_f64();
+    let wall = window.wall;
     let counters = after
         .iter()
         .map(|(name, v)| {
@@ -220,12 +210,11 @@ async fn measure(rate: u64, seconds: u64) -> Result<Row, BoxError> {
         )])
         .collect::<Vec<_>>()
         .join("\n");
-    let events = (e1 - e0) as f64;
     let row = Row {
         offered: ALARMS * 1000 / step_ms(rate),
-        rate: events / wall,
-        cpu_us: (c1 - c0) * 1e6 / events.max(1.0),
-        cpu_pct: (c1 - c0) / wall * 100.0,
+        rate: window.rate(),
+        cpu_us: window.cpu_us_per_item(),
+        cpu_pct: window.cpu_pct(),
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         rss_mb: rss,
