@@ -57,7 +57,7 @@ use tagbridge::sim::plc::generate::{load_path, modbus_load, opcua_load};
 use tagbridge::sim::plc::{ModbusConfig, OpcUaConfig, Plc, PlcConfig};
 use tokio_util::sync::CancellationToken;
 
-use bench_support::children::{child, serve_hub, wait_for_stdin_close, BoxError};
+use bench_support::children::{child, hub_latencies, serve_hub, wait_for_stdin_close, BoxError};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Source {
@@ -688,39 +688,14 @@ fn latencies(
     from: chrono::DateTime<chrono::Utc>,
     to: chrono::DateTime<chrono::Utc>,
 ) -> Result<(Vec<f64>, Vec<f64>), BoxError> {
-    let file = std::io::BufReader::new(std::fs::File::open(path)?);
     let (mut plc, mut gateway) = (Vec::new(), Vec::new());
-    for line in file.lines() {
-        let line = line?;
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let arrived = event["arrived"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-        let Some(arrived) = arrived.map(|t| t.with_timezone(&chrono::Utc)) else {
-            continue;
-        };
-        if arrived < from || arrived > to {
-            continue;
+    for (sensor, ms) in hub_latencies(path, from, to)? {
+        if sensor.starts_with("stamp:") {
+            &mut gateway
+        } else {
+            &mut plc
         }
-        let body: serde_json::Value = event["body"]
-            .as_str()
-            .and_then(|b| serde_json::from_str(b).ok())
-            .unwrap_or_default();
-        if let Some(ts) = body["timestamp"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        {
-            let ms = (arrived - ts.with_timezone(&chrono::Utc))
-                .num_microseconds()
-                .unwrap_or(0) as f64
-                / 1000.0;
-            let stamped = body["sensor_id"]
-                .as_str()
-                .is_some_and(|id| id.starts_with("stamp:"));
-            if stamped { &mut gateway } else { &mut plc }.push(ms);
-        }
+        .push(ms);
     }
     plc.sort_by(f64::total_cmp);
     gateway.sort_by(f64::total_cmp);

@@ -19,7 +19,7 @@
 #[path = "bench_support/mod.rs"]
 mod bench_support;
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use tagbridge::runtime::{Gateway, Tweaks};
 use tagbridge::sim::plc::PlcConfig;
 use tokio_util::sync::CancellationToken;
 
-use bench_support::children::{child, serve_hub, wait_for_stdin_close, BoxError};
+use bench_support::children::{child, hub_latencies, serve_hub, wait_for_stdin_close, BoxError};
 
 /// Alarms in the simulator; each makes one event per step.
 const ALARMS: u64 = 100;
@@ -231,35 +231,10 @@ fn latencies(
     from: chrono::DateTime<chrono::Utc>,
     to: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<f64>, BoxError> {
-    let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut out = Vec::new();
-    for line in file.lines() {
-        let line = line?;
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let arrived = event["arrived"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&chrono::Utc));
-        let Some(arrived) = arrived.filter(|a| *a >= from && *a <= to) else {
-            continue;
-        };
-        let body: serde_json::Value = event["body"]
-            .as_str()
-            .and_then(|b| serde_json::from_str(b).ok())
-            .unwrap_or_default();
-        if let Some(ts) = body["timestamp"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        {
-            let ms = (arrived - ts.with_timezone(&chrono::Utc))
-                .num_microseconds()
-                .unwrap_or(0) as f64
-                / 1000.0;
-            out.push(ms);
-        }
-    }
+    let mut out: Vec<f64> = hub_latencies(path, from, to)?
+        .into_iter()
+        .map(|(_, ms)| ms)
+        .collect();
     out.sort_by(f64::total_cmp);
     Ok(out)
 }

@@ -58,3 +58,39 @@ pub fn child(args: &[&str]) -> Result<(Child, String), BoxError> {
         .ok_or("the child did not start")?;
     Ok((child, ready))
 }
+
+/// Every reading in the emulator's output file (`serve_hub`'s `events.jsonl`) that arrived
+/// between `from` and `to`: its `sensor_id` and the milliseconds from its `timestamp` to its
+/// arrival at the hub.
+pub fn hub_latencies(
+    path: &std::path::Path,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<(String, f64)>, BoxError> {
+    let rfc3339 = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut out = Vec::new();
+    for line in file.lines() {
+        let line = line?;
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let Some(arrived) = rfc3339(&event["arrived"]).filter(|a| *a >= from && *a <= to) else {
+            continue;
+        };
+        let body: serde_json::Value = event["body"]
+            .as_str()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or_default();
+        if let Some(ts) = rfc3339(&body["timestamp"]) {
+            let ms = (arrived - ts).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+            let sensor = body["sensor_id"].as_str().unwrap_or_default().to_string();
+            out.push((sensor, ms));
+        }
+    }
+    Ok(out)
+}
