@@ -10,8 +10,8 @@ use std::fmt::Debug;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::messaging::{Data, Message, MessageAnnotations, Outcome};
-use fe2o3_amqp::types::primitives::{Binary, Timestamp};
+use fe2o3_amqp::types::messaging::{Message, MessageAnnotations, Outcome};
+use fe2o3_amqp::types::primitives::Timestamp;
 use fe2o3_amqp::{Connection, Sendable, Sender, Session};
 use fe2o3_amqp_cbs::client::CbsClient;
 use fe2o3_amqp_cbs::token::CbsToken;
@@ -168,7 +168,7 @@ impl HubLink {
     /// Starts sending a batch; the returned future resolves with the hub's outcome. Several
     /// may be in flight at once.
     pub async fn send(&mut self, batch: Batch) -> Result<Delivery, LinkError> {
-        let (partition_key, events, _) = batch.into_parts();
+        let (partition_key, events) = batch.into_message_parts();
         let mut message = Message::builder();
         if let Some(key) = partition_key {
             message = message.message_annotations(
@@ -180,9 +180,8 @@ impl HubLink {
                     .build(),
             );
         }
-        let message = message
-            .data_batch(events.into_iter().map(|e| Data(Binary::from(e))))
-            .build();
+        // The batch's own sections: serialized from where the window keeps them, not copied.
+        let message = message.body(events).build();
         let sendable = Sendable::builder()
             .message(message)
             .message_format(BATCH_MESSAGE_FORMAT)

@@ -14,6 +14,11 @@
 //! body is one Data section per event, each holding the event's encoded message. The batch
 //! carries the partition key of its events, so all events of a batch share one key.
 
+use std::sync::Arc;
+
+use fe2o3_amqp::types::messaging::Data;
+use fe2o3_amqp::types::primitives::Binary;
+
 /// Event Hubs' batch message format (`0x80013700`), as the service and its SDKs use it.
 pub const BATCH_MESSAGE_FORMAT: u32 = 0x8001_3700;
 /// The annotation carrying the partition key.
@@ -65,30 +70,49 @@ pub fn encode_rest_event(
     let _ = serde_json::to_writer(out, &entry);
 }
 
-/// Encodes one event: annotations (if a partition key), properties, and the body.
+/// Encodes one event: annotations (if a partition key), properties, and the body. Written
+/// straight into `out`: the sizes of the compound parts are known before their contents.
 pub fn encode_event(out: &mut Vec<u8>, message_id: &str, partition_key: Option<&str>, body: &[u8]) {
     if let Some(key) = partition_key {
         encode_partition_key_annotations(out, key);
     }
     // properties: a list of message-id, user-id, to, subject, reply-to, correlation-id,
     // content-type; trailing fields left out.
+    const CONTENT_TYPE: &str = "application/json";
     out.extend_from_slice(&[DESCRIBED, SMALLULONG, PROPERTIES]);
-    let mut fields = Vec::with_capacity(message_id.len() + 32);
-    encode_str(&mut fields, STR8, STR32, message_id);
-    fields.extend_from_slice(&[NULL; 5]);
-    encode_str(&mut fields, SYM8, SYM32, "application/json");
-    encode_compound(out, LIST8, LIST32, 7, &fields);
+    let fields = variable_size(message_id.len()) + 5 + variable_size(CONTENT_TYPE.len());
+    compound_header(out, LIST8, LIST32, 7, fields);
+    encode_str(out, STR8, STR32, message_id);
+    out.extend_from_slice(&[NULL; 5]);
+    encode_str(out, SYM8, SYM32, CONTENT_TYPE);
     out.extend_from_slice(&[DESCRIBED, SMALLULONG, DATA]);
     encode_binary(out, body);
+}
+
+/// An upper bound of [`encode_event`]'s size (and near that of the other encoders), to
+/// allocate an event's buffer once.
+pub fn event_capacity(message_id: &str, partition_key: Option<&str>, body: &[u8]) -> usize {
+    // Section descriptors (3 each), compound headers (9 each), variable headers (5 each).
+    const FIXED: usize = 3 * 3 + 9 * 2 + 5 * 5 + PARTITION_KEY_ANNOTATION.len() + 5 + 16;
+    FIXED + message_id.len() + partition_key.map_or(0, str::len) + body.len()
 }
 
 /// Encodes a message-annotations section holding only the partition key.
 pub fn encode_partition_key_annotations(out: &mut Vec<u8>, key: &str) {
     out.extend_from_slice(&[DESCRIBED, SMALLULONG, MESSAGE_ANNOTATIONS]);
-    let mut entries = Vec::with_capacity(key.len() + 24);
-    encode_str(&mut entries, SYM8, SYM32, PARTITION_KEY_ANNOTATION);
-    encode_str(&mut entries, STR8, STR32, key);
-    encode_compound(out, MAP8, MAP32, 2, &entries);
+    let entries = variable_size(PARTITION_KEY_ANNOTATION.len()) + variable_size(key.len());
+    compound_header(out, MAP8, MAP32, 2, entries);
+    encode_str(out, SYM8, SYM32, PARTITION_KEY_ANNOTATION);
+    encode_str(out, STR8, STR32, key);
+}
+
+/// Bytes a string or binary of `len` bytes takes: its header and the bytes.
+fn variable_size(len: usize) -> usize {
+    if len < 256 {
+        2 + len
+    } else {
+        5 + len
+    }
 }
 
 pub(super) fn encode_str(out: &mut Vec<u8>, code8: u8, code32: u8, s: &str) {
@@ -112,15 +136,20 @@ fn encode_variable(out: &mut Vec<u8>, code8: u8, code32: u8, bytes: &[u8]) {
 
 /// A list or map: size counts the count field and the elements (part 1, 1.6.22-25).
 pub(super) fn encode_compound(out: &mut Vec<u8>, code8: u8, code32: u8, count: u32, body: &[u8]) {
-    match (u8::try_from(body.len() + 1), u8::try_from(count)) {
+    compound_header(out, code8, code32, count, body.len());
+    out.extend_from_slice(body);
+}
+
+/// The header of a list or map whose `count` elements take `body_len` bytes.
+fn compound_header(out: &mut Vec<u8>, code8: u8, code32: u8, count: u32, body_len: usize) {
+    match (u8::try_from(body_len + 1), u8::try_from(count)) {
         (Ok(size), Ok(count)) => out.extend_from_slice(&[code8, size, count]),
         _ => {
             out.push(code32);
-            out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            out.extend_from_slice(&((body_len + 4) as u32).to_be_bytes());
             out.extend_from_slice(&count.to_be_bytes());
         }
     }
-    out.extend_from_slice(body);
 }
 
 /// Bytes one Data section holding `len` bytes takes: descriptor plus binary header.
@@ -128,15 +157,21 @@ pub fn data_section_size(len: usize) -> usize {
     3 + if len < 256 { 2 } else { 5 } + len
 }
 
-/// Events for one transfer, all with the same partition key, within a size limit. Cloned to be
-/// resent after a failure.
+/// The Data sections of one AMQP batch message: each holds one encoded event.
+pub type Sections = fe2o3_amqp::types::messaging::Batch<Data>;
+
+/// Events for one transfer, all with the same partition key, within a size limit. Kept in the
+/// sink's window until the hub answers, and cloned to be sent (and resent after a failure):
+/// the events are shared, so a clone copies no event.
 #[derive(Debug, Clone)]
 pub struct Batch {
     partition_key: Option<String>,
-    /// Each event's encoded message.
-    events: Vec<Vec<u8>>,
+    /// Each event's encoded message, ready to be the body of the AMQP transfer.
+    events: Arc<Sections>,
     /// Spool sequence numbers of the events, in order.
-    seqs: Vec<u64>,
+    seqs: Arc<Vec<u64>>,
+    /// What the batch takes before any event: the margin and the partition key's annotation.
+    empty_size: usize,
     size: usize,
     max_size: usize,
 }
@@ -161,8 +196,9 @@ impl Batch {
         }
         Batch {
             partition_key,
-            events: Vec::new(),
-            seqs: Vec::new(),
+            events: Arc::new(Sections::new(Vec::new())),
+            seqs: Arc::default(),
+            empty_size: size,
             size,
             max_size,
         }
@@ -171,7 +207,7 @@ impl Batch {
     /// Adds an event already encoded with [`encode_event`].
     pub fn try_add(&mut self, seq: u64, encoded: Vec<u8>) -> Result<(), (AddError, Vec<u8>)> {
         let added = data_section_size(encoded.len());
-        let alone = Batch::new(self.partition_key.clone(), self.max_size).size + added;
+        let alone = self.empty_size + added;
         if alone > self.max_size {
             return Err((
                 AddError::TooLarge {
@@ -185,8 +221,9 @@ impl Batch {
             return Err((AddError::Full, encoded));
         }
         self.size += added;
-        self.events.push(encoded);
-        self.seqs.push(seq);
+        // A batch being filled is not shared yet: neither call copies.
+        Arc::make_mut(&mut self.events).push(Data(Binary::from(encoded)));
+        Arc::make_mut(&mut self.seqs).push(seq);
         Ok(())
     }
 
@@ -217,7 +254,8 @@ impl Batch {
     pub fn split(self, max_size: usize) -> Vec<Result<Batch, (u64, usize)>> {
         let mut out = Vec::new();
         let mut current = Batch::new(self.partition_key.clone(), max_size);
-        for (seq, encoded) in self.seqs.into_iter().zip(self.events) {
+        let seqs = self.seqs.iter().copied();
+        for (seq, encoded) in seqs.zip(self.events.iter().map(|d| d.0.to_vec())) {
             match current.try_add(seq, encoded) {
                 Ok(()) => {}
                 Err((AddError::Full, encoded)) => {
@@ -249,9 +287,15 @@ impl Batch {
         out
     }
 
-    /// The events' encoded messages, in order, and their sequence numbers.
-    pub fn into_parts(self) -> (Option<String>, Vec<Vec<u8>>, Vec<u64>) {
-        (self.partition_key, self.events, self.seqs)
+    /// The events' encoded messages, in order.
+    pub fn events(&self) -> impl Iterator<Item = &[u8]> {
+        self.events.iter().map(|d| d.0.as_slice())
+    }
+
+    /// The partition key and the events as the body of an AMQP batch message (shared, not
+    /// copied).
+    pub fn into_message_parts(self) -> (Option<String>, Arc<Sections>) {
+        (self.partition_key, self.events)
     }
 }
 
@@ -292,7 +336,8 @@ pub struct Batcher {
     max_size: usize,
     /// The batch being filled, and when it got its first event.
     filling: Option<(Batch, tokio::time::Instant)>,
-    scratch: Vec<u8>,
+    /// The message id being written (reused from event to event).
+    id: String,
 }
 
 impl Batcher {
@@ -308,7 +353,7 @@ impl Batcher {
             readings_per_event: readings_per_event.max(1),
             max_size,
             filling: None,
-            scratch: Vec::new(),
+            id: String::new(),
         }
     }
 
@@ -353,16 +398,19 @@ impl Batcher {
             events.into_iter().map(|e| (None, e)).collect()
         };
         for (first, event) in events {
-            self.scratch.clear();
-            let id = match first {
-                Some(first) if first != event.seq => {
-                    format!("{}-{first}-{}", self.prefix, event.seq)
-                }
-                _ => format!("{}-{}", self.prefix, event.seq),
-            };
+            // `<prefix>-<seq>`, or `<prefix>-<first>-<last>` for an array.
+            self.id.clear();
+            self.id.push_str(&self.prefix);
+            if let Some(first) = first.filter(|&f| f != event.seq) {
+                self.id.push('-');
+                self.id.push_str(itoa::Buffer::new().format(first));
+            }
+            self.id.push('-');
+            self.id.push_str(itoa::Buffer::new().format(event.seq));
             let key = event.partition_key.as_deref();
-            (self.encode)(&mut self.scratch, &id, key, &event.body);
-            let mut bytes = std::mem::take(&mut self.scratch);
+            // One allocation per event, sized once: it becomes the event's Data section.
+            let mut bytes = Vec::with_capacity(event_capacity(&self.id, key, &event.body));
+            (self.encode)(&mut bytes, &self.id, key, &event.body);
             loop {
                 let max_size = self.max_size;
                 let (batch, _) = self
@@ -503,6 +551,27 @@ mod tests {
             Some(MessageId::String(id))
         );
         assert_eq!(body_bytes(&decode(&out)), body);
+    }
+
+    #[test]
+    fn the_capacity_bounds_every_event_across_the_8_and_32_bit_forms() {
+        for id_len in [0, 1, 200, 230, 255, 256, 300] {
+            for key in [None, Some(0), Some(200), Some(255), Some(256)] {
+                for body_len in [0, 100, 200, 255, 256, 70_000] {
+                    let id = "i".repeat(id_len);
+                    let key = key.map(|n| "k".repeat(n));
+                    let body = vec![b'x'; body_len];
+                    let mut out = Vec::new();
+                    encode_event(&mut out, &id, key.as_deref(), &body);
+                    let capacity = event_capacity(&id, key.as_deref(), &body);
+                    assert!(
+                        out.len() <= capacity,
+                        "id {id_len}, key {key:?}, body {body_len}: {} > {capacity}",
+                        out.len()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -77,10 +77,9 @@ impl RestLink {
 
     /// Starts the request now; the delivery resolves with the service's answer.
     pub fn send(&mut self, batch: Batch) -> Delivery {
-        let (_, entries, _) = batch.into_parts();
-        let mut body = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+        let mut body = Vec::with_capacity(batch.events().map(|e| e.len() + 1).sum::<usize>() + 2);
         body.push(b'[');
-        for (i, entry) in entries.iter().enumerate() {
+        for (i, entry) in batch.events().enumerate() {
             if i > 0 {
                 body.push(b',');
             }

@@ -90,14 +90,24 @@ pub fn status_name(status: StatusCode) -> Arc<str> {
 
 /// The instant `value` carries under `policy`; `now` is the gateway's clock.
 pub fn timestamp(value: &DataValue, policy: TimestampSource, now: DateTime<Utc>) -> DateTime<Utc> {
-    let source = value.source_timestamp.filter(|t| !t.is_null());
-    let server = value.server_timestamp.filter(|t| !t.is_null());
+    let source = value.source_timestamp.map(|t| t.as_chrono()).filter(not_null);
+    let server = value.server_timestamp.map(|t| t.as_chrono()).filter(not_null);
     let chosen = match policy {
         TimestampSource::Source => source.or(server),
         TimestampSource::Server => server,
         TimestampSource::Gateway => None,
     };
-    chosen.map(|t| t.as_chrono()).unwrap_or(now)
+    chosen.unwrap_or(now)
+}
+
+/// Unix seconds of OPC UA's epoch, 1601-01-01T00:00:00Z: a DateTime of 0 ticks, which means
+/// "no timestamp" (Part 6, 5.2.2.5).
+const OPC_UA_EPOCH_UNIX: i64 = -11_644_473_600;
+
+/// Not OPC UA's null time. Compared as seconds, not through `DateTime::is_null`, which builds
+/// the epoch with the calendar for every call: this runs twice per value.
+fn not_null(t: &DateTime<Utc>) -> bool {
+    t.timestamp() != OPC_UA_EPOCH_UNIX || t.timestamp_subsec_nanos() >= 100
 }
 
 /// Converts one variant; `names` are the state names when the node's data type is an
