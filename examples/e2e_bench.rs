@@ -15,7 +15,7 @@
 //! `--serve-plc …` / `--serve-hub DIR`), so the CPU time and memory measured are the gateway's
 //! alone (plus this harness, which is small). Printed per row: readings/s accepted by the hub,
 //! gateway CPU µs per reading and % of one core (user + system over the window), AMQP batch
-//! bytes per reading, RSS in the window, peak RSS from start to the second full round at the
+//! bytes per reading, RSS in the window (median and highest of samples every 250 ms), peak RSS from start to the second full round at the
 //! hub and during a live reload (gateway.yaml touched, every tag map loaded and compared
 //! again), time and CPU from start to the first reading at the hub, the load average, and
 //! latency p50/p99 from the reading's timestamp to the hub's acceptance (the emulator's arrival
@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench_support::{
-    cpu_seconds, peak_rss_mb, process_cpu_seconds, process_rss_mb, reset_peak_rss, rss_mb,
+    cpu_seconds, peak_rss_mb, process_cpu_seconds, reset_peak_rss, RssSamples,
 };
 use tagbridge::runtime::journal::Journal;
 use tagbridge::runtime::reload::Reload;
@@ -185,12 +185,12 @@ fn print_rows(spool: bool, rows: &[Row]) {
         allocator()
     );
     println!(
-        "| source | tags | readings/s at the hub | gateway CPU µs/reading | CPU % of a core | bytes/reading on the link | latency p50 / p99 end to end | added by the gateway p50 / p99 | RSS MB | RSS peak at start-up MB | RSS peak at reload MB | start-up to first reading | CPU to first reading | simulator / emulator % of a core | load average |"
+        "| source | tags | readings/s at the hub | gateway CPU µs/reading | CPU % of a core | bytes/reading on the link | latency p50 / p99 end to end | added by the gateway p50 / p99 | RSS median / max in the window MB | RSS peak at start-up MB | RSS peak at reload MB | start-up to first reading | CPU to first reading | simulator / emulator % of a core | load average |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} ms | {:.1} / {:.1} ms | {:.0} | {:.0} | {:.0} | {:.2} s | {:.2} s | {:.0} / {:.0} | {:.1} |",
+            "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} ms | {:.1} / {:.1} ms | {:.0} / {:.0} | {:.0} | {:.0} | {:.2} s | {:.2} s | {:.0} / {:.0} | {:.1} |",
             r.source.name(),
             r.n,
             r.rate,
@@ -202,6 +202,7 @@ fn print_rows(spool: bool, rows: &[Row]) {
             r.added_p50_ms,
             r.added_p99_ms,
             r.rss_mb,
+            r.rss_max_mb,
             r.peak_start_mb,
             r.peak_reload_mb,
             r.first_s,
@@ -223,15 +224,15 @@ fn print_python(n: usize, seconds: u64, ours: &Row, theirs: &Row) {
         allocator(),
         theirs.load
     );
-    println!("| | readings/s at the hub | CPU µs/reading | CPU % of a core | RSS MB | latency p50 | latency p99 |");
+    println!("| | readings/s at the hub | CPU µs/reading | CPU % of a core | RSS median / max MB | latency p50 | latency p99 |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| tagbridge (spool on, fsync 100ms) | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} ms | {:.0} ms |",
-        ours.rate, ours.cpu_us, ours.cpu_pct, ours.rss_mb, ours.p50_ms, ours.p99_ms
+        "| tagbridge (spool on, fsync 100ms) | {:.0} | {:.2} | {:.1} | {:.0} / {:.0} | {:.0} ms | {:.0} ms |",
+        ours.rate, ours.cpu_us, ours.cpu_pct, ours.rss_mb, ours.rss_max_mb, ours.p50_ms, ours.p99_ms
     );
     println!(
-        "| Python: asyncua + azure-eventhub | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} ms | {:.0} ms |",
-        theirs.rate, theirs.cpu_us, theirs.cpu_pct, theirs.rss_mb, theirs.p50_ms, theirs.p99_ms
+        "| Python: asyncua + azure-eventhub | {:.0} | {:.2} | {:.1} | {:.0} / {:.0} | {:.0} ms | {:.0} ms |",
+        theirs.rate, theirs.cpu_us, theirs.cpu_pct, theirs.rss_mb, theirs.rss_max_mb, theirs.p50_ms, theirs.p99_ms
     );
     println!(
         "tagbridge uses 1/{:.0} of the script's CPU per reading and 1/{:.1} of its memory.",
@@ -246,7 +247,7 @@ fn print_ceiling(n: usize, seconds: u64, rows: &[Row]) {
         "Throughput ceiling: {n} Modbus tags polled ever faster → gateway (spool on, fsync 100ms) → emulator over AMQP+TLS, {seconds} s per step; the simulator and the emulator share the box's cores; release build, loopback; {}",
         allocator()
     );
-    println!("| poll every | offered readings/s | readings/s at the hub | gateway CPU µs/reading | gateway % of a core | simulator % | emulator % | added latency p50 / p99 | RSS MB | load average |");
+    println!("| poll every | offered readings/s | readings/s at the hub | gateway CPU µs/reading | gateway % of a core | simulator % | emulator % | added latency p50 / p99 | RSS median MB | load average |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
@@ -283,7 +284,9 @@ struct Row {
     /// Latency of the readings the gateway stamped (Modbus: every reading).
     added_p50_ms: f64,
     added_p99_ms: f64,
+    /// Median and highest of the samples over the window.
     rss_mb: f64,
+    rss_max_mb: f64,
     peak_start_mb: f64,
     peak_reload_mb: f64,
     first_s: f64,
@@ -486,11 +489,11 @@ async fn measure(
     let children = || (process_cpu_seconds(plc.id()), process_cpu_seconds(hub.id()));
     let (e0, b0, c0, t0) = (accepted(), bytes_sent(), cpu_seconds(), Instant::now());
     let (plc0, hub0) = children();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let rss = RssSamples::over(None, seconds).await;
     let (e1, b1, c1, t1) = (accepted(), bytes_sent(), cpu_seconds(), Instant::now());
     let (plc1, hub1) = children();
     let window_end = chrono::Utc::now();
-    let (rss, load) = (rss_mb(), load_average());
+    let load = load_average();
 
     // A live reload: gateway.yaml touched, so every tag map is loaded and checked again (the
     // tag map is unchanged, so its source stays connected).
@@ -532,7 +535,8 @@ async fn measure(
         p99_ms: percentile(&end_to_end, 0.99),
         added_p50_ms: percentile(added, 0.50),
         added_p99_ms: percentile(added, 0.99),
-        rss_mb: rss,
+        rss_mb: rss.median(),
+        rss_max_mb: rss.max(),
         peak_start_mb,
         peak_reload_mb,
         first_s,
@@ -597,10 +601,9 @@ async fn measure_python(n: usize, seconds: u64) -> Result<Row, BoxError> {
     );
     let window_start = chrono::Utc::now();
     let (c0, t0) = (process_cpu_seconds(pid), Instant::now());
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let rss = RssSamples::over(Some(pid), seconds).await;
     let (c1, t1) = (process_cpu_seconds(pid), Instant::now());
     let window_end = chrono::Utc::now();
-    let rss = process_rss_mb(pid);
     let _ = script.kill();
     let _ = script.wait();
     drop(hub.stdin.take());
@@ -623,7 +626,8 @@ async fn measure_python(n: usize, seconds: u64) -> Result<Row, BoxError> {
         p99_ms: percentile(&latencies, 0.99),
         added_p50_ms: f64::NAN,
         added_p99_ms: f64::NAN,
-        rss_mb: rss,
+        rss_mb: rss.median(),
+        rss_max_mb: rss.max(),
         peak_start_mb: f64::NAN,
         peak_reload_mb: f64::NAN,
         first_s: f64::NAN,

@@ -62,6 +62,39 @@ impl Window {
     }
 }
 
+/// Resident memory sampled every 250 ms over a window: a gateway fed in bursts (every tag
+/// changing once a second) holds each burst in its queues for a moment, so one reading at the
+/// window's end lands anywhere between the trough and the crest.
+pub struct RssSamples(Vec<f64>);
+
+impl RssSamples {
+    /// Samples `pid` (`None`: this process) for `seconds`.
+    pub async fn over(pid: Option<u32>, seconds: u64) -> RssSamples {
+        let step = std::time::Duration::from_millis(250);
+        let end = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let mut samples = Vec::new();
+        let mut next = tokio::time::Instant::now();
+        while next < end {
+            samples.push(pid.map_or_else(rss_mb, process_rss_mb));
+            next += step;
+            tokio::time::sleep_until(next.min(end)).await;
+        }
+        RssSamples(samples)
+    }
+
+    /// The median sample, MB.
+    pub fn median(&self) -> f64 {
+        let mut sorted: Vec<f64> = self.0.iter().copied().filter(|v| v.is_finite()).collect();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    /// The highest sample, MB.
+    pub fn max(&self) -> f64 {
+        self.0.iter().copied().filter(|v| v.is_finite()).fold(f64::NAN, f64::max)
+    }
+}
+
 /// Resident memory of this process, in MB (NaN where /proc is missing).
 pub fn rss_mb() -> f64 {
     status_kb("self", "VmRSS:").map_or(f64::NAN, |kb| kb / 1024.0)
