@@ -47,9 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::{
-    cpu_seconds, peak_rss_mb, process_cpu_seconds, reset_peak_rss, RssSamples,
-};
+use bench_support::{cpu_seconds, peak_rss_mb, process_cpu_seconds, reset_peak_rss, RssSamples};
 use tagbridge::runtime::journal::Journal;
 use tagbridge::runtime::reload::Reload;
 use tagbridge::runtime::{Gateway, Tweaks};

@@ -91,7 +91,11 @@ impl RssSamples {
 
     /// The highest sample, MB.
     pub fn max(&self) -> f64 {
-        self.0.iter().copied().filter(|v| v.is_finite()).fold(f64::NAN, f64::max)
+        self.0
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(f64::NAN, f64::max)
     }
 }
 

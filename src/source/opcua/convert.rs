@@ -90,8 +90,14 @@ pub fn status_name(status: StatusCode) -> Arc<str> {
 
 /// The instant `value` carries under `policy`; `now` is the gateway's clock.
 pub fn timestamp(value: &DataValue, policy: TimestampSource, now: DateTime<Utc>) -> DateTime<Utc> {
-    let source = value.source_timestamp.map(|t| t.as_chrono()).filter(not_null);
-    let server = value.server_timestamp.map(|t| t.as_chrono()).filter(not_null);
+    let source = value
+        .source_timestamp
+        .map(|t| t.as_chrono())
+        .filter(not_null);
+    let server = value
+        .server_timestamp
+        .map(|t| t.as_chrono())
+        .filter(not_null);
     let chosen = match policy {
         TimestampSource::Source => source.or(server),
         TimestampSource::Server => server,
