@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use fe2o3_amqp::link::RecvError;
 use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
@@ -97,10 +97,13 @@ async fn on_delivery(
     ctx: &Arc<ConnCtx>,
     partition: Option<u32>,
 ) {
+    // One enqueued time for the whole transfer, as Event Hubs gives a batch: taken when the
+    // transfer is in, not as each of its thousands of events is decoded after it.
+    let arrived = Utc::now();
     let shared = &ctx.shared;
     let format = delivery.message_format().unwrap_or(0);
     let (info, message) = delivery.into_parts();
-    let events = match decode_events(message, format, partition, shared) {
+    let events = match decode_events(message, format, partition, shared, arrived) {
         Ok(events) => events,
         Err(why) => {
             let error = definitions::Error::new(AmqpError::DecodeError, why, None);
@@ -139,16 +142,17 @@ async fn on_delivery(
     }
 }
 
-/// One AMQP message (single or batch) as events.
+/// One AMQP message (single or batch) as events, all enqueued at `arrived`.
 pub(crate) fn decode_events(
     message: Message<Body<Value>>,
     format: u32,
     partition: Option<u32>,
     shared: &Shared,
+    arrived: DateTime<Utc>,
 ) -> Result<Vec<ReceivedEvent>, String> {
     let outer_key = partition_key(&message.message_annotations);
     if format != BATCH_MESSAGE_FORMAT {
-        return Ok(vec![to_event(message, None, partition, shared)]);
+        return Ok(vec![to_event(message, None, partition, shared, arrived)]);
     }
     let Body::Data(sections) = message.body else {
         return Err("a batch message (format 0x80013700) must have data sections".into());
@@ -157,7 +161,13 @@ pub(crate) fn decode_events(
     for (i, section) in sections.into_iter().enumerate() {
         let inner: Deserializable<Message<Body<Value>>> = serde_amqp::from_slice(&section.0)
             .map_err(|e| format!("data section {i} of the batch is not an AMQP message: {e}"))?;
-        events.push(to_event(inner.0, outer_key.clone(), partition, shared));
+        events.push(to_event(
+            inner.0,
+            outer_key.clone(),
+            partition,
+            shared,
+            arrived,
+        ));
     }
     Ok(events)
 }
@@ -176,6 +186,7 @@ fn to_event(
     fallback_key: Option<String>,
     partition: Option<u32>,
     shared: &Shared,
+    arrived: DateTime<Utc>,
 ) -> ReceivedEvent {
     let partition_key = partition_key(&message.message_annotations).or(fallback_key);
     let (message_id, content_type, content_encoding) = match &message.properties {
@@ -215,7 +226,7 @@ fn to_event(
         encoded: None,
         decode_error: None,
         partition,
-        arrived: Utc::now(),
+        arrived,
     }
 }
 
