@@ -1085,3 +1085,90 @@ fn connections_are_checked_against_the_transport() {
         "{report}"
     );
 }
+
+/// Unit `u` answers after `(u - 1)²` seconds (unit 1 at once, 2 after 1 s, 3 after 4 s);
+/// holding register `a` holds `a + u`.
+struct SlowerByUnit;
+
+impl tokio_modbus::server::Service for SlowerByUnit {
+    type Request = tokio_modbus::SlaveRequest<'static>;
+    type Response = tokio_modbus::Response;
+    type Exception = ExceptionCode;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<tokio_modbus::Response, ExceptionCode>> + Send>,
+    >;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let unit = u16::from(req.slave);
+        let request = req.request;
+        Box::pin(async move {
+            let wait = u64::from(unit.saturating_sub(1).pow(2));
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            match request {
+                tokio_modbus::Request::ReadHoldingRegisters(a, n) => {
+                    Ok(tokio_modbus::Response::ReadHoldingRegisters(
+                        (a..a + n).map(|x| x + unit).collect(),
+                    ))
+                }
+                _ => Err(ExceptionCode::IllegalFunction),
+            }
+        })
+    }
+}
+
+/// A cycle whose reads take long (a slow device, a serial line) hands over what it has read as
+/// it goes: a value does not wait for the responses read after it. Before, a cycle emitted
+/// everything at its end, so unit 2's value appeared together with unit 3's, 4 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_cycle_hands_over_its_values_as_it_reads_them() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let on_connected = |stream: tokio::net::TcpStream, _peer| async move {
+                Ok::<_, std::io::Error>(Some((SlowerByUnit, stream)))
+            };
+            tokio_modbus::server::tcp::Server::new(listener)
+                .serve_until(&on_connected, |_error| {}, stop.cancelled_owned())
+                .await
+        }
+    });
+    let addresses: Vec<_> = (1..=3)
+        .map(|unit| address(unit, Table::HoldingRegister, 0, DataType::Uint16))
+        .collect();
+    let mut plan = tag_map(
+        ModbusTransport::Tcp(addr.to_string()),
+        &addresses,
+        Duration::from_secs(30),
+    );
+    if let SourcePlan::Modbus(m) = &mut plan.source {
+        m.timeout = Duration::from_secs(10);
+    }
+    let gateway = Gateway::start(plan, tuning());
+    assert!(
+        wait_until(DEADLINE, || gateway.count(1) >= 1).await,
+        "unit 2's value never came:\n{}",
+        gateway.report()
+    );
+    // Unit 3 answers 4 s after unit 2: its value cannot be here yet unless unit 2's was held.
+    assert_eq!(
+        gateway.count(2),
+        0,
+        "unit 2's value waited for unit 3's:\n{}",
+        gateway.report()
+    );
+    assert_eq!(gateway.count(0), 1, "{}", gateway.report());
+    assert!(
+        wait_until(DEADLINE, || gateway.count(2) >= 1).await,
+        "unit 3's value never came:\n{}",
+        gateway.report()
+    );
+    assert_eq!(gateway.latest(2).map(|s| s.value), Some(RawValue::UInt(3)));
+    gateway.stop().await;
+    stop.cancel();
+    let _ = server.await;
+}
