@@ -4,10 +4,10 @@
 //! - **One request in flight per connection**: the task awaits each response before sending the
 //!   next, and every unit id behind the connection shares that one line.
 //! - **Cycles**: tags are grouped by poll interval; a group's cycle sends its planned reads in
-//!   address order and emits what it read in order, in one [`SampleBatch`] every
-//!   [`HAND_OFF_EVERY`] and one at its end, so the first values of a long cycle are not held
-//!   back until its last response (10 000 tags take ~40 ms here). A cycle that ends after its next tick is an
-//!   *overrun*: counted, logged at the start of a streak, and the missed ticks are skipped (the
+//!   address order and emits what it read in order, in one [`SampleBatch`] every 5 ms
+//!   (`HAND_OFF_EVERY`) and one at its end, so the first values of a long cycle (a serial line,
+//!   a slow device) are not held back until its last response. A cycle that ends after its
+//!   next tick is an *overrun*: counted, logged at the start of a streak, and the missed ticks are skipped (the
 //!   schedule keeps its phase), so cycles never pile up.
 //! - **Timestamps** are the instant the response arrived (wall clock, UTC). Every tag of one
 //!   response carries the same timestamp.
