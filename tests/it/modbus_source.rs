@@ -923,6 +923,40 @@ async fn random_refused_addresses_quarantine_exactly_the_tags_that_hold_them() {
     }
 }
 
+/// A Modbus TCP server on an ephemeral loopback port, each connection answered by a service
+/// from `service`, until the returned token is cancelled.
+async fn serve_tcp<S>(
+    service: fn() -> S,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<tokio_modbus::server::Terminated>>,
+)
+where
+    S: tokio_modbus::server::Service<Request = tokio_modbus::SlaveRequest<'static>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let on_connected = move |stream: tokio::net::TcpStream, _peer| async move {
+                Ok::<_, std::io::Error>(Some((service(), stream)))
+            };
+            tokio_modbus::server::tcp::Server::new(listener)
+                .serve_until(&on_connected, |_error| {}, stop.cancelled_owned())
+                .await
+        }
+    });
+    (addr, stop, server)
+}
+
 /// Unit 1 answers (holding register `a` holds `a + 100`); unit 2 never answers, like a dead
 /// device behind a gateway.
 struct OneDeadUnit;
@@ -947,22 +981,7 @@ impl tokio_modbus::server::Service for OneDeadUnit {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_unit_behind_a_gateway_backs_off_and_the_live_unit_keeps_flowing() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let stop = CancellationToken::new();
-    let server = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let on_connected = |stream: tokio::net::TcpStream, _peer| async move {
-                Ok::<_, std::io::Error>(Some((OneDeadUnit, stream)))
-            };
-            tokio_modbus::server::tcp::Server::new(listener)
-                .serve_until(&on_connected, |_error| {}, stop.cancelled_owned())
-                .await
-        }
-    });
+    let (addr, stop, server) = serve_tcp(|| OneDeadUnit).await;
     let addresses = vec![
         address(1, Table::HoldingRegister, 0, DataType::Uint16),
         address(1, Table::HoldingRegister, 1, DataType::Uint16),
@@ -1121,22 +1140,7 @@ impl tokio_modbus::server::Service for SlowerByUnit {
 /// everything at its end, so unit 2's value appeared together with unit 3's, 4 s later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_cycle_hands_over_its_values_as_it_reads_them() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let stop = CancellationToken::new();
-    let server = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let on_connected = |stream: tokio::net::TcpStream, _peer| async move {
-                Ok::<_, std::io::Error>(Some((SlowerByUnit, stream)))
-            };
-            tokio_modbus::server::tcp::Server::new(listener)
-                .serve_until(&on_connected, |_error| {}, stop.cancelled_owned())
-                .await
-        }
-    });
+    let (addr, stop, server) = serve_tcp(|| SlowerByUnit).await;
     let addresses: Vec<_> = (1..=3)
         .map(|unit| address(unit, Table::HoldingRegister, 0, DataType::Uint16))
         .collect();
