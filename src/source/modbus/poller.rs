@@ -7,8 +7,8 @@
 //!   address order and emits what it read in order, in one [`SampleBatch`] every 5 ms
 //!   (`HAND_OFF_EVERY`) and one at its end, so the first values of a long cycle (a serial line,
 //!   a slow device) are not held back until its last response. A cycle that ends after its
-//!   next tick is an *overrun*: counted, logged at the start of a streak, and the missed ticks are skipped (the
-//!   schedule keeps its phase), so cycles never pile up.
+//!   next tick is an *overrun*: counted, logged at the start of a streak, and the missed ticks
+//!   are skipped (the schedule keeps its phase), so cycles never pile up.
 //! - **Timestamps** are the instant the response arrived (wall clock, UTC). Every tag of one
 //!   response carries the same timestamp.
 //! - **Every value read is emitted**; the mapping stage turns them into changes (deadband 0 sends
