@@ -15,9 +15,9 @@
 //! `--serve-plc …` / `--serve-hub DIR`), so the CPU time and memory measured are the gateway's
 //! alone (plus this harness, which is small). Printed per row: readings/s accepted by the hub,
 //! gateway CPU µs per reading and % of one core (user + system over the window), AMQP batch
-//! bytes per reading, RSS in the window (median and highest of samples every 250 ms), peak RSS from start to the second full round at the
-//! hub and during a live reload (gateway.yaml touched, every tag map loaded and compared
-//! again), time and CPU from start to the first reading at the hub, the load average, and
+//! bytes per reading, RSS in the window (median and highest of samples every 250 ms), peak RSS
+//! from start to the second full round at the hub and during a live reload (gateway.yaml
+//! touched, every tag map loaded and compared again), time and CPU from start to the first reading at the hub, the load average, and
 //! latency p50/p99 from the reading's timestamp to the hub's acceptance (the emulator's arrival
 //! time) over every reading of the window. For Modbus the timestamp is the poll's response, so
 //! that is the latency the gateway adds; for OPC UA it is the PLC's change, so it also holds the
