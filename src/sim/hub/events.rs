@@ -2,11 +2,12 @@
 //! its connection's `$cbs` covers it; each transfer (single or batch message) is decoded into
 //! events, throttled or recorded, then settled. Application properties keep their AMQP types.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::link::RecvError;
 use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
@@ -14,8 +15,10 @@ use fe2o3_amqp::types::messaging::message::__private::Deserializable;
 use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, MessageAnnotations, MessageId};
 use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::Receiver;
+use tokio::task::JoinHandle;
 
 use super::context::{ConnCtx, CLOSE_TIMEOUT};
+use super::decode::decode_body;
 use super::store::{Counters, ReceivedEvent};
 use super::Shared;
 
@@ -45,6 +48,11 @@ pub(crate) async fn close_receiver(receiver: Receiver, error: definitions::Error
 
 /// Receives events on one link until the peer detaches, the token lapses or the connection is
 /// cut.
+///
+/// Transfers are read as they come: each is stamped with its arrival and decoded on a blocking
+/// thread while the next is read, as the service takes in a batch while it stores the one before
+/// (decoding thousands of events inline made every transfer queued behind one look late).
+/// Settlement stays in order of arrival.
 pub(crate) async fn events(
     mut receiver: Receiver,
     ctx: Arc<ConnCtx>,
@@ -56,8 +64,10 @@ pub(crate) async fn events(
     let mut check = tokio::time::interval(TOKEN_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut close_with = None;
+    let mut decoding: VecDeque<Decoding> = VecDeque::new();
     loop {
         tokio::select! {
+            biased;
             // Cut by a fault or shutdown: no polite close.
             _ = ctx.cut.cancelled() => break,
             // The token may have expired.
@@ -68,8 +78,11 @@ pub(crate) async fn events(
                     break;
                 }
             }
-            delivery = receiver.recv::<Body<Value>>() => match delivery {
-                Ok(delivery) => on_delivery(&receiver, delivery, &ctx, partition).await,
+            (info, decoded) = next_decoded(&mut decoding), if !decoding.is_empty() => {
+                settle(&receiver, info, decoded, &ctx).await;
+            }
+            delivery = receiver.recv::<Body<Value>>(), if decoding.len() < DECODE_AHEAD => match delivery {
+                Ok(delivery) => decoding.push_back(start_decoding(delivery, &ctx, partition)),
                 Err(RecvError::MessageSizeExceeded(e)) => {
                     // fe2o3 has detached the link with amqp:link:message-size-exceeded.
                     Counters::inc(&shared.counters.oversize);
@@ -83,6 +96,7 @@ pub(crate) async fn events(
             },
         }
     }
+    // Transfers still being decoded stay unsettled, as with a real outage: the sender resends.
     Counters::dec(&shared.counters.senders);
     if let Some(error) = close_with {
         close_receiver(receiver, error).await;
@@ -91,27 +105,69 @@ pub(crate) async fn events(
     }
 }
 
-async fn on_delivery(
-    receiver: &Receiver,
+/// Transfers read ahead of the one being settled, at most.
+const DECODE_AHEAD: usize = 4;
+
+/// A transfer decoded: its events and their output lines ([`super::store::Store::lines`]).
+type Decoded = (Vec<ReceivedEvent>, Option<Vec<String>>);
+/// A transfer being decoded: its delivery (to settle) and its events.
+type Decoding = (DeliveryInfo, JoinHandle<Result<Decoded, String>>);
+
+/// Stamps a transfer's arrival and decodes it on a blocking thread.
+fn start_decoding(
     delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
     ctx: &Arc<ConnCtx>,
     partition: Option<u32>,
-) {
+) -> Decoding {
     // One enqueued time for the whole transfer, as Event Hubs gives a batch: taken when the
     // transfer is in, not as each of its thousands of events is decoded after it.
     let arrived = Utc::now();
-    let shared = &ctx.shared;
     let format = delivery.message_format().unwrap_or(0);
     let (info, message) = delivery.into_parts();
-    let events = match decode_events(message, format, partition, shared, arrived) {
-        Ok(events) => events,
+    let shared = ctx.shared.clone();
+    let decoding = tokio::task::spawn_blocking(move || {
+        let mut events = decode_events(message, format, partition, &shared, arrived)?;
+        events.iter_mut().for_each(decode_body);
+        let lines = shared.store.lines(&events);
+        Ok((events, lines))
+    });
+    (info, decoding)
+}
+
+/// The oldest transfer being decoded, once it is.
+async fn next_decoded(
+    decoding: &mut VecDeque<Decoding>,
+) -> (DeliveryInfo, Result<Decoded, String>) {
+    let Some((_, handle)) = decoding.front_mut() else {
+        return std::future::pending().await;
+    };
+    let decoded = match handle.await {
+        Ok(decoded) => decoded,
+        Err(error) => Err(format!("the transfer could not be decoded: {error}")),
+    };
+    match decoding.pop_front() {
+        Some((info, _)) => (info, decoded),
+        None => std::future::pending().await,
+    }
+}
+
+/// Throttles or records a decoded transfer, then settles it.
+async fn settle(
+    receiver: &Receiver,
+    info: DeliveryInfo,
+    decoded: Result<Decoded, String>,
+    ctx: &Arc<ConnCtx>,
+) {
+    let shared = &ctx.shared;
+    let (events, lines) = match decoded {
+        Ok(decoded) => decoded,
         Err(why) => {
             let error = definitions::Error::new(AmqpError::DecodeError, why, None);
             let _ = receiver.reject(info, error).await;
             return;
         }
     };
-    let bytes: usize = events.iter().map(|e| e.body.len()).sum();
+    let bytes: usize = events.iter().map(|e| e.wire_body().len()).sum();
     if !shared.faults.admit(events.len() as u64, bytes as u64) {
         Counters::inc(&shared.counters.throttled);
         let error = definitions::Error::new(
@@ -123,7 +179,7 @@ async fn on_delivery(
         let _ = receiver.reject(info, error).await;
         return;
     }
-    shared.accept_events(events).await;
+    shared.accept_decoded(events, lines).await;
     let (delay, released) = shared.faults.disposition_delay();
     if delay.is_zero() {
         let _ = receiver.accept(info).await;

@@ -544,14 +544,25 @@ impl Shared {
     /// Records accepted events and counts them: bytes as they arrived, into the partition
     /// logs consumers read, then decoded (gzip) into the store and the output.
     pub(crate) async fn accept_events(&self, mut events: Vec<ReceivedEvent>) {
+        events.iter_mut().for_each(decode::decode_body);
+        self.accept_decoded(events, None).await;
+    }
+
+    /// [`Shared::accept_events`] for events whose bodies are already decoded
+    /// ([`decode::decode_body`]), with their output lines when already rendered
+    /// ([`Store::lines`]).
+    pub(crate) async fn accept_decoded(
+        &self,
+        events: Vec<ReceivedEvent>,
+        lines: Option<Vec<String>>,
+    ) {
         let bytes: usize = events.iter().map(|e| e.wire_body().len()).sum();
         self.counters
             .bytes
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         Counters::inc(&self.counters.batches);
-        events.iter_mut().for_each(decode::decode_body);
         self.logs.append(&events);
-        self.store.record(events).await;
+        self.store.record(events, lines).await;
     }
 }
 

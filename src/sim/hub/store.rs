@@ -235,13 +235,23 @@ impl Store {
         }
     }
 
-    /// Records accepted events; waits when the output queue is full.
-    pub async fn record(&self, events: Vec<ReceivedEvent>) {
+    /// The output's JSON lines of `events`, when there is an output: rendering thousands of
+    /// them is work for a blocking thread, before [`Store::record`].
+    pub fn lines(&self, events: &[ReceivedEvent]) -> Option<Vec<String>> {
+        let output = lock(&self.output).is_some();
+        output.then(|| events.iter().map(|e| e.to_json_line(&self.hub)).collect())
+    }
+
+    /// Records accepted events with their output lines (rendered here when `None`); waits when
+    /// the output queue is full.
+    pub async fn record(&self, events: Vec<ReceivedEvent>, lines: Option<Vec<String>>) {
         let output = lock(&self.output).clone();
         if let Some(tx) = output {
-            for e in &events {
+            let lines =
+                lines.unwrap_or_else(|| events.iter().map(|e| e.to_json_line(&self.hub)).collect());
+            for line in lines {
                 // The writer only stops at shutdown; then the line has nowhere to go.
-                let _ = tx.send(e.to_json_line(&self.hub)).await;
+                let _ = tx.send(line).await;
             }
         }
         let n = events.len() as u64;
@@ -341,7 +351,7 @@ mod tests {
     async fn retains_the_first_events_and_counts_all() {
         let (store, _) = Store::new("hub", 2, 4, None).unwrap();
         store
-            .record(vec![event(b"1"), event(b"2"), event(b"3")])
+            .record(vec![event(b"1"), event(b"2"), event(b"3")], None)
             .await;
         assert_eq!(store.count(), 3);
         assert_eq!(store.events().len(), 2);
