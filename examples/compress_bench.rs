@@ -86,6 +86,7 @@ fn readings(tags: usize) -> Vec<Outgoing> {
                 seq: n as u64 + 1,
                 body: reading.to_json().into_bytes(),
                 partition_key: None,
+                received: None,
             }
         })
         .collect()

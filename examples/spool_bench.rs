@@ -178,7 +178,12 @@ async fn end_to_end_rate(hub: &HubHandle, journal: Arc<Journal>) -> Result<f64, 
                     }
                 })
                 .collect();
-            if tx.send((tag_map.clone(), batch)).await.is_err() {
+            let tagged = delivery::TaggedReadings {
+                tag_map: tag_map.clone(),
+                readings: batch,
+                received: tokio::time::Instant::now(),
+            };
+            if tx.send(tagged).await.is_err() {
                 break;
             }
         }

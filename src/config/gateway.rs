@@ -185,7 +185,8 @@ pub struct EventHubSpec {
     pub partition_key: Option<Spanned<PartitionKeySpec>>,
     /// Batches sent and not yet acknowledged, at most (1 or more). Default 16.
     pub max_in_flight: Option<std::num::NonZeroU16>,
-    /// How long a partly filled batch waits for more readings. Default 20ms.
+    /// How long a reading may wait for a fuller batch, counted from when the gateway received
+    /// it from its source (so the gateway adds about this much latency at most). Default 20ms.
     pub linger: Option<HumanDuration>,
     /// Where events too large for the hub are written. Default `dead-letter.jsonl` in the spool
     /// directory.

@@ -11,9 +11,11 @@
 //! within its grace period. Acknowledged records are released; the rest stay in the journal
 //! (durable when it is the spool).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::gateway::PartitionKeySpec;
@@ -21,7 +23,7 @@ use crate::reading::Reading;
 use crate::sink::eventhub::sink::{EventHubSink, Outgoing};
 use crate::spool::payload;
 
-use super::journal::Journal;
+use super::journal::{Journal, Record};
 use super::last_sent::{fingerprint, LastSent};
 use super::supervise::Supervisor;
 
@@ -32,8 +34,58 @@ const SINK_QUEUE: usize = 4;
 /// How long the writer may take to put the last readings into the journal at shutdown.
 const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Readings of one tag map (its name travels along for `partition_key: tag_map`).
-pub type TaggedReadings = (Arc<str>, Vec<Reading>);
+/// Readings of one tag map, as its mapping task hands them over.
+#[derive(Debug)]
+pub struct TaggedReadings {
+    /// The tag map's name (for `partition_key: tag_map`).
+    pub tag_map: Arc<str>,
+    pub readings: Vec<Reading>,
+    /// When the gateway received them from their source: the sink's linger counts from here.
+    pub received: Instant,
+}
+
+/// When the records of recent appends were received, so the reader can tell the sink (see
+/// [`Outgoing::received`]). Bounded: after a long backlog the oldest are forgotten, and those
+/// records linger from when they reach the sink, as records replayed after a restart do.
+#[derive(Debug, Default)]
+struct ReceivedTimes {
+    /// `(first seq, last seq, received)` of each append, oldest first.
+    appends: VecDeque<(u64, u64, Instant)>,
+    /// The append under way (its sequence numbers are known once it returns, but the reader
+    /// may see its records before that).
+    appending: Option<Instant>,
+}
+
+impl ReceivedTimes {
+    /// Appends remembered, at most (one per batch of a mapping task).
+    const MAX: usize = 4096;
+
+    /// Records received at `received` are being appended (one append at a time).
+    fn appending(&mut self, received: Instant) {
+        self.appending = Some(received);
+    }
+
+    fn appended(&mut self, first: u64, last: u64, received: Instant) {
+        self.appending = None;
+        if self.appends.len() == Self::MAX {
+            self.appends.pop_front();
+        }
+        self.appends.push_back((first, last, received));
+    }
+
+    /// When record `seq` was received. Records are read in order: what is before `seq` is
+    /// forgotten.
+    fn of(&mut self, seq: u64) -> Option<Instant> {
+        while self.appends.front().is_some_and(|&(_, last, _)| last < seq) {
+            self.appends.pop_front();
+        }
+        match self.appends.front() {
+            Some(&(first, _, received)) => (first <= seq).then_some(received),
+            // After every append this run knows of: the one under way.
+            None => self.appending,
+        }
+    }
+}
 
 fn partition_key<'a>(
     spec: &'a PartitionKeySpec,
@@ -65,11 +117,18 @@ pub async fn run(
     sink_cancel: CancellationToken,
     supervisor: Supervisor,
 ) -> Option<u64> {
+    let received_times = Arc::new(Mutex::new(ReceivedTimes::default()));
     let writer = {
         let journal = journal.clone();
+        let times = received_times.clone();
         let supervisor2 = supervisor.clone();
         supervisor.spawn_untracked("journal writer", async move {
-            while let Some((tag_map, batch)) = readings.recv().await {
+            while let Some(TaggedReadings {
+                tag_map,
+                readings: batch,
+                received,
+            }) = readings.recv().await
+            {
                 super::supervise::fault_point("journal");
                 let mut fingerprints = Vec::with_capacity(batch.len());
                 let records = batch
@@ -95,8 +154,17 @@ pub async fn run(
                 if records.is_empty() {
                     continue;
                 }
+                let appended = records.len() as u64;
+                if let Ok(mut times) = times.lock() {
+                    times.appending(received);
+                }
                 match journal.append_checked(records).await {
-                    Some(last) => last_sent.appended(last),
+                    Some(last) => {
+                        last_sent.appended(last);
+                        if let Ok(mut times) = times.lock() {
+                            times.appended((last + 1).saturating_sub(appended), last, received);
+                        }
+                    }
                     None => {
                         // The spool's task is gone: stop the gateway for a restart (what the
                         // spool holds on disk is sent then) rather than run on without spooling.
@@ -117,29 +185,7 @@ pub async fn run(
                 if records.is_empty() {
                     break;
                 }
-                // Consecutive records mostly share their key: one `Arc` for a run of them.
-                let mut last_key: Option<Arc<str>> = None;
-                let outgoing: Vec<Outgoing> = records
-                    .into_iter()
-                    .filter_map(|(seq, mut record)| {
-                        let Some((key, body)) = payload::decode(&record) else {
-                            tracing::error!(message = "Skipping a malformed spool record.", seq);
-                            return None;
-                        };
-                        let partition_key = key.map(|key| match &last_key {
-                            Some(last) if **last == *key => last.clone(),
-                            _ => last_key.insert(Arc::from(key)).clone(),
-                        });
-                        // The body in place: the record's buffer without its key prefix.
-                        let prefix = record.len() - body.len();
-                        record.drain(..prefix);
-                        Some(Outgoing {
-                            seq,
-                            body: record,
-                            partition_key,
-                        })
-                    })
-                    .collect();
+                let outgoing = to_outgoing(records, &received_times);
                 if sink_tx.send(outgoing).await.is_err() {
                     break;
                 }
@@ -174,4 +220,79 @@ pub async fn run(
         last_acked_seq = last
     );
     last
+}
+
+/// Records read from the journal as events for the sink, each with when it was received.
+fn to_outgoing(records: Vec<Record>, times: &Mutex<ReceivedTimes>) -> Vec<Outgoing> {
+    let mut times = times.lock().ok();
+    // Consecutive records mostly share their key: one `Arc` for a run of them.
+    let mut last_key: Option<Arc<str>> = None;
+    records
+        .into_iter()
+        .filter_map(|(seq, mut record)| {
+            let Some((key, body)) = payload::decode(&record) else {
+                tracing::error!(message = "Skipping a malformed spool record.", seq);
+                return None;
+            };
+            let partition_key = key.map(|key| match &last_key {
+                Some(last) if **last == *key => last.clone(),
+                _ => last_key.insert(Arc::from(key)).clone(),
+            });
+            // The body in place: the record's buffer without its key prefix.
+            let prefix = record.len() - body.len();
+            record.drain(..prefix);
+            Some(Outgoing {
+                seq,
+                body: record,
+                partition_key,
+                received: times.as_mut().and_then(|t| t.of(seq)),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn records_are_matched_with_when_their_append_was_received() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut times = ReceivedTimes::default();
+        times.appended(10, 12, at(1));
+        times.appended(13, 13, at(2));
+        times.appended(14, 20, at(3));
+        // Replayed from before this run: not known.
+        assert_eq!(times.of(9), None);
+        assert_eq!(times.of(10), Some(at(1)));
+        assert_eq!(times.of(12), Some(at(1)));
+        assert_eq!(times.of(13), Some(at(2)));
+        assert_eq!(times.of(20), Some(at(3)));
+        // Read in order: what was before is forgotten.
+        assert_eq!(times.of(21), None);
+        assert!(times.appends.is_empty());
+        // The reader may see an append's records before the writer knows their numbers.
+        times.appending(at(4));
+        assert_eq!(times.of(21), Some(at(4)));
+        times.appended(21, 30, at(4));
+        times.appending(at(5));
+        assert_eq!(times.of(30), Some(at(4)));
+        assert_eq!(times.of(31), Some(at(5)));
+    }
+
+    #[test]
+    fn a_long_backlog_forgets_its_oldest_appends() {
+        let t0 = Instant::now();
+        let mut times = ReceivedTimes::default();
+        let appends = ReceivedTimes::MAX as u64 + 10;
+        for n in 0..appends {
+            times.appended(n * 2 + 1, n * 2 + 2, t0 + Duration::from_millis(n));
+        }
+        assert_eq!(times.appends.len(), ReceivedTimes::MAX);
+        assert_eq!(times.of(1), None);
+        let kept = 10 * 2 + 1;
+        assert_eq!(times.of(kept), Some(t0 + Duration::from_millis(10)));
+    }
 }

@@ -47,10 +47,12 @@ pub(crate) async fn map_task(
     let plain = watch.live.is_none() && watch.quality.is_none();
     loop {
         let mut out: Vec<Reading> = Vec::new();
+        let received;
         tokio::select! {
             batch = samples.recv() => {
                 // The adapter has stopped: nothing more will come.
                 let Some(batch) = batch else { break };
+                received = tokio::time::Instant::now();
                 super::supervise::fault_point("mapping");
                 // At most one reading per sample (heartbeats come with events): sized once.
                 out.reserve(batch.len());
@@ -62,6 +64,7 @@ pub(crate) async fn map_task(
             }
             // Only with quality on: silence is a loss too.
             _ = tick.tick(), if watch.quality.is_some() => {
+                received = tokio::time::Instant::now();
                 if let Some(q) = &mut watch.quality {
                     let now = chrono::Utc::now();
                     for (tag, cause) in q.check(Instant::now(), now, (watch.connected)(), &mut out) {
@@ -75,7 +78,12 @@ pub(crate) async fn map_task(
             }
         }
         stats.store(&mapper.counters());
-        if !out.is_empty() && readings.send((name.clone(), out)).await.is_err() {
+        let tagged = TaggedReadings {
+            tag_map: name.clone(),
+            readings: out,
+            received,
+        };
+        if !tagged.readings.is_empty() && readings.send(tagged).await.is_err() {
             break;
         }
     }

@@ -293,7 +293,10 @@ async fn write_lines(
 ) -> Result<u64, RuntimeError> {
     let mut written = 0;
     // Ends when every mapping task has dropped its sender, which follows shutdown.
-    while let Some((_, batch)) = readings.recv().await {
+    while let Some(TaggedReadings {
+        readings: batch, ..
+    }) = readings.recv().await
+    {
         sink.send(&batch).await?;
         written += batch.len() as u64;
     }

@@ -563,6 +563,7 @@ mod pressure {
                         body: format!(r#"{{"sensor_id":"line-1/counter","value":{s}}}"#)
                             .into_bytes(),
                         partition_key: None,
+                        received: None,
                     })
                     .collect();
                 seq += chunk.len() as u64;

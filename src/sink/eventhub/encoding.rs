@@ -235,6 +235,7 @@ mod tests {
                 seq,
                 body: reading(seq),
                 partition_key: None,
+                received: None,
             })
             .collect();
         b.add(events, tokio::time::Instant::now(), &mut out);

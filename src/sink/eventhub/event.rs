@@ -307,6 +307,10 @@ pub struct Outgoing {
     /// The event body (a reading's JSON).
     pub body: Vec<u8>,
     pub partition_key: Option<std::sync::Arc<str>>,
+    /// When the gateway received the reading from its source: a partly filled batch goes
+    /// `linger` after its oldest reading was received. `None` when not known (read back from
+    /// the spool after a restart): then from when the event reached the sink.
+    pub received: Option<tokio::time::Instant>,
 }
 
 /// How one event is encoded for the transport (AMQP message or REST JSON entry).
@@ -328,13 +332,13 @@ pub enum Packed {
 /// Packs outgoing events into batches: message ids `<prefix>-<seq>` (or `<prefix>-<first>-<last>`
 /// for JSON arrays of `readings_per_event` readings), one partition key per batch, up to the
 /// link's maximum message size. A partly filled batch waits for more events until its linger
-/// time is over.
+/// time, counted from when its oldest reading was received, is over.
 pub struct Batcher {
     encode: Encoder,
     prefix: String,
     readings_per_event: usize,
     max_size: usize,
-    /// The batch being filled, and when it got its first event.
+    /// The batch being filled, and when its oldest reading was received.
     filling: Option<(Batch, tokio::time::Instant)>,
     /// The message id being written (reused from event to event).
     id: String,
@@ -411,11 +415,14 @@ impl Batcher {
             // One allocation per event, sized once: it becomes the event's Data section.
             let mut bytes = Vec::with_capacity(event_capacity(&self.id, key, &event.body));
             (self.encode)(&mut bytes, &self.id, key, &event.body);
+            // A batch lingers from when its oldest reading was received, not from when it
+            // reached the sink: the rest of a burst does not wait a second linger.
+            let received = event.received.map_or(now, |r| r.min(now));
             loop {
                 let max_size = self.max_size;
                 let (batch, _) = self
                     .filling
-                    .get_or_insert_with(|| (Batch::new(key.map(String::from), max_size), now));
+                    .get_or_insert_with(|| (Batch::new(key.map(String::from), max_size), received));
                 if batch.partition_key() != key {
                     out.extend(self.flush().map(Packed::Batch));
                     continue;
@@ -475,6 +482,7 @@ fn pack_arrays(
                         seq: event.seq,
                         body,
                         partition_key: event.partition_key,
+                        received: event.received,
                     },
                 ));
                 count = 1;
@@ -615,6 +623,7 @@ mod tests {
             seq,
             body: format!("{{\"n\":{seq}}}").into_bytes(),
             partition_key: key.map(std::sync::Arc::from),
+            received: None,
         }
     }
 
@@ -671,6 +680,36 @@ mod tests {
         assert_eq!(b.events(), 1);
         assert_eq!(b.flush().map(|b| b.seqs().to_vec()), Some(vec![5]));
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn linger_counts_from_when_the_oldest_reading_was_received() {
+        use std::time::Duration;
+        let linger = Duration::from_millis(20);
+        let received = tokio::time::Instant::now();
+        let now = received + Duration::from_millis(12);
+        // Room for a few events per batch: a burst of thirty closes some and leaves the rest.
+        let mut b = Batcher::new(encode_event, "gw".into(), 1, 1500);
+        let burst = |seqs: std::ops::RangeInclusive<u64>, at| {
+            seqs.map(|seq| Outgoing {
+                received: at,
+                ..reading(seq, None)
+            })
+            .collect::<Vec<_>>()
+        };
+        let mut out = Vec::new();
+        b.add(burst(1..=30, Some(received)), now, &mut out);
+        assert!(!out.is_empty() && b.events() > 0, "{out:?}");
+        // The rest of the burst waits for its readings' linger, not a new one from now.
+        assert_eq!(b.linger_deadline(linger), Some(received + linger));
+        let _ = b.flush();
+        // Not known (replayed from the spool): from when the events reached the sink.
+        b.add(burst(31..=31, None), now, &mut out);
+        assert_eq!(b.linger_deadline(linger), Some(now + linger));
+        let _ = b.flush();
+        // A clock never runs backwards: a reading "received" later than now counts from now.
+        b.add(burst(32..=32, Some(now + linger)), now, &mut out);
+        assert_eq!(b.linger_deadline(linger), Some(now + linger));
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub use super::stats::{SinkState, SinkStats};
 pub struct SinkOptions {
     /// Batches sent and not yet settled, at most.
     pub max_in_flight: usize,
-    /// How long a partly filled batch waits for more events.
+    /// How long a reading may wait for a fuller batch, counted from when the gateway received
+    /// it from its source (see [`Outgoing::received`]).
     pub linger: Duration,
     /// Message ids are `<prefix>-<seq>`: stable across replays.
     pub message_id_prefix: String,
@@ -335,8 +336,10 @@ impl Driver {
             sent = send(link.as_mut(), to_send.as_ref().map(|(_, b)| b.clone())), if to_send.is_some() => {
                 Event::Sent(to_send.as_ref().map_or(0, |(i, _)| *i), sent)
             }
-            _ = sleep_until_opt(linger), if linger.is_some() => Event::Linger,
+            // Events already waiting are packed before a lingering batch goes: its readings may
+            // be past their linger when they reach the sink, and the next chunk may fill it.
             next = input.recv(), if wants_input => Event::Input(next),
+            _ = sleep_until_opt(linger), if linger.is_some() => Event::Linger,
         }
     }
 
