@@ -134,6 +134,9 @@ pub struct SampleBatch {
     pub samples: Vec<Sample>,
     /// Each event with the number of `samples` that came before it.
     pub events: Vec<(usize, SourceEvent)>,
+    /// When the source got the first of them (a Modbus response, an OPC UA notification): the
+    /// sink's linger counts from here. `None`: from when the mapping stage takes the batch.
+    pub received: Option<std::time::Instant>,
 }
 
 impl SampleBatch {
@@ -141,7 +144,13 @@ impl SampleBatch {
         SampleBatch {
             samples: Vec::with_capacity(n),
             events: Vec::new(),
+            received: None,
         }
+    }
+
+    /// Notes that what the batch holds was received now, unless something earlier was.
+    pub fn received_now(&mut self) {
+        self.received.get_or_insert_with(std::time::Instant::now);
     }
 
     /// Appends an event after the samples so far.
@@ -180,6 +189,7 @@ impl From<Vec<Sample>> for SampleBatch {
         SampleBatch {
             samples,
             events: Vec::new(),
+            received: None,
         }
     }
 }
@@ -244,7 +254,8 @@ mod tests {
         assert_eq!(order, ["c", "s0", "s1", "l", "s2", "c"]);
         assert!(!SampleBatch {
             samples: vec![],
-            events: vec![(0, SourceEvent::Confirmed { at })]
+            events: vec![(0, SourceEvent::Confirmed { at })],
+            received: None,
         }
         .is_empty());
     }

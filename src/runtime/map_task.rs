@@ -52,7 +52,9 @@ pub(crate) async fn map_task(
             batch = samples.recv() => {
                 // The adapter has stopped: nothing more will come.
                 let Some(batch) = batch else { break };
-                received = tokio::time::Instant::now();
+                received = batch
+                    .received
+                    .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
                 super::supervise::fault_point("mapping");
                 // At most one reading per sample (heartbeats come with events): sized once.
                 out.reserve(batch.len());

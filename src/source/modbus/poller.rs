@@ -323,11 +323,13 @@ impl Poller {
                 Counters::inc(&self.counters.skipped_unit_down);
                 continue;
             }
-            if self
+            let read = self
                 .read_tags(req.unit, req.table, &req.tags, &mut batch)
-                .await
-                .is_err()
-            {
+                .await;
+            if !batch.is_empty() {
+                batch.received_now();
+            }
+            if read.is_err() {
                 aborted = true;
                 break;
             }
@@ -356,11 +358,11 @@ impl Poller {
                 if self.unit_down(a.unit) {
                     continue;
                 }
-                if self
-                    .read_tags(a.unit, a.table, &[tag], &mut batch)
-                    .await
-                    .is_err()
-                {
+                let read = self.read_tags(a.unit, a.table, &[tag], &mut batch).await;
+                if !batch.is_empty() {
+                    batch.received_now();
+                }
+                if read.is_err() {
                     break;
                 }
             }

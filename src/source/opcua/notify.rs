@@ -79,6 +79,12 @@ impl Queue {
                 }
                 dropped = excess;
             }
+            // The earliest of the two, or now.
+            samples.received = match (samples.received, batch.received) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            samples.received_now();
             let base = samples.len();
             samples
                 .events
@@ -103,6 +109,7 @@ impl Queue {
                 }
             }
             queued.event(event);
+            queued.received_now();
         }
         self.notify.notify_one();
     }
@@ -470,6 +477,22 @@ mod tests {
         let tags: Vec<usize> = q.take().iter().map(|s| s.tag).collect();
         assert_eq!(tags, vec![2, 3, 4]);
         assert!(q.take().is_empty());
+    }
+
+    #[test]
+    fn the_queue_remembers_when_its_oldest_samples_came_in() {
+        let q = Queue::new(10);
+        let before = std::time::Instant::now();
+        q.push(vec![sample(0)].into());
+        let first = q.take().received.expect("stamped when queued");
+        assert!(first >= before);
+        // Later pushes keep the first one's time until the batch is taken.
+        let mut early: SampleBatch = vec![sample(1)].into();
+        early.received = Some(before);
+        q.push(vec![sample(2)].into());
+        q.push(early);
+        assert_eq!(q.take().received, Some(before));
+        assert_eq!(q.take().received, None);
     }
 
     /// One data change for `tag` with `status`.
