@@ -457,7 +457,10 @@ fn pack_arrays(
     let mut count = 0;
     for event in events {
         let fits = out.last().is_some_and(|(_, last)| {
-            last.partition_key == event.partition_key
+            // The id `<first>-<last>` must cover exactly the array's readings: a gap in the
+            // sequence numbers (a new run's first records after replayed ones) starts another.
+            last.seq.checked_add(1) == Some(event.seq)
+                && last.partition_key == event.partition_key
                 && count < per_event
                 && last.body.len() + event.body.len() < max_bytes
         });
@@ -635,8 +638,9 @@ mod tests {
             reading(3, None),
             reading(4, Some("a")),
             reading(5, Some("a")),
+            reading(9, Some("a")),
         ];
-        let packed = pack_arrays(events, 2, 1 << 20);
+        let packed = pack_arrays(events, 3, 1 << 20);
         let shown: Vec<(Option<u64>, u64, String)> = packed
             .into_iter()
             .map(|(first, e)| (first, e.seq, String::from_utf8(e.body).unwrap()))
@@ -644,9 +648,10 @@ mod tests {
         assert_eq!(
             shown,
             vec![
-                (Some(1), 2, r#"[{"n":1},{"n":2}]"#.to_string()),
-                (Some(3), 3, r#"[{"n":3}]"#.to_string()),
+                (Some(1), 3, r#"[{"n":1},{"n":2},{"n":3}]"#.to_string()),
                 (Some(4), 5, r#"[{"n":4},{"n":5}]"#.to_string()),
+                // Not after 5: another array, so its id says which readings it holds.
+                (Some(9), 9, r#"[{"n":9}]"#.to_string()),
             ]
         );
     }
