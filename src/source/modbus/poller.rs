@@ -326,9 +326,6 @@ impl Poller {
             let read = self
                 .read_tags(req.unit, req.table, &req.tags, &mut batch)
                 .await;
-            if !batch.is_empty() {
-                batch.received_now();
-            }
             if read.is_err() {
                 aborted = true;
                 break;
@@ -359,9 +356,6 @@ impl Poller {
                     continue;
                 }
                 let read = self.read_tags(a.unit, a.table, &[tag], &mut batch).await;
-                if !batch.is_empty() {
-                    batch.received_now();
-                }
                 if read.is_err() {
                     break;
                 }
@@ -425,6 +419,7 @@ impl Poller {
             match self.call(unit, table, address, count).await {
                 Ok(Ok(items)) => {
                     let timestamp = Utc::now();
+                    batch.received_now();
                     for &t in tags {
                         let Some(a) = self.tags[t] else { continue };
                         let offset = usize::from(a.address - address);
@@ -709,6 +704,7 @@ impl Drop for Poller {
 /// `tag` cannot be read from now, because of `cause`: the mapping stage turns this into one bad
 /// reading per gap when quality is on (docs/quality.md), and sends no heartbeat of its old value.
 fn lost(batch: &mut SampleBatch, tag: usize, cause: Cause) {
+    batch.received_now();
     batch.event(SourceEvent::Lost {
         scope: Scope::Tag(tag),
         at: Utc::now(),
