@@ -22,7 +22,7 @@ use opcua::client::{Client, ClientBuilder, IdentityToken, Password, Session, Ses
 use opcua::crypto::{CertificateStore, SecurityPolicy as UaPolicy, X509};
 use opcua::types::{EndpointDescription, MessageSecurityMode, StatusCode, UserTokenType};
 
-use super::{own_certificate, OpcUaError, UntrustedServer};
+use super::{data_change, own_certificate, OpcUaError, UntrustedServer};
 use crate::config::tagmap::{SecurityMode, SecurityPolicy};
 use crate::mapping::plan::{SecretSource, UserPlan};
 use crate::mapping::OpcUaPlan;
@@ -392,6 +392,7 @@ pub async fn connect(
                 .build(client.certificate_store().clone())
         })
         .map_err(|e| OpcUaError::Client(e.to_string()))?;
+    data_change::put_first(session.encoding_context().write().loaders_mut());
     Ok(Connection {
         session,
         event_loop,

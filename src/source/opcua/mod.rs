@@ -38,6 +38,7 @@
 pub mod browse;
 pub mod connect;
 pub mod convert;
+mod data_change;
 mod events;
 pub mod notifiers;
 mod notify;
