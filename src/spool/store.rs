@@ -27,6 +27,10 @@ use super::{
 
 /// Bytes read from a segment at a time when serving reads.
 const READ_CHUNK: u64 = 1 << 20;
+/// Bytes read at a time when walking record headers to find one record.
+const WALK_CHUNK: u64 = 64 << 10;
+/// Read positions remembered for [`Spool::status`] (one per chunk read).
+const READ_MARKS: usize = 256;
 
 /// One segment file: consecutive records from `first`.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +129,11 @@ pub struct Spool {
     /// The first unacknowledged record when `status` last looked: (segment first seq, seq,
     /// offset, append time).
     oldest_cache: Option<(u64, u64, u64, u64)>,
+    /// Where recent reads started, oldest first: (segment first seq, seq, offset). The first
+    /// unacknowledged record was read not long ago, so `status` walks to it from the mark
+    /// just before it instead of from where it last looked: at 100 000 readings a second that
+    /// walk read about 15 MB of records a second.
+    read_marks: VecDeque<(u64, u64, u64)>,
     buf: Vec<u8>,
     /// The last read's buffer, kept for the next read (up to [`READ_CHUNK`] and one record).
     read_buf: Vec<u8>,
@@ -274,6 +283,7 @@ impl Spool {
             ack_unsynced: false,
             last_sync: Instant::now(),
             oldest_cache: None,
+            read_marks: VecDeque::new(),
             buf: Vec::new(),
             read_buf: Vec::new(),
             quarantined,
@@ -785,6 +795,11 @@ impl Spool {
                     Err(e) => return Err(e),
                 },
             };
+            if self.read_marks.len() == READ_MARKS {
+                self.read_marks.pop_front();
+            }
+            self.read_marks
+                .push_back((seg.first, self.read_pos, offset));
             let avail = seg.bytes - offset;
             let path = segment_path(&self.dir, seg.first);
             // The buffer of the last read, grown when needed: a fresh zeroed megabyte per read
@@ -856,7 +871,7 @@ impl Spool {
         let mut offset = from;
         let mut chunk = Vec::new();
         while offset < seg.bytes {
-            let n = (seg.bytes - offset).min(READ_CHUNK) as usize;
+            let n = (seg.bytes - offset).min(WALK_CHUNK) as usize;
             chunk.resize(n, 0);
             read_at(file, &mut chunk, offset).map_err(SpoolError::io("read", &path))?;
             let mut at = 0;
@@ -893,12 +908,22 @@ impl Spool {
                 if seq == seg.first {
                     return Some(seg.oldest_ms);
                 }
-                // Acknowledgements only move forward: walk on from where the last look ended.
-                let from = match self.oldest_cache {
+                // Acknowledgements only move forward: walk on from where the last look ended,
+                // or from the closest read before the record, whichever is closer.
+                let (mut from_seq, mut from) = match self.oldest_cache {
                     Some((f, s, _, ms)) if f == seg.first && s == seq => return Some(ms),
-                    Some((f, s, off, _)) if f == seg.first && s < seq => off,
-                    _ => SEGMENT_HEADER as u64,
+                    Some((f, s, off, _)) if f == seg.first && s < seq => (s, off),
+                    _ => (seg.first, SEGMENT_HEADER as u64),
                 };
+                while let Some(&(f, s, off)) = self.read_marks.front() {
+                    if s > seq {
+                        break;
+                    }
+                    if f == seg.first && s >= from_seq {
+                        (from_seq, from) = (s, off);
+                    }
+                    self.read_marks.pop_front();
+                }
                 let offset = self.walk(&seg, seq, from).ok()?;
                 let file = self.reader_for(seg.first).ok()?;
                 let mut head = [0u8; RECORD_HEADER];

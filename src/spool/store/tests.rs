@@ -788,3 +788,45 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The age of the oldest unacknowledged record is that record's, however reads and
+    /// acknowledgements interleave (status walks from where it last looked or from a read).
+    #[test]
+    fn status_reports_the_age_of_the_first_unacknowledged_record(
+        steps in prop::collection::vec((1usize..9, 0u64..9, any::<bool>()), 1..30),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(tmp.path(), &config(1 << 20, 1024));
+        // Record i is appended i seconds after record 0.
+        let mut first = None;
+        for i in 0..60u32 {
+            s.clock_shift_ms = u64::from(i) * 1000;
+            let out = s.append(&recs(i..i + 1));
+            first = first.or(out.first_seq);
+        }
+        let first = first.unwrap();
+        s.clock_shift_ms = 100_000;
+        let mut acked = first - 1;
+        for (read, ack, look) in steps {
+            let got = s.read(read).unwrap();
+            let read_to = got.last().map_or(acked, |r| r.0);
+            acked = (acked + ack).min(read_to.max(acked));
+            s.ack(acked).unwrap();
+            if !look {
+                continue;
+            }
+            let age = s.status().oldest_age.map(|a| a.as_millis() as u64);
+            let oldest = acked + 1 - first;
+            if oldest >= 60 {
+                prop_assert_eq!(age, None);
+            } else {
+                let want = 100_000 - oldest * 1000;
+                let age = age.expect("records are unacknowledged");
+                prop_assert!((want..want + 900).contains(&age), "age {} for record {}", age, oldest);
+            }
+        }
+    }
+}
