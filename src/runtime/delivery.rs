@@ -24,7 +24,7 @@ use crate::sink::eventhub::sink::{EventHubSink, Outgoing};
 use crate::spool::payload;
 
 use super::journal::{Journal, Record};
-use super::last_sent::{fingerprint, LastSent};
+use super::last_sent::{Fingerprinter, LastSent};
 use super::supervise::Supervisor;
 
 /// Records handed to the sink per read.
@@ -123,6 +123,7 @@ pub async fn run(
         let times = received_times.clone();
         let supervisor2 = supervisor.clone();
         supervisor.spawn_untracked("journal writer", async move {
+            let mut fingerprinter = Fingerprinter::default();
             while let Some(TaggedReadings {
                 tag_map,
                 readings: batch,
@@ -139,7 +140,8 @@ pub async fn run(
                         let mut out =
                             Vec::with_capacity(1 + key.map_or(0, str::len) + r.encoded_len_hint());
                         let span = payload::encode(&mut out, key, r);
-                        fingerprints.push(out.get(span).map_or(0, fingerprint));
+                        fingerprints
+                            .push(out.get(span).map_or(0, |s| fingerprinter.fingerprint(s)));
                         out
                     })
                     .collect();
