@@ -10,8 +10,8 @@
 //! async-opcua's own decoders.
 //!
 //! Invariant: for any input, the result equals the generated decoder's (both `Ok` and equal,
-//! or both `Err`); the tests below check that on generated notifications, on every truncation
-//! of them and on random bytes.
+//! or both `Err`); the tests below check that on notifications written by hand with any
+//! encoding mask, on every truncation of them and on random bytes.
 
 use std::io::Read;
 use std::sync::Arc;
