@@ -65,7 +65,7 @@ impl TypeLoader for DataChangeLoader {
 
 /// One DataChangeNotification's body (Part 4, 7.25.2): its monitored item notifications, then
 /// its diagnostic infos.
-pub fn decode(stream: &mut dyn Read, ctx: &Context<'_>) -> EncodingResult<DataChangeNotification> {
+fn decode(stream: &mut dyn Read, ctx: &Context<'_>) -> EncodingResult<DataChangeNotification> {
     let monitored_items = match array_length(stream, ctx)? {
         None => None,
         Some(len) => {
