@@ -323,10 +323,11 @@ impl Poller {
                 Counters::inc(&self.counters.skipped_unit_down);
                 continue;
             }
-            let read = self
+            if self
                 .read_tags(req.unit, req.table, &req.tags, &mut batch)
-                .await;
-            if read.is_err() {
+                .await
+                .is_err()
+            {
                 aborted = true;
                 break;
             }
@@ -355,8 +356,11 @@ impl Poller {
                 if self.unit_down(a.unit) {
                     continue;
                 }
-                let read = self.read_tags(a.unit, a.table, &[tag], &mut batch).await;
-                if read.is_err() {
+                if self
+                    .read_tags(a.unit, a.table, &[tag], &mut batch)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
