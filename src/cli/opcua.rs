@@ -140,6 +140,8 @@ impl ConnArgs {
             timestamps: Default::default(),
             uncertain: Default::default(),
             max_items_per_subscription: 0,
+            max_notifications_per_publish:
+                crate::mapping::compile::DEFAULT_MAX_NOTIFICATIONS_PER_PUBLISH,
             monitoring: Vec::new(),
             certificate: certificate_plan(self.config.as_deref())?,
             events: Vec::new(),

@@ -76,6 +76,10 @@ pub struct OpcUaSourceSpec {
     /// Put at most this many monitored items into one subscription (more subscriptions are
     /// created). Default: as many as the server accepts.
     pub max_items_per_subscription: Option<u32>,
+    /// Ask the server for at most this many values per publish response; the rest follow in
+    /// the next responses at once. Bounds the size of one response (and the gateway's memory
+    /// for it) on servers with many tags. Default 5000; 0: no limit.
+    pub max_notifications_per_publish: Option<u32>,
 }
 
 /// Which timestamp OPC UA readings carry.

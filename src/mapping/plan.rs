@@ -57,6 +57,8 @@ pub struct OpcUaPlan {
     pub uncertain: UncertainPolicy,
     /// 0: as many as the server accepts.
     pub max_items_per_subscription: u32,
+    /// The subscriptions' MaxNotificationsPerPublish; 0: no limit.
+    pub max_notifications_per_publish: u32,
     /// Monitoring settings per tag, indexed like [`TagMapPlan::tags`].
     pub monitoring: Vec<MonitoringPlan>,
     /// The identity of the gateway's own certificate, from gateway.yaml (`opcua.certificate`;

@@ -854,6 +854,46 @@ async fn items_spread_over_subscriptions_past_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_sends_at_most_max_notifications_per_publish_values_per_response() {
+    let n = 10;
+    let plc = start_sim(OpcUaConfig {
+        variables: (0..n)
+            .map(|i| {
+                var(
+                    &format!("P/V{i}"),
+                    OpcUaType::Int32,
+                    constant(SignalValue::Int(i)),
+                )
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .await;
+    let endpoint = plc.opcua_endpoint().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = format!(
+        "source:\n  opcua: {{endpoint: {endpoint}, security_policy: none, publishing_interval: 100ms, pki_dir: {}, max_notifications_per_publish: 2}}\ntags:\n",
+        pki(dir.path())
+    );
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - {{sensor_id: v{i}, node: \"ns=2;s=P/V{i}\"}}\n"
+        ));
+    }
+    let run = Running::start(tag_map(dir.path(), &yaml));
+    let ok = support::wait_until(DEADLINE, || run.latest().len() == n as usize).await;
+    assert!(ok, "not every tag arrived\n{}", run.explain());
+    // The ten initial values, created in one call, come in responses of at most two.
+    let messages = OpcUaCounters::get(&run.counters.messages);
+    assert!(messages >= 5, "{messages} responses for {n} values");
+    for i in 0..n {
+        assert_eq!(run.latest()[&format!("v{i}")], RawValue::Int(i));
+    }
+    run.stop().await;
+    plc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aes_policies_and_x509_user_against_python_asyncua_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = asyncua_server(Some(dir.path())).await;

@@ -23,6 +23,10 @@ mod tests;
 
 /// Default Modbus poll interval and OPC UA sampling interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default for the values an OPC UA server puts into one publish response: about 150–250 KB
+/// of them, so that 100 000 changes a second arrive (and are decoded and mapped) in pieces the
+/// size of a cache, not in one message of several MB.
+pub const DEFAULT_MAX_NOTIFICATIONS_PER_PUBLISH: u32 = 5000;
 /// Default Modbus unit id.
 pub const DEFAULT_UNIT: u8 = 1;
 /// Default for joining two Modbus tags into one read across unused registers.

@@ -67,6 +67,9 @@ impl Compiler<'_> {
             timestamps: o.timestamps.unwrap_or_default(),
             uncertain: o.uncertain.unwrap_or_default(),
             max_items_per_subscription: o.max_items_per_subscription.unwrap_or(0),
+            max_notifications_per_publish: o
+                .max_notifications_per_publish
+                .unwrap_or(DEFAULT_MAX_NOTIFICATIONS_PER_PUBLISH),
             monitoring: Vec::new(),
             certificate: Default::default(),
             events: Vec::new(),

@@ -38,6 +38,10 @@ fn opcua_tags_get_their_node_and_the_default_interval() {
         panic!("not OPC UA")
     };
     assert_eq!(o.monitoring.len(), 2, "one monitored item per tag");
+    assert_eq!(
+        o.max_notifications_per_publish,
+        DEFAULT_MAX_NOTIFICATIONS_PER_PUBLISH
+    );
 }
 
 #[test]

@@ -201,6 +201,9 @@ pub struct OpcUaCounters {
     /// Tags whose last value had a Bad status (e.g. a server that accepts an unknown node id
     /// and reports `BadNodeIdUnknown` in its values).
     pub tags_bad: AtomicU64,
+    /// Publish responses with data (republished messages count in `republished`): `readings`
+    /// over this is about how many values the server puts into one response.
+    pub messages: AtomicU64,
     /// Notification messages lost in transit and recovered with Republish.
     pub republished: AtomicU64,
     /// Notification messages lost in transit that the server could not republish.
@@ -298,6 +301,8 @@ pub(crate) fn test_plan() -> OpcUaPlan {
         timestamps: Default::default(),
         uncertain: Default::default(),
         max_items_per_subscription: 0,
+        max_notifications_per_publish:
+            crate::mapping::compile::DEFAULT_MAX_NOTIFICATIONS_PER_PUBLISH,
         monitoring: Vec::new(),
         certificate: Default::default(),
         events: Vec::new(),

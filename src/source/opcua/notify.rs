@@ -187,6 +187,8 @@ impl OnSubscriptionNotificationCore for Notifier {
             .is_some_and(|d| !d.is_empty())
         {
             self.track(notification.sequence_number);
+            let messages = &self.deliver.ctx.counters.messages;
+            messages.fetch_add(1, Ordering::Relaxed);
         }
         self.deliver.deliver(notification);
         // A publish or keep-alive response: the subscription is alive, its values still hold.

@@ -33,7 +33,7 @@ const GAUGES: [Family; 3] = [
 ];
 
 /// Counter families; `_total` is appended by the encoder.
-const COUNTERS: [Family; 13] = [
+const COUNTERS: [Family; 14] = [
     (
         "tagbridge_opcua_subscriptions_created",
         "Subscriptions created.",
@@ -68,6 +68,11 @@ const COUNTERS: [Family; 13] = [
         "tagbridge_opcua_overflow_dropped",
         "Values dropped because the forwarding queue was full.",
         |c| OpcUaCounters::get(&c.overflow_dropped),
+    ),
+    (
+        "tagbridge_opcua_messages",
+        "Publish responses with data received.",
+        |c| OpcUaCounters::get(&c.messages),
     ),
     (
         "tagbridge_opcua_republished",

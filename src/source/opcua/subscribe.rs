@@ -427,7 +427,15 @@ impl Manager {
         };
         let id = self
             .session
-            .create_subscription(publishing, keep_alive * 6, keep_alive, 0, 0, true, notifier)
+            .create_subscription(
+                publishing,
+                keep_alive * 6,
+                keep_alive,
+                self.ctx.source.max_notifications_per_publish,
+                0,
+                true,
+                notifier,
+            )
             .await
             .map_err(|e| e.status())?;
         slot.store(id, Ordering::Relaxed);
@@ -734,7 +742,7 @@ mod tests {
         (plan, problems.iter().map(|p| p.message.clone()).collect())
     }
 
-    const HEAD: &str = "source:\n  opcua: {endpoint: \"opc.tcp://h:4840/\", security_policy: none, timestamps: server, uncertain: skip, max_items_per_subscription: 500}\ntags:\n";
+    const HEAD: &str = "source:\n  opcua: {endpoint: \"opc.tcp://h:4840/\", security_policy: none, timestamps: server, uncertain: skip, max_items_per_subscription: 500, max_notifications_per_publish: 250}\ntags:\n";
 
     #[test]
     fn tag_map_options_reach_the_plan() {
@@ -748,6 +756,7 @@ mod tests {
         assert_eq!(o.timestamps, crate::config::tagmap::OpcUaTimestamps::Server);
         assert_eq!(o.uncertain, crate::config::tagmap::UncertainPolicy::Skip);
         assert_eq!(o.max_items_per_subscription, 500);
+        assert_eq!(o.max_notifications_per_publish, 250);
         let ids: Vec<&str> = plan.tags.iter().map(|t| &*t.sensor_id).collect();
         assert_eq!(ids, ["a", "v[0]", "v[1]", "v[2]", "b"]);
         assert_eq!(o.monitoring.len(), plan.tags.len());
