@@ -70,10 +70,11 @@ fn decode(stream: &mut dyn Read, ctx: &Context<'_>) -> EncodingResult<DataChange
         None => None,
         Some(len) => {
             let mut items = Vec::with_capacity(len);
+            let mut recent = Recent::default();
             for _ in 0..len {
                 items.push(MonitoredItemNotification {
                     client_handle: u32::decode(stream, ctx)?,
-                    value: data_value(stream, ctx)?,
+                    value: data_value(stream, ctx, &mut recent)?,
                 });
             }
             Some(items)
@@ -103,9 +104,23 @@ fn array_length(stream: &mut dyn Read, ctx: &Context<'_>) -> EncodingResult<Opti
     }
 }
 
+/// The last source and server timestamps decoded in a notification, as ticks and as the
+/// DateTimes made of them. The values of one notification mostly share them (a PLC's scan, a
+/// server's sampling pass), and async-opcua's DateTime costs more to build (its constructor
+/// rounds through chrono's calendar) than the rest of a value to decode.
+#[derive(Default)]
+struct Recent {
+    source: Option<(i64, DateTime)>,
+    server: Option<(i64, DateTime)>,
+}
+
 /// A DataValue (Part 6, 5.2.2.17): an encoding mask, then the fields it names. Picoseconds
 /// without their timestamp are dropped, as async-opcua does.
-fn data_value(stream: &mut dyn Read, ctx: &Context<'_>) -> EncodingResult<DataValue> {
+fn data_value(
+    stream: &mut dyn Read,
+    ctx: &Context<'_>,
+    recent: &mut Recent,
+) -> EncodingResult<DataValue> {
     const VALUE: u8 = 0x01;
     const STATUS: u8 = 0x02;
     const SOURCE_TIMESTAMP: u8 = 0x04;
@@ -122,13 +137,13 @@ fn data_value(stream: &mut dyn Read, ctx: &Context<'_>) -> EncodingResult<DataVa
         .transpose()?;
     // A source timestamp is never corrected for the client's clock offset.
     let source_timestamp = has(SOURCE_TIMESTAMP)
-        .then(|| date_time(stream, ctx, TimeDelta::zero()))
+        .then(|| date_time(stream, ctx, TimeDelta::zero(), &mut recent.source))
         .transpose()?;
     let source_picoseconds = has(SOURCE_PICOSECONDS)
         .then(|| u16::decode(stream, ctx))
         .transpose()?;
     let server_timestamp = has(SERVER_TIMESTAMP)
-        .then(|| date_time(stream, ctx, ctx.options().client_offset))
+        .then(|| date_time(stream, ctx, ctx.options().client_offset, &mut recent.server))
         .transpose()?;
     let server_picoseconds = has(SERVER_PICOSECONDS)
         .then(|| u16::decode(stream, ctx))
@@ -143,14 +158,24 @@ fn data_value(stream: &mut dyn Read, ctx: &Context<'_>) -> EncodingResult<DataVa
     })
 }
 
-/// A DateTime: 100 ns ticks since 1601-01-01, less `offset`.
+/// A DateTime: 100 ns ticks since 1601-01-01, less `offset`; `last` is the field's previous
+/// one in this notification (the same `offset`), reused when the ticks are the same.
 fn date_time(
     stream: &mut dyn Read,
     ctx: &Context<'_>,
     offset: TimeDelta,
+    last: &mut Option<(i64, DateTime)>,
 ) -> EncodingResult<DateTime> {
-    let at = from_ticks(i64::decode(stream, ctx)?);
-    Ok(if offset.is_zero() { at } else { at - offset })
+    let ticks = i64::decode(stream, ctx)?;
+    if let Some((seen, at)) = *last {
+        if seen == ticks {
+            return Ok(at);
+        }
+    }
+    let at = from_ticks(ticks);
+    let at = if offset.is_zero() { at } else { at - offset };
+    *last = Some((ticks, at));
+    Ok(at)
 }
 
 /// The DateTime of `ticks`; `i64::MAX` is the end of time, as async-opcua reads it.
@@ -220,6 +245,9 @@ mod tests {
             Just(1),
             // 2025 and thereabouts, the common case.
             133_800_000_000_000_000i64..134_000_000_000_000_000,
+            // Repeated, as in the values of one notification (and across the two fields).
+            Just(133_900_000_000_000_000),
+            Just(133_900_000_010_000_000),
         ]
     }
 
