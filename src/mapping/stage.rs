@@ -54,6 +54,10 @@ pub struct Mapper {
     /// The tag map's event subscriptions (OPC UA `events:`).
     events: Arc<[super::event_plan::EventPlan]>,
     state: Vec<TagState>,
+    /// No tag's heartbeat is due before this instant; `None`: none is pending. A confirmation
+    /// before it skips the walk over every tag (an OPC UA source confirms with each publish
+    /// response, many a second with many tags).
+    heartbeat_due: Option<DateTime<Utc>>,
     counters: MappingCounters,
 }
 
@@ -66,6 +70,7 @@ impl Mapper {
                 super::plan::SourcePlan::Modbus(_) => Arc::from(Vec::new()),
             },
             state: plan.tags.iter().map(|_| TagState::default()).collect(),
+            heartbeat_due: None,
             counters: MappingCounters::default(),
         }
     }
@@ -91,7 +96,12 @@ impl Mapper {
             self.counters.unknown_tag += 1;
             return None;
         };
-        state.lost = false;
+        if std::mem::take(&mut state.lost) {
+            // Left out of the heartbeat bound while lost.
+            if let Some(sent) = state.last_sent {
+                lower(&mut self.heartbeat_due, tag.transform.heartbeat, sent);
+            }
+        }
         let value = match tag.transform.apply(&sample.value) {
             Ok(v) => v,
             Err(Skip::NonFinite) => {
@@ -124,6 +134,11 @@ impl Mapper {
         }
         state.last = Some(value.clone());
         state.last_sent = Some(sample.timestamp);
+        lower(
+            &mut self.heartbeat_due,
+            tag.transform.heartbeat,
+            sample.timestamp,
+        );
         self.counters.readings += 1;
         Some(Reading {
             sensor_id: tag.sensor_id.clone(),
@@ -171,6 +186,10 @@ impl Mapper {
     /// The source confirmed at `at` that the values it gave still hold: re-sends, stamped `at`,
     /// the last value of every tag not lost whose heartbeat has passed since its last send.
     fn confirmed(&mut self, at: DateTime<Utc>, out: &mut Vec<Reading>) {
+        if self.heartbeat_due.is_none_or(|due| at < due) {
+            return;
+        }
+        let mut next: Option<DateTime<Utc>> = None;
         for (tag, state) in self.tags.iter().zip(self.state.iter_mut()) {
             let (Some(every), Some(last_sent), Some(value), false) = (
                 tag.transform.heartbeat,
@@ -193,8 +212,30 @@ impl Mapper {
                     extra: tag.extra.clone(),
                 });
             }
+            if let Some(due) = state.last_sent.and_then(|sent| due_after(sent, every)) {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
         }
+        // Lost tags are left out: their next heartbeat waits for a sample, which lowers it.
+        self.heartbeat_due = next;
     }
+}
+
+/// Lowers `bound` to the heartbeat due after a send at `sent` of a tag with heartbeat `every`.
+fn lower(
+    bound: &mut Option<DateTime<Utc>>,
+    every: Option<std::time::Duration>,
+    sent: DateTime<Utc>,
+) {
+    if let Some(due) = every.and_then(|every| due_after(sent, every)) {
+        *bound = Some(bound.map_or(due, |b| b.min(due)));
+    }
+}
+
+/// When a heartbeat of `every` falls due after a send at `sent`; `None` past the calendar's
+/// end (never).
+fn due_after(sent: DateTime<Utc>, every: std::time::Duration) -> Option<DateTime<Utc>> {
+    sent.checked_add_signed(chrono::TimeDelta::from_std(every).ok()?)
 }
 
 /// True when `new` is not worth sending after `last`.
@@ -452,5 +493,84 @@ mod tests {
             })
             .is_none());
         assert_eq!(m.counters().unknown_tag, 1);
+    }
+
+    /// What a test drives a mapper with: a sample, a confirmation, a lost tag or source, a
+    /// forgotten tag.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Sample { tag: usize, secs: i64, value: u8 },
+        Confirmed(i64),
+        LostTag(usize),
+        LostSource,
+        Forget(usize),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..3usize, 0..120i64, 0..3u8)
+                .prop_map(|(tag, secs, value)| Step::Sample { tag, secs, value }),
+            3 => (0..120i64).prop_map(Step::Confirmed),
+            1 => (0..3usize).prop_map(Step::LostTag),
+            1 => Just(Step::LostSource),
+            1 => (0..3usize).prop_map(Step::Forget),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Skipping the walk over every tag before the heartbeat bound sends exactly what the
+        /// walk sends on every confirmation: for any steps (timestamps going back included),
+        /// with tags of different heartbeats and one without.
+        #[test]
+        fn the_heartbeat_bound_skips_only_walks_that_send_nothing(
+            steps in proptest::collection::vec(step(), 0..60),
+        ) {
+            let mut plan = plan(Transform::default());
+            let tag = plan.tags[0].clone();
+            plan.tags = [Some(10), Some(25), None]
+                .into_iter()
+                .enumerate()
+                .map(|(i, secs)| TagPlan {
+                    sensor_id: format!("s{i}").into(),
+                    transform: Transform {
+                        heartbeat: secs.map(Duration::from_secs),
+                        ..Default::default()
+                    },
+                    ..tag.clone()
+                })
+                .collect();
+            let (mut bounded, mut walking) = (Mapper::new(&plan), Mapper::new(&plan));
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for step in steps {
+                let mut batch = SampleBatch::default();
+                match step {
+                    Step::Sample { tag, secs, value } => batch.push(Sample {
+                        tag,
+                        timestamp: at(secs),
+                        value: RawValue::Int(value.into()),
+                    }),
+                    Step::Confirmed(secs) => batch.event(SourceEvent::Confirmed { at: at(secs) }),
+                    Step::LostTag(tag) => batch.event(SourceEvent::Lost {
+                        scope: Scope::Tag(tag),
+                        at: at(0),
+                        cause: crate::sample::Cause::NoAnswer,
+                    }),
+                    Step::LostSource => batch.event(SourceEvent::Lost {
+                        scope: Scope::Source,
+                        at: at(0),
+                        cause: crate::sample::Cause::ConnectionLost,
+                    }),
+                    Step::Forget(tag) => {
+                        bounded.forget(tag);
+                        walking.forget(tag);
+                    }
+                }
+                walking.heartbeat_due = Some(DateTime::<Utc>::MIN_UTC);
+                bounded.apply(&batch, &mut a);
+                walking.apply(&batch, &mut b);
+                proptest::prop_assert_eq!(&a, &b);
+            }
+        }
     }
 }
