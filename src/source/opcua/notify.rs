@@ -30,7 +30,9 @@ pub(super) struct Ctx {
     pub queue: Arc<Queue>,
     /// One per tag: [`FLAG_BAD`], [`FLAG_UNSUPPORTED`], [`FLAG_GONE`].
     pub flags: Arc<Vec<AtomicU8>>,
-    /// Per tag: the array element it monitors (`elements:`).
+    /// Per tag: the array element it monitors (`elements:`). Empty when no tag has one: the
+    /// server sends values in its own order, so each per-tag array looked up per value costs
+    /// a cache miss at 100 000 tags.
     pub elements: Vec<Option<u32>>,
     pub timestamps: TimestampSource,
     pub uncertain: UncertainPolicy,
@@ -202,7 +204,8 @@ impl OnSubscriptionNotificationCore for Notifier {
 /// Turns notification messages (published or republished) into queued samples.
 pub(super) struct Deliver {
     pub ctx: Arc<Ctx>,
-    /// State names per tag (enumerations), read at start.
+    /// State names per tag (enumerations), read at start. Empty when no tag has any (as
+    /// [`Ctx::elements`]).
     pub names: Arc<Vec<Option<EnumNames>>>,
     /// Structure tags (`members:`) and their learned types; None when the tag map has none.
     pub structs: Option<Arc<super::structure::Structures>>,
