@@ -11,6 +11,7 @@
 //!   never routed through a float). Floats are finite: NaN and ±Inf cannot be represented in
 //!   JSON, so [`Number::float`] refuses them and the mapping stage skips and counts such samples.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -152,6 +153,13 @@ pub fn format_timestamp(t: DateTime<Utc>) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+thread_local! {
+    /// The last instant [`write_timestamp`] wrote on this thread (Unix seconds, milliseconds)
+    /// and its text: the readings of one Modbus response or OPC UA publish mostly share their
+    /// timestamp. Seconds of `i64::MIN` are outside the range written here: no match.
+    static LAST_TIMESTAMP: Cell<(i64, u32, [u8; 24])> = const { Cell::new((i64::MIN, 0, [0; 24])) };
+}
+
 /// Appends [`format_timestamp`]'s text to `out` with integer arithmetic (no chrono formatting
 /// machinery, no allocation): this runs once per reading. Years outside 0..=9999 and leap
 /// seconds, which no device sends, take chrono's path, so the text is chrono's for every input.
@@ -165,10 +173,15 @@ pub fn write_timestamp(out: &mut Vec<u8>, t: DateTime<Utc>) {
         out.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::Millis, true).as_bytes());
         return;
     }
+    let millis = nanos / 1_000_000;
+    let (last_secs, last_millis, last_text) = LAST_TIMESTAMP.get();
+    if (last_secs, last_millis) == (secs, millis) {
+        out.extend_from_slice(&last_text);
+        return;
+    }
     let days = secs.div_euclid(86_400);
     let of_day = secs.rem_euclid(86_400) as u32;
     let (year, month, day) = civil_from_days(days);
-    let millis = nanos / 1_000_000;
     let mut buf = *b"0000-00-00T00:00:00.000Z";
     let mut put = |at: usize, width: usize, mut v: u32| {
         for i in (at..at + width).rev() {
@@ -185,6 +198,7 @@ pub fn write_timestamp(out: &mut Vec<u8>, t: DateTime<Utc>) {
     put(17, 2, of_day % 60);
     put(20, 3, millis);
     out.extend_from_slice(&buf);
+    LAST_TIMESTAMP.set((secs, millis, buf));
 }
 
 /// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
@@ -362,6 +376,22 @@ mod tests {
         #[test]
         fn timestamps_are_chronos_text(secs in -8_334_601_228_800i64..8_210_266_876_799, nanos in 0u32..2_000_000_000) {
             if let Some(t) = Utc.timestamp_opt(secs, nanos).single() {
+                proptest::prop_assert_eq!(
+                    format_timestamp(t),
+                    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+                );
+            }
+        }
+
+        /// The same, for runs of instants that repeat and differ in their seconds or only in
+        /// their milliseconds (the last one written is remembered).
+        #[test]
+        fn repeated_timestamps_are_chronos_text(
+            steps in proptest::collection::vec((0i64..3, 0u32..3, 0u32..2), 1..40),
+        ) {
+            for (secs, millis, micros) in steps {
+                let nanos = millis * 1_000_000 + micros * 1_000;
+                let t = Utc.timestamp_opt(1_755_592_200 + secs, nanos).unwrap();
                 proptest::prop_assert_eq!(
                     format_timestamp(t),
                     t.to_rfc3339_opts(SecondsFormat::Millis, true)
