@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use crate::reading::{Reading, Value};
 use crate::sample::{Item, Sample, SampleBatch, Scope, SourceEvent};
 
-use super::plan::{TagMapPlan, TagPlan};
+use super::plan::{TagMapPlan, Transform};
 use super::transform::Skip;
 
 /// Counts of what the stage did, for metrics and tests.
@@ -47,13 +47,29 @@ struct TagState {
     warned_non_finite: bool,
 }
 
+/// What the mapper needs of a tag's plan.
+#[derive(Debug)]
+struct TagRules {
+    sensor_id: Arc<str>,
+    extra: Arc<str>,
+    transform: Transform,
+}
+
+/// A tag's rules and memory side by side. An OPC UA server sends values in its own order, so
+/// each value's tag is a cache miss away at 100 000 tags, and fewer when what the mapper
+/// reads and writes for it is in one place (not a plan in one array and a state in another).
+#[derive(Debug)]
+struct Tag {
+    rules: TagRules,
+    state: TagState,
+}
+
 /// Applies one tag map's transforms and per-tag memory.
 #[derive(Debug)]
 pub struct Mapper {
-    tags: Arc<[TagPlan]>,
+    tags: Vec<Tag>,
     /// The tag map's event subscriptions (OPC UA `events:`).
     events: Arc<[super::event_plan::EventPlan]>,
-    state: Vec<TagState>,
     /// No tag's heartbeat is due before this instant; `None`: none is pending. A confirmation
     /// before it skips the walk over every tag (an OPC UA source confirms with each publish
     /// response, many a second with many tags).
@@ -64,12 +80,22 @@ pub struct Mapper {
 impl Mapper {
     pub fn new(plan: &TagMapPlan) -> Self {
         Mapper {
-            tags: plan.tags.clone().into(),
+            tags: plan
+                .tags
+                .iter()
+                .map(|t| Tag {
+                    rules: TagRules {
+                        sensor_id: t.sensor_id.clone(),
+                        extra: t.extra.clone(),
+                        transform: t.transform.clone(),
+                    },
+                    state: TagState::default(),
+                })
+                .collect(),
             events: match &plan.source {
                 super::plan::SourcePlan::OpcUa(o) => o.events.clone().into(),
                 super::plan::SourcePlan::Modbus(_) => Arc::from(Vec::new()),
             },
-            state: plan.tags.iter().map(|_| TagState::default()).collect(),
             heartbeat_due: None,
             counters: MappingCounters::default(),
         }
@@ -82,7 +108,7 @@ impl Mapper {
     /// Forgets what was last sent for `tag` (it stopped being readable): its next value is sent
     /// whatever it is, and no heartbeat repeats the old one.
     pub fn forget(&mut self, tag: usize) {
-        if let Some(state) = self.state.get_mut(tag) {
+        if let Some(Tag { state, .. }) = self.tags.get_mut(tag) {
             state.last = None;
             state.last_sent = None;
         }
@@ -91,8 +117,7 @@ impl Mapper {
     /// Maps one sample; `None` when it is held back or cannot be sent.
     pub fn map(&mut self, sample: &Sample) -> Option<Reading> {
         self.counters.samples += 1;
-        let (Some(tag), Some(state)) = (self.tags.get(sample.tag), self.state.get_mut(sample.tag))
-        else {
+        let Some(Tag { rules: tag, state }) = self.tags.get_mut(sample.tag) else {
             self.counters.unknown_tag += 1;
             return None;
         };
@@ -171,10 +196,10 @@ impl Mapper {
                 }
             }
             SourceEvent::Lost { scope, .. } => match scope {
-                Scope::Source => self.state.iter_mut().for_each(|s| s.lost = true),
+                Scope::Source => self.tags.iter_mut().for_each(|t| t.state.lost = true),
                 Scope::Tag(i) => {
-                    if let Some(s) = self.state.get_mut(*i) {
-                        s.lost = true;
+                    if let Some(t) = self.tags.get_mut(*i) {
+                        t.state.lost = true;
                     }
                 }
             },
@@ -190,7 +215,7 @@ impl Mapper {
             return;
         }
         let mut next: Option<DateTime<Utc>> = None;
-        for (tag, state) in self.tags.iter().zip(self.state.iter_mut()) {
+        for Tag { rules: tag, state } in self.tags.iter_mut() {
             let (Some(every), Some(last_sent), Some(value), false) = (
                 tag.transform.heartbeat,
                 state.last_sent,
