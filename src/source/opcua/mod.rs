@@ -11,6 +11,9 @@
 //!   `MaxMonitoredItemsPerCall` (1 000 when it does not say), into as many subscriptions as
 //!   needed: a subscription that answers `BadTooManyMonitoredItems` (or reaches the tag map's
 //!   `max_items_per_subscription`) is full and the next chunk goes into a new one.
+//! - Subscriptions ask for at most `max_notifications_per_publish` values per publish response
+//!   (5000 by default, so a response is 150–250 KB); the server sends the rest in the next
+//!   responses at once, and `OpcUaCounters::messages` counts them.
 //! - A tag whose item cannot be created (unknown node id, refused filter, …) is reported once,
 //!   retried every [`RETRY_INTERVAL`], and never holds up the other tags.
 //! - Reconnects: async-opcua keeps the session alive (keep-alives, endless reconnects with
