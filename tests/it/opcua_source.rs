@@ -814,16 +814,20 @@ async fn values_from_python_asyncua_server() {
     run.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn items_spread_over_subscriptions_past_the_limit() {
-    let n = 7;
+/// `n` tags on Int32 constants `0..n`, read with the source options `options` and the tag
+/// options `tag_options`, once every tag has arrived (checked against its constant).
+async fn constants_arrived(
+    n: i32,
+    options: &str,
+    tag_options: &str,
+) -> (PlcHandle, Running, tempfile::TempDir) {
     let plc = start_sim(OpcUaConfig {
         variables: (0..n)
             .map(|i| {
                 var(
-                    &format!("M/V{i}"),
+                    &format!("C/V{i}"),
                     OpcUaType::Int32,
-                    constant(SignalValue::Int(i)),
+                    constant(SignalValue::Int(i.into())),
                 )
             })
             .collect(),
@@ -833,62 +837,43 @@ async fn items_spread_over_subscriptions_past_the_limit() {
     let endpoint = plc.opcua_endpoint().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut yaml = format!(
-        "source:\n  opcua: {{endpoint: {endpoint}, security_policy: none, publishing_interval: 100ms, pki_dir: {}, max_items_per_subscription: 3}}\ntags:\n",
+        "source:\n  opcua: {{endpoint: {endpoint}, security_policy: none, publishing_interval: 100ms, pki_dir: {}, {options}}}\ntags:\n",
         pki(dir.path())
     );
     for i in 0..n {
         yaml.push_str(&format!(
-            "  - {{sensor_id: v{i}, node: \"ns=2;s=M/V{i}\", server_deadband: {{absolute: 0.5}}}}\n"
+            "  - {{sensor_id: v{i}, node: \"ns=2;s=C/V{i}\"{tag_options}}}\n"
         ));
     }
     let run = Running::start(tag_map(dir.path(), &yaml));
     let ok = support::wait_until(DEADLINE, || run.latest().len() == n as usize).await;
     assert!(ok, "not every tag arrived\n{}", run.explain());
+    for i in 0..n {
+        assert_eq!(run.latest()[&format!("v{i}")], RawValue::Int(i.into()));
+    }
+    (plc, run, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_spread_over_subscriptions_past_the_limit() {
+    let (plc, run, _dir) = constants_arrived(
+        7,
+        "max_items_per_subscription: 3",
+        ", server_deadband: {absolute: 0.5}",
+    )
+    .await;
     // ceil(7 / 3) subscriptions.
     assert_eq!(OpcUaCounters::get(&run.counters.subscriptions_created), 3);
-    for i in 0..n {
-        assert_eq!(run.latest()[&format!("v{i}")], RawValue::Int(i));
-    }
     run.stop().await;
     plc.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_sends_at_most_max_notifications_per_publish_values_per_response() {
-    let n = 10;
-    let plc = start_sim(OpcUaConfig {
-        variables: (0..n)
-            .map(|i| {
-                var(
-                    &format!("P/V{i}"),
-                    OpcUaType::Int32,
-                    constant(SignalValue::Int(i)),
-                )
-            })
-            .collect(),
-        ..Default::default()
-    })
-    .await;
-    let endpoint = plc.opcua_endpoint().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut yaml = format!(
-        "source:\n  opcua: {{endpoint: {endpoint}, security_policy: none, publishing_interval: 100ms, pki_dir: {}, max_notifications_per_publish: 2}}\ntags:\n",
-        pki(dir.path())
-    );
-    for i in 0..n {
-        yaml.push_str(&format!(
-            "  - {{sensor_id: v{i}, node: \"ns=2;s=P/V{i}\"}}\n"
-        ));
-    }
-    let run = Running::start(tag_map(dir.path(), &yaml));
-    let ok = support::wait_until(DEADLINE, || run.latest().len() == n as usize).await;
-    assert!(ok, "not every tag arrived\n{}", run.explain());
+    let (plc, run, _dir) = constants_arrived(10, "max_notifications_per_publish: 2", "").await;
     // The ten initial values, created in one call, come in responses of at most two.
     let messages = OpcUaCounters::get(&run.counters.messages);
-    assert!(messages >= 5, "{messages} responses for {n} values");
-    for i in 0..n {
-        assert_eq!(run.latest()[&format!("v{i}")], RawValue::Int(i));
-    }
+    assert!(messages >= 5, "{messages} responses for 10 values");
     run.stop().await;
     plc.shutdown().await;
 }

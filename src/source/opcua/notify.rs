@@ -201,6 +201,17 @@ impl OnSubscriptionNotificationCore for Notifier {
     }
 }
 
+/// A per-tag table, or an empty one when no tag has an entry: looked up with `get(tag)`, an
+/// empty table answers `None` without touching memory.
+pub(super) fn per_tag_or_empty<T>(per_tag: impl IntoIterator<Item = Option<T>>) -> Vec<Option<T>> {
+    let table: Vec<Option<T>> = per_tag.into_iter().collect();
+    if table.iter().all(Option::is_none) {
+        Vec::new()
+    } else {
+        table
+    }
+}
+
 /// Turns notification messages (published or republished) into queued samples.
 pub(super) struct Deliver {
     pub ctx: Arc<Ctx>,
@@ -417,6 +428,15 @@ fn is_gone(status: StatusCode) -> bool {
 mod tests {
     use super::*;
     use crate::sample::RawValue;
+
+    #[test]
+    fn a_per_tag_table_without_entries_is_empty_and_one_with_entries_is_kept_whole() {
+        assert!(per_tag_or_empty([None::<u32>, None, None]).is_empty());
+        assert_eq!(
+            per_tag_or_empty([None, Some(2u32), None]),
+            [None, Some(2), None]
+        );
+    }
 
     fn sample(tag: usize) -> Sample {
         Sample {

@@ -32,7 +32,7 @@ pub(super) fn start(
     let queue = Arc::new(Queue::new(capacity));
     let ctx = Arc::new(Ctx {
         flags: Arc::new((0..plan.tags.len()).map(|_| AtomicU8::new(0)).collect()),
-        elements: per_tag_or_empty(
+        elements: super::notify::per_tag_or_empty(
             (0..plan.tags.len()).map(|t| source.monitoring.get(t).and_then(|m| m.index)),
         ),
         timestamps: source.timestamps,
@@ -44,17 +44,6 @@ pub(super) fn start(
     });
     tracker.spawn(forward(queue, tx, cancel.child_token()));
     tracker.spawn(run(ctx, cancel.child_token(), tuning));
-}
-
-/// A per-tag table, or an empty one when no tag has an entry: looked up with `get(tag)`, an
-/// empty table answers `None` without touching memory.
-pub(super) fn per_tag_or_empty<T>(per_tag: impl IntoIterator<Item = Option<T>>) -> Vec<Option<T>> {
-    let table: Vec<Option<T>> = per_tag.into_iter().collect();
-    if table.iter().all(Option::is_none) {
-        Vec::new()
-    } else {
-        table
-    }
 }
 
 /// How a session ended.
@@ -387,19 +376,5 @@ async fn forward(queue: Arc<Queue>, tx: mpsc::Sender<SampleBatch>, cancel: Cance
             _ = cancel.cancelled() => return,
             sent = tx.send(batch) => if sent.is_err() { return },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_per_tag_table_without_entries_is_empty_and_one_with_entries_is_kept_whole() {
-        assert!(per_tag_or_empty([None::<u32>, None, None]).is_empty());
-        assert_eq!(
-            per_tag_or_empty([None, Some(2u32), None]),
-            [None, Some(2), None]
-        );
     }
 }

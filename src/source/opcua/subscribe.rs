@@ -672,7 +672,7 @@ async fn enum_names(
     for (t, id) in types {
         out[t] = by_type.get(&id).cloned();
     }
-    super::source::per_tag_or_empty(out)
+    super::notify::per_tag_or_empty(out)
 }
 
 /// Value → name from a DataTypeDefinition that is an EnumDefinition (Part 3, 8.49): each
