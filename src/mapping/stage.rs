@@ -142,12 +142,9 @@ impl Mapper {
                 return None;
             }
         };
-        let heartbeat_due = match (tag.transform.heartbeat, state.last_sent) {
-            (Some(every), Some(last)) => (sample.timestamp - last)
-                .to_std()
-                .is_ok_and(|elapsed| elapsed >= every),
-            _ => false,
-        };
+        let heartbeat_due = (tag.transform.heartbeat.zip(state.last_sent))
+            .and_then(|(every, last)| due_after(last, every))
+            .is_some_and(|due| sample.timestamp >= due);
         if !heartbeat_due
             && state
                 .last
@@ -224,10 +221,10 @@ impl Mapper {
             ) else {
                 continue;
             };
-            if (at - last_sent)
-                .to_std()
-                .is_ok_and(|elapsed| elapsed >= every)
-            {
+            let Some(mut due) = due_after(last_sent, every) else {
+                continue;
+            };
+            if at >= due {
                 state.last_sent = Some(at);
                 self.counters.readings += 1;
                 out.push(Reading {
@@ -236,10 +233,12 @@ impl Mapper {
                     value: value.clone(),
                     extra: tag.extra.clone(),
                 });
+                let Some(after) = due_after(at, every) else {
+                    continue;
+                };
+                due = after;
             }
-            if let Some(due) = state.last_sent.and_then(|sent| due_after(sent, every)) {
-                next = Some(next.map_or(due, |n| n.min(due)));
-            }
+            next = Some(next.map_or(due, |n| n.min(due)));
         }
         // Lost tags are left out: their next heartbeat waits for a sample, which lowers it.
         self.heartbeat_due = next;
@@ -393,6 +392,24 @@ mod tests {
             ],
         );
         assert_eq!(out, ["5.0", "5.0"]);
+    }
+
+    #[test]
+    fn a_heartbeat_falls_due_exactly_one_interval_after_the_last_send() {
+        let mut m = heartbeat_mapper();
+        let sent: Vec<DateTime<Utc>> = [sample(0, 5.0), sample(9, 5.0), sample(10, 5.0)]
+            .iter()
+            .filter_map(|s| m.map(s))
+            .map(|r| r.timestamp)
+            .collect();
+        assert_eq!(sent, [at(0), at(10)]);
+        let mut out = Vec::new();
+        m.apply(
+            &batch(vec![Err(confirmed(19)), Err(confirmed(20))]),
+            &mut out,
+        );
+        let resent: Vec<DateTime<Utc>> = out.iter().map(|r| r.timestamp).collect();
+        assert_eq!(resent, [at(20)]);
     }
 
     #[test]
